@@ -1,0 +1,55 @@
+# FlickrHub — the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup proto proto-check run test test-fast lint fmt bench clean
+
+setup: $(STAMP) gen/.stamp  ## create .venv, install, generate gRPC code
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) scripts/dev_paths.py
+	touch $@
+
+gen/.stamp: $(STAMP) $(wildcard protos/flickrhub/v1/*.proto) scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+	touch $@
+
+proto: $(STAMP)  ## regenerate gen/ from protos/
+	$(PY) scripts/gen_protos.py
+	touch gen/.stamp
+
+proto-check: setup  ## fail when gen/ does not match protos/
+	$(PY) scripts/gen_protos.py --check
+
+run: setup  ## start Redis, SecantusDB, the Flickr sandbox, the four services and the edge
+	$(PY) -m devstack run
+
+test: setup  ## the whole suite with branch coverage (fails below 80%)
+	$(PY) scripts/ensure_redis.py
+	rm -f .coverage .coverage.*
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(PY) -m pytest -q -p no:cacheprovider \
+	  --cov --cov-config=pyproject.toml --cov-report=term $(PYTEST_ARGS)
+
+test-fast: setup  ## unit tests only, no servers
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+lint: setup  ## ruff + mypy + stale generated code check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services libs tests bench scripts
+	$(PY) scripts/gen_protos.py --check
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup  ## load driver and micro-benchmarks; results go to bench/results/
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) gen .data .coverage .coverage.* htmlcov

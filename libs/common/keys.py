@@ -1,0 +1,64 @@
+"""Every Redis key, stream, group and channel name FlickrHub uses, built in one place.
+
+Keys that belong to one token carry the token's hash tag (`{<token_id_hash>}`)
+so a token's keys share one cluster slot and its Lua scripts stay cluster-legal.
+Nothing needs one atomic step across two tokens or between a token key and a
+work stream: moving is "append, then acknowledge", made safe by idempotent consumers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+PREFIX = "fh"
+TARGETS = ("rest", "upload", "replace")
+
+# Consumer groups
+MOVER_GROUP = "movers"
+WORKER_GROUP = "workers"
+WEBHOOK_GROUP = "webhooks"
+
+# Global streams and sets (queue Redis)
+ACTIVE_TOKENS = f"{PREFIX}:active"
+DELAYED = f"{PREFIX}:delayed"
+DEAD_LETTERS = f"{PREFIX}:dlq"
+WEBHOOKS = f"{PREFIX}:hooks"
+
+
+def token_stream(token_id_hash: str) -> str:
+    """Per-token queue stream the gateway appends to and the mover reads."""
+    return f"{PREFIX}:q:{{{token_id_hash}}}"
+
+
+def work_stream(target: str) -> str:
+    """Work stream of one target (rest, upload, replace) the workers read."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}")
+    return f"{PREFIX}:work:{target}"
+
+
+def job_events(job_id: str) -> str:
+    """Pub/sub channel on which a job's state changes are announced."""
+    return f"{PREFIX}:ev:{job_id}"
+
+
+# Cache Redis
+
+
+def cache_generation(token_id_hash: str, method: str = "") -> str:
+    """Generation counter of a token's (or token+method's) cache scope; INCR invalidates it in O(1)."""
+    suffix = f":{method}" if method else ""
+    return f"{PREFIX}c:gen:{{{token_id_hash}}}{suffix}"
+
+
+def cache_digest(method: str, params: Mapping[str, str], token_id_hash: str) -> str:
+    """SHA-256 of (method, canonically sorted params, token id)."""
+    canonical = json.dumps([method, sorted(params.items()), token_id_hash], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cache_entry(token_id_hash: str, generation: int, method_generation: int, digest: str) -> str:
+    """Key of one cached answer inside its token's scope and generations."""
+    return f"{PREFIX}c:e:{{{token_id_hash}}}:{generation}:{method_generation}:{digest}"

@@ -1,0 +1,106 @@
+"""How every FlickrHub service starts, reports health and stops.
+
+`python -m <service>` → `asyncio.run(app.run(settings))` → `run_service(app)`:
+the gRPC server gets the standard health service, reflection, the error and
+tracing interceptors and a Prometheus port; SIGTERM flips health to NOT_SERVING,
+stops intake, drains within the grace period, then closes clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from prometheus_client import start_http_server
+
+from common.grpc_errors import ErrorInterceptor
+from common.logs import setup_logging
+from common.settings import Settings
+from common.telemetry import setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+# Generous keepalive so idle channels between services survive NATs and LBs.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class Service(Protocol):
+    """What run_service needs from a service's app object."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class GrpcServer:
+    """A grpc.aio server with health, reflection and FlickrHub's interceptors."""
+
+    def __init__(self, service_names: Iterable[str], host: str, port: int) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), ErrorInterceptor()], options=CHANNEL_OPTIONS
+        )
+        self.health = health.aio.HealthServicer()
+        self.service_names = [*service_names, health.SERVICE_NAME]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*self.service_names, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC port {host}:{port}")
+
+    async def start(self) -> None:
+        """Start serving and report SERVING for every service."""
+        await self.server.start()
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first (load balancers stop routing), then stop with a grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def start_metrics(port: int) -> int:
+    """Serve Prometheus metrics on `port` (0 = any free port, -1 = off); returns the bound port."""
+    if port < 0:
+        return -1
+    server, _thread = start_http_server(port, addr="127.0.0.1" if port == 0 else "0.0.0.0")
+    return int(server.server_port)
+
+
+def insecure_channel(target: str) -> grpc.aio.Channel:
+    """A client channel to another FlickrHub service, traced."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors())
+
+
+def bootstrap(service: str, settings: Settings) -> None:
+    """Logging and tracing for a service process."""
+    setup_logging(service, settings.log_level)
+    setup_tracing(service, settings.otel_traces_exporter)
+
+
+async def run_service(app: Service, settings: Settings) -> None:
+    """Start `app`, wait for SIGTERM or SIGINT, then drain and stop it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    log.info("%s started", app.name)
+    await stop.wait()
+    log.info("%s draining (grace %.1fs)", app.name, settings.shutdown_grace_s)
+    await app.stop(settings.shutdown_grace_s)
+    shutdown_tracing()
+    log.info("%s stopped", app.name)

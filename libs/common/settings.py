@@ -1,0 +1,225 @@
+"""Typed settings for every FlickrHub process: the only module that reads the environment.
+
+Each field names its environment variable, its default and what it does; the
+README's configuration table is generated from these definitions
+(`python -m common.settings --markdown`). A bad value fails at start with the
+variable's name in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SANDBOX_DEMO_CONSUMER_KEY = "demo-consumer-key"
+SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"  # noqa: S105 - public demo value of the local sandbox
+
+
+class SettingsError(ValueError):
+    """A configuration variable holds a value FlickrHub cannot use."""
+
+
+def _env(name: str, default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "doc": doc, "secret": secret})
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    bool: _parse_bool,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": _parse_bool,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of FlickrHub; each service reads the fields it needs."""
+
+    environment: str = _env(
+        "FLICKRHUB_ENV", "demo", "`demo` allows built-in demo keys; `production` refuses to start without real ones."
+    )
+    log_level: str = _env("LOG_LEVEL", "INFO", "Python log level of every service (JSON lines on stderr).")
+    shutdown_grace_s: float = _env("SHUTDOWN_GRACE_S", 20.0, "Seconds a service may drain in-flight work after SIGTERM.")
+
+    # Stores
+    redis_url: str = _env(
+        "REDIS_URL", "redis://127.0.0.1:6390/0", "Queue Redis (streams, leases; must run `noeviction` with AOF)."
+    )
+    cache_redis_url: str = _env(
+        "CACHE_REDIS_URL", "redis://127.0.0.1:6391/0", "Cache Redis (runs `allkeys-lru` with a memory cap)."
+    )
+    mongo_url: str = _env(
+        "MONGO_URL",
+        "mongodb://127.0.0.1:27018/?directConnection=true&retryWrites=false",
+        "MongoDB URI (keep `retryWrites=false` for SecantusDB).",
+    )
+    mongo_db: str = _env("MONGO_DB", "flickrhub", "MongoDB database name.")
+
+    # Flickr
+    flickr_api_key: str = _env("FLICKR_API_KEY", "", "Flickr app consumer key; empty selects the local sandbox.")
+    flickr_api_secret: str = _env("FLICKR_API_SECRET", "", "Flickr app consumer secret.", secret=True)
+    sandbox_url: str = _env("SANDBOX_URL", "http://127.0.0.1:8765", "Base URL of the Flickr sandbox (no-credentials mode).")
+    flickr_rest_url: str = _env("FLICKR_REST_URL", "https://api.flickr.com/services/rest/", "Flickr REST endpoint.")
+    flickr_upload_url: str = _env("FLICKR_UPLOAD_URL", "https://up.flickr.com/services/upload/", "Flickr upload endpoint.")
+    flickr_replace_url: str = _env(
+        "FLICKR_REPLACE_URL", "https://up.flickr.com/services/replace/", "Flickr replace endpoint."
+    )
+    flickr_timeout_s: float = _env("FLICKR_TIMEOUT_S", 30.0, "Timeout of one Flickr HTTP call.")
+
+    # Token vault
+    vault_master_key: str = _env(
+        "VAULT_MASTER_KEY", "", "Base64 of 32 bytes: master key that encrypts OAuth tokens (demo mode has one).", secret=True
+    )
+    vault_key_file: str = _env("VAULT_KEY_FILE", "", "File holding the base64 master key (instead of VAULT_MASTER_KEY).")
+
+    # Gateway
+    gateway_host: str = _env("GATEWAY_HOST", "127.0.0.1", "Interface the gateway's gRPC server binds.")
+    gateway_port: int = _env("GATEWAY_PORT", 50051, "Gateway gRPC port (0 = any free port).")
+    gateway_metrics_port: int = _env("GATEWAY_METRICS_PORT", 9101, "Gateway Prometheus port (0 = any, -1 = off).")
+    gateway_addr: str = _env("GATEWAY_ADDR", "127.0.0.1:50051", "Where the edge dials the gateway.")
+    insert_batch_ms: float = _env("GATEWAY_INSERT_BATCH_MS", 2.0, "Window in which submissions share one insert_many.")
+
+    # Mover
+    mover_port: int = _env("MOVER_PORT", 50052, "Mover gRPC port (health only).")
+    mover_metrics_port: int = _env("MOVER_METRICS_PORT", 9102, "Mover Prometheus port.")
+    mover_batch: int = _env("MOVER_BATCH", 50, "Entries one mover round takes from one token queue.")
+    mover_claim_idle_s: float = _env("MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed.")
+
+    # Worker
+    worker_port: int = _env("WORKER_PORT", 50054, "Worker gRPC port (health only).")
+    worker_metrics_port: int = _env("WORKER_METRICS_PORT", 9104, "Worker Prometheus port.")
+    worker_concurrency: int = _env("WORKER_CONCURRENCY", 32, "Jobs one worker process executes at once.")
+    worker_visibility_timeout_s: float = _env(
+        "WORKER_VISIBILITY_TIMEOUT_S", 60.0, "Idle time after which another worker claims an entry (XAUTOCLAIM)."
+    )
+    worker_max_attempts: int = _env("WORKER_MAX_ATTEMPTS", 5, "Attempts before a transiently failing job fails.")
+    worker_backoff_base_s: float = _env("WORKER_BACKOFF_BASE_S", 1.0, "First retry delay; doubles each attempt.")
+    worker_backoff_max_s: float = _env("WORKER_BACKOFF_MAX_S", 300.0, "Longest retry delay.")
+    webhook_max_attempts: int = _env("WEBHOOK_MAX_ATTEMPTS", 8, "Delivery attempts of one webhook.")
+    webhook_timeout_s: float = _env("WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook POST.")
+
+    # Cache
+    cache_port: int = _env("CACHE_PORT", 50053, "Cache service gRPC port.")
+    cache_metrics_port: int = _env("CACHE_METRICS_PORT", 9103, "Cache service Prometheus port.")
+    cache_addr: str = _env("CACHE_ADDR", "127.0.0.1:50053", "Where workers dial the cache service.")
+    cache_ttl_read_s: int = _env("CACHE_TTL_READ_S", 300, "TTL of cached read answers.")
+    cache_ttl_search_s: int = _env("CACHE_TTL_SEARCH_S", 60, "TTL of cached search answers.")
+    cache_timeout_s: float = _env("CACHE_TIMEOUT_S", 0.5, "Deadline of a cache call; a slow cache counts as a miss.")
+
+    # Edge
+    edge_host: str = _env("EDGE_HOST", "127.0.0.1", "Interface the REST edge binds.")
+    edge_port: int = _env("EDGE_PORT", 8080, "REST edge HTTP port.")
+    edge_metrics_port: int = _env("EDGE_METRICS_PORT", 9105, "REST edge Prometheus port.")
+
+    # Telemetry (the OpenTelemetry SDK also reads the standard OTEL_* variables itself)
+    otel_traces_exporter: str = _env(
+        "OTEL_TRACES_EXPORTER", "none", "`otlp` (OTEL_EXPORTER_OTLP_ENDPOINT), `console` or `none`."
+    )
+
+    # Jobs
+    job_max_age_s: float = _env("JOB_MAX_AGE_S", 86400.0, "A job not started within this age expires.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from `env` (default os.environ); `overrides` win (tests pass ports here)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env:
+                try:
+                    values[f.name] = _PARSERS[f.type](env[name])
+                except (ValueError, KeyError) as exc:
+                    raise SettingsError(f"{name}: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse combinations FlickrHub cannot run with."""
+        if self.environment not in {"demo", "production"}:
+            raise SettingsError(f"FLICKRHUB_ENV: expected demo or production, got {self.environment!r}")
+        if self.environment == "production" and not (self.vault_master_key or self.vault_key_file):
+            raise SettingsError("VAULT_MASTER_KEY or VAULT_KEY_FILE: required when FLICKRHUB_ENV=production")
+        if bool(self.flickr_api_key) != bool(self.flickr_api_secret):
+            raise SettingsError("FLICKR_API_KEY and FLICKR_API_SECRET: set both or neither")
+        if self.otel_traces_exporter not in {"otlp", "console", "none"}:
+            raise SettingsError(f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}")
+        for name in ("worker_concurrency", "worker_max_attempts", "mover_batch", "webhook_max_attempts"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """Environment variable of a field."""
+        return str(next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == field_name))
+
+    @property
+    def uses_sandbox(self) -> bool:
+        """True when no Flickr credentials are set: calls go to the local sandbox."""
+        return not self.flickr_api_key
+
+    @property
+    def flickr_endpoints(self) -> FlickrEndpoints:
+        """Flickr's real endpoints, or the sandbox's when no credentials are configured."""
+        if self.uses_sandbox:
+            base = self.sandbox_url.rstrip("/")
+            return FlickrEndpoints(
+                rest=f"{base}/services/rest/",
+                upload=f"{base}/services/upload/",
+                replace=f"{base}/services/replace/",
+                consumer_key=SANDBOX_DEMO_CONSUMER_KEY,
+                consumer_secret=SANDBOX_DEMO_CONSUMER_SECRET,
+            )
+        return FlickrEndpoints(
+            rest=self.flickr_rest_url,
+            upload=self.flickr_upload_url,
+            replace=self.flickr_replace_url,
+            consumer_key=self.flickr_api_key,
+            consumer_secret=self.flickr_api_secret,
+        )
+
+
+@dataclass(frozen=True)
+class FlickrEndpoints:
+    """Where Flickr calls go and the app credentials that sign them."""
+
+    rest: str
+    upload: str
+    replace: str
+    consumer_key: str
+    consumer_secret: str = field(repr=False)
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = "" if f.metadata.get("secret") else f.default
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        sys.stdout.write(markdown_table())

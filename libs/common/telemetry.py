@@ -1,0 +1,94 @@
+"""Tracing setup and the one vocabulary of span and attribute names.
+
+The SDK is configured here and nowhere else; exporters come from the standard
+OTEL_* variables (through Settings). The W3C trace context rides inside every
+stream entry (`inject_fields` / `extract_fields`) so one trace follows a job
+from the edge through gateway, mover, worker and cache to the Flickr call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+
+TRACER_NAME = "flickrhub"
+
+# Span names
+SPAN_ENQUEUE = "flickrhub.job.enqueue"
+SPAN_MOVE = "flickrhub.job.move"
+SPAN_EXECUTE = "flickrhub.job.execute"
+SPAN_FLICKR_CALL = "flickrhub.flickr.call"
+SPAN_CACHE_LOOKUP = "flickrhub.cache.lookup"
+SPAN_CACHE_STORE = "flickrhub.cache.store"
+SPAN_WEBHOOK = "flickrhub.webhook.deliver"
+
+# Attribute names
+ATTR_JOB_ID = "flickrhub.job_id"
+ATTR_USER_ID = "flickrhub.user_id"
+ATTR_METHOD = "flickrhub.flickr_method"
+ATTR_TARGET = "flickrhub.target"
+ATTR_TOKEN = "flickrhub.token_id_hash"
+ATTR_ATTEMPT = "flickrhub.attempt"
+ATTR_STATE = "flickrhub.state"
+ATTR_FROM_CACHE = "flickrhub.from_cache"
+ATTR_FLICKR_CODE = "flickrhub.flickr_code"
+ATTR_STREAM = "messaging.destination.name"
+ATTR_MESSAGE_ID = "messaging.message.id"
+ATTR_MESSAGING_SYSTEM = "messaging.system"
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(service: str, exporter: str = "none", extra: SpanExporter | None = None) -> TracerProvider:
+    """Install the process's tracer provider once; later calls only add `extra`."""
+    global _provider
+    if _provider is None:
+        _provider = TracerProvider(resource=Resource.create({"service.name": f"flickrhub-{service}"}))
+        if exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        elif exporter == "console":
+            _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        trace.set_tracer_provider(_provider)
+    if extra is not None:
+        _provider.add_span_processor(SimpleSpanProcessor(extra))
+    return _provider
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still buffered (called on graceful shutdown)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis=2000)
+
+
+def tracer() -> trace.Tracer:
+    """FlickrHub's tracer."""
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject_fields(fields: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write the current trace context (traceparent, tracestate) into a stream entry."""
+    propagate.inject(fields)
+    return fields
+
+
+def extract_fields(fields: Mapping[str, str]) -> otel_context.Context:
+    """The trace context carried by a stream entry."""
+    return propagate.extract(dict(fields))
+
+
+def current_trace_id() -> str:
+    """Hex trace id of the current span, or an empty string outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

@@ -1,0 +1,75 @@
+"""Generate the Python gRPC package `flickrhub.v1` from protos/ into gen/.
+
+The proto path mirrors the import path (protos/flickrhub/v1/jobs.proto →
+`from flickrhub.v1 import jobs_pb2`), so no generated import is rewritten.
+`--check` regenerates into a temporary folder and fails if gen/ differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+GEN = ROOT / "gen"
+
+
+def _include_dirs() -> list[str]:
+    import google.api  # googleapis-common-protos ships annotations.proto and http.proto
+
+    googleapis_root = Path(next(iter(google.api.__path__))).parent.parent
+    wkt_root = Path(str(resources.files("grpc_tools") / "_proto"))
+    return [str(PROTOS), str(googleapis_root), str(wkt_root)]
+
+
+def generate(out: Path) -> None:
+    """Run protoc over every proto under protos/ into `out`."""
+    from grpc_tools import protoc
+
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["protoc", *(f"-I{d}" for d in _include_dirs())]
+    args += [f"--python_out={out}", f"--grpc_python_out={out}"]
+    bindir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside this interpreter
+    args += [f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}", f"--mypy_out={out}"]
+    args += [f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}"]
+    args += [f"--mypy_grpc_out={out}"]
+    if protoc.main([*args, *sources]) != 0:
+        raise SystemExit("protoc failed")
+    for folder in {out / Path(s).parent for s in sources} | {out / "flickrhub"}:
+        (folder / "__init__.py").touch()
+        (folder / "py.typed").touch()
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
+        return False
+    return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if gen/ is stale")
+    opts = parser.parse_args()
+    if opts.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp))
+            if not GEN.exists() or not _same_tree(Path(tmp), GEN):
+                print("gen/ is stale: run `make proto`", file=sys.stderr)
+                return 1
+        return 0
+    shutil.rmtree(GEN, ignore_errors=True)
+    generate(GEN)
+    print(f"generated {sum(1 for _ in GEN.rglob('*_pb2*.py'))} modules into {GEN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Real servers for the suite: one queue Redis, one cache Redis and one SecantusDB per session.
+
+Each test gets clean state: the Redis fixtures flush before the test, and each
+test gets its own MongoDB database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from common import redisio
+from devstack.procs import Managed
+from devstack.stores import mongo_url as make_mongo_url
+from devstack.stores import redis_server, secantus
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="flickrhub-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def queue_redis_server(tmp_root: Path) -> Iterator[Managed]:
+    server = redis_server("queue", tmp_root / "redis-queue").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cache_redis_server(tmp_root: Path) -> Iterator[Managed]:
+    server = redis_server("cache", tmp_root / "redis-cache", maxmemory="16mb").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_root: Path) -> Iterator[str]:
+    if os.environ.get("MONGO_URL"):
+        yield os.environ["MONGO_URL"]
+        return
+    server = secantus(tmp_root / "mongo", ttl_sweep_s=1).start(timeout=60)
+    yield make_mongo_url(server.port)
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(queue_redis_server: Managed) -> str:
+    return f"redis://127.0.0.1:{queue_redis_server.port}/0"
+
+
+@pytest.fixture
+def cache_redis_url(cache_redis_server: Managed) -> str:
+    return f"redis://127.0.0.1:{cache_redis_server.port}/0"
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[redisio.Redis]:
+    client = redisio.client(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def cache_redis(cache_redis_url: str) -> AsyncIterator[redisio.Redis]:
+    client = redisio.client(cache_redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def mongo_url(mongo_server: str) -> str:
+    return mongo_server
+
+
+@pytest.fixture
+def mongo_db_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest_asyncio.fixture
+async def mongo_db(mongo_url: str, mongo_db_name: str) -> AsyncIterator[AsyncDatabase[dict[str, object]]]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        yield client[mongo_db_name]
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()
