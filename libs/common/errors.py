@@ -71,7 +71,9 @@ class InvalidArgument(FlickrHubError):
     """The request is malformed; nothing was changed."""
 
     def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
-        super().__init__(message, "INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT, violations=violations or [])
+        super().__init__(
+            message, "INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT, violations=violations or []
+        )
 
 
 class NotFound(FlickrHubError):

@@ -33,10 +33,18 @@ def token_stream(token_id_hash: str) -> str:
 
 
 def work_stream(target: str) -> str:
-    """Work stream of one target (rest, upload, replace) the workers read."""
+    """Work stream of one target (rest, upload, replace) the workers read.
+
+    The three share the hash tag `{work}` so one XREADGROUP can block on all of them on a cluster.
+    """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    return f"{PREFIX}:work:{target}"
+    return f"{PREFIX}:work:{{work}}:{target}"
+
+
+def delayed_lock() -> str:
+    """Lease held by the one mover that pumps due retries back into token queues."""
+    return f"{PREFIX}:lock:delayed"
 
 
 def job_events(job_id: str) -> str:
@@ -55,10 +63,17 @@ def cache_generation(token_id_hash: str, method: str = "") -> str:
 
 def cache_digest(method: str, params: Mapping[str, str], token_id_hash: str) -> str:
     """SHA-256 of (method, canonically sorted params, token id)."""
-    canonical = json.dumps([method, sorted(params.items()), token_id_hash], separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        [method, sorted(params.items()), token_id_hash], separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def cache_entry(token_id_hash: str, generation: int, method_generation: int, digest: str) -> str:
     """Key of one cached answer inside its token's scope and generations."""
     return f"{PREFIX}c:e:{{{token_id_hash}}}:{generation}:{method_generation}:{digest}"
+
+
+def idempotency(token_id_hash: str, key_digest: str) -> str:
+    """Reservation of an idempotency key within a token's scope (24 h)."""
+    return f"{PREFIX}:idem:{{{token_id_hash}}}:{key_digest}"

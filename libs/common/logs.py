@@ -64,4 +64,4 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 
 def log_extra(**fields: Any) -> dict[str, Any]:
     """`extra=` for a log call, with secret-looking values dropped."""
-    return {k: v for k, v in fields.items() if "secret" not in k and "token" != k}
+    return {k: v for k, v in fields.items() if "secret" not in k and k != "token"}

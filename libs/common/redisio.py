@@ -7,6 +7,9 @@ pool is used for them (see `blocking_client`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -17,6 +20,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Redis = aioredis.Redis
 
 BLOCK_MS = 2000
+
+
+def fields(values: Mapping[str, str]) -> dict[Any, Any]:
+    """Stream entry fields as redis-py's (invariant) XADD signature wants them."""
+    return dict(values)
 
 
 def client(url: str, *, max_connections: int = 64) -> Redis:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SANDBOX_DEMO_CONSUMER_KEY = "demo-consumer-key"
-SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"  # noqa: S105 - public demo value of the local sandbox
+SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"
 
 
 class SettingsError(ValueError):
@@ -53,14 +53,20 @@ class Settings:
     """Every knob of FlickrHub; each service reads the fields it needs."""
 
     environment: str = _env(
-        "FLICKRHUB_ENV", "demo", "`demo` allows built-in demo keys; `production` refuses to start without real ones."
+        "FLICKRHUB_ENV",
+        "demo",
+        "`demo` allows built-in demo keys; `production` refuses to start without real ones.",
     )
     log_level: str = _env("LOG_LEVEL", "INFO", "Python log level of every service (JSON lines on stderr).")
-    shutdown_grace_s: float = _env("SHUTDOWN_GRACE_S", 20.0, "Seconds a service may drain in-flight work after SIGTERM.")
+    shutdown_grace_s: float = _env(
+        "SHUTDOWN_GRACE_S", 20.0, "Seconds a service may drain in-flight work after SIGTERM."
+    )
 
     # Stores
     redis_url: str = _env(
-        "REDIS_URL", "redis://127.0.0.1:6390/0", "Queue Redis (streams, leases; must run `noeviction` with AOF)."
+        "REDIS_URL",
+        "redis://127.0.0.1:6390/0",
+        "Queue Redis (streams, leases; must run `noeviction` with AOF).",
     )
     cache_redis_url: str = _env(
         "CACHE_REDIS_URL", "redis://127.0.0.1:6391/0", "Cache Redis (runs `allkeys-lru` with a memory cap)."
@@ -73,11 +79,19 @@ class Settings:
     mongo_db: str = _env("MONGO_DB", "flickrhub", "MongoDB database name.")
 
     # Flickr
-    flickr_api_key: str = _env("FLICKR_API_KEY", "", "Flickr app consumer key; empty selects the local sandbox.")
+    flickr_api_key: str = _env(
+        "FLICKR_API_KEY", "", "Flickr app consumer key; empty selects the local sandbox."
+    )
     flickr_api_secret: str = _env("FLICKR_API_SECRET", "", "Flickr app consumer secret.", secret=True)
-    sandbox_url: str = _env("SANDBOX_URL", "http://127.0.0.1:8765", "Base URL of the Flickr sandbox (no-credentials mode).")
-    flickr_rest_url: str = _env("FLICKR_REST_URL", "https://api.flickr.com/services/rest/", "Flickr REST endpoint.")
-    flickr_upload_url: str = _env("FLICKR_UPLOAD_URL", "https://up.flickr.com/services/upload/", "Flickr upload endpoint.")
+    sandbox_url: str = _env(
+        "SANDBOX_URL", "http://127.0.0.1:8765", "Base URL of the Flickr sandbox (no-credentials mode)."
+    )
+    flickr_rest_url: str = _env(
+        "FLICKR_REST_URL", "https://api.flickr.com/services/rest/", "Flickr REST endpoint."
+    )
+    flickr_upload_url: str = _env(
+        "FLICKR_UPLOAD_URL", "https://up.flickr.com/services/upload/", "Flickr upload endpoint."
+    )
     flickr_replace_url: str = _env(
         "FLICKR_REPLACE_URL", "https://up.flickr.com/services/replace/", "Flickr replace endpoint."
     )
@@ -85,32 +99,51 @@ class Settings:
 
     # Token vault
     vault_master_key: str = _env(
-        "VAULT_MASTER_KEY", "", "Base64 of 32 bytes: master key that encrypts OAuth tokens (demo mode has one).", secret=True
+        "VAULT_MASTER_KEY",
+        "",
+        "Base64 of 32 bytes: master key that encrypts OAuth tokens (demo mode has one).",
+        secret=True,
     )
-    vault_key_file: str = _env("VAULT_KEY_FILE", "", "File holding the base64 master key (instead of VAULT_MASTER_KEY).")
+    vault_key_file: str = _env(
+        "VAULT_KEY_FILE", "", "File holding the base64 master key (instead of VAULT_MASTER_KEY)."
+    )
 
     # Gateway
-    gateway_host: str = _env("GATEWAY_HOST", "127.0.0.1", "Interface the gateway's gRPC server binds.")
+    bind_host: str = _env(
+        "BIND_HOST", "127.0.0.1", "Interface the gRPC servers of every service bind (0.0.0.0 in containers)."
+    )
     gateway_port: int = _env("GATEWAY_PORT", 50051, "Gateway gRPC port (0 = any free port).")
-    gateway_metrics_port: int = _env("GATEWAY_METRICS_PORT", 9101, "Gateway Prometheus port (0 = any, -1 = off).")
+    gateway_metrics_port: int = _env(
+        "GATEWAY_METRICS_PORT", 9101, "Gateway Prometheus port (0 = any, -1 = off)."
+    )
     gateway_addr: str = _env("GATEWAY_ADDR", "127.0.0.1:50051", "Where the edge dials the gateway.")
-    insert_batch_ms: float = _env("GATEWAY_INSERT_BATCH_MS", 2.0, "Window in which submissions share one insert_many.")
+    insert_batch_ms: float = _env(
+        "GATEWAY_INSERT_BATCH_MS", 2.0, "Window in which submissions share one insert_many."
+    )
 
     # Mover
     mover_port: int = _env("MOVER_PORT", 50052, "Mover gRPC port (health only).")
     mover_metrics_port: int = _env("MOVER_METRICS_PORT", 9102, "Mover Prometheus port.")
     mover_batch: int = _env("MOVER_BATCH", 50, "Entries one mover round takes from one token queue.")
-    mover_claim_idle_s: float = _env("MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed.")
+    mover_claim_idle_s: float = _env(
+        "MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed."
+    )
 
     # Worker
     worker_port: int = _env("WORKER_PORT", 50054, "Worker gRPC port (health only).")
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", 9104, "Worker Prometheus port.")
     worker_concurrency: int = _env("WORKER_CONCURRENCY", 32, "Jobs one worker process executes at once.")
     worker_visibility_timeout_s: float = _env(
-        "WORKER_VISIBILITY_TIMEOUT_S", 60.0, "Idle time after which another worker claims an entry (XAUTOCLAIM)."
+        "WORKER_VISIBILITY_TIMEOUT_S",
+        60.0,
+        "Idle time after which another worker claims an entry (XAUTOCLAIM).",
     )
-    worker_max_attempts: int = _env("WORKER_MAX_ATTEMPTS", 5, "Attempts before a transiently failing job fails.")
-    worker_backoff_base_s: float = _env("WORKER_BACKOFF_BASE_S", 1.0, "First retry delay; doubles each attempt.")
+    worker_max_attempts: int = _env(
+        "WORKER_MAX_ATTEMPTS", 5, "Attempts before a transiently failing job fails."
+    )
+    worker_backoff_base_s: float = _env(
+        "WORKER_BACKOFF_BASE_S", 1.0, "First retry delay; doubles each attempt."
+    )
     worker_backoff_max_s: float = _env("WORKER_BACKOFF_MAX_S", 300.0, "Longest retry delay.")
     webhook_max_attempts: int = _env("WEBHOOK_MAX_ATTEMPTS", 8, "Delivery attempts of one webhook.")
     webhook_timeout_s: float = _env("WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook POST.")
@@ -121,7 +154,9 @@ class Settings:
     cache_addr: str = _env("CACHE_ADDR", "127.0.0.1:50053", "Where workers dial the cache service.")
     cache_ttl_read_s: int = _env("CACHE_TTL_READ_S", 300, "TTL of cached read answers.")
     cache_ttl_search_s: int = _env("CACHE_TTL_SEARCH_S", 60, "TTL of cached search answers.")
-    cache_timeout_s: float = _env("CACHE_TIMEOUT_S", 0.5, "Deadline of a cache call; a slow cache counts as a miss.")
+    cache_timeout_s: float = _env(
+        "CACHE_TIMEOUT_S", 0.5, "Deadline of a cache call; a slow cache counts as a miss."
+    )
 
     # Edge
     edge_host: str = _env("EDGE_HOST", "127.0.0.1", "Interface the REST edge binds.")
@@ -163,7 +198,9 @@ class Settings:
         if bool(self.flickr_api_key) != bool(self.flickr_api_secret):
             raise SettingsError("FLICKR_API_KEY and FLICKR_API_SECRET: set both or neither")
         if self.otel_traces_exporter not in {"otlp", "console", "none"}:
-            raise SettingsError(f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}")
+            raise SettingsError(
+                f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}"
+            )
         for name in ("worker_concurrency", "worker_max_attempts", "mover_batch", "webhook_max_attempts"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")

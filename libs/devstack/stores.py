@@ -44,4 +44,6 @@ def secantus(data_dir: Path, port: int | None = None, ttl_sweep_s: float = 60.0)
 
 def mongo_url(port: int) -> str:
     """URI for SecantusDB (retryWrites=false avoids its retryable-write slowdown)."""
-    return f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false&serverSelectionTimeoutMS=5000"
+    return (
+        f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false&serverSelectionTimeoutMS=5000"
+    )

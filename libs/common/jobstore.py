@@ -1,0 +1,162 @@
+"""Job documents in MongoDB: the source of truth for every accepted job.
+
+Every transition is a guarded `update_one` (the filter names the state it
+leaves and, for a worker, the attempt it owns), never `find_one_and_update`:
+that scans the whole collection on SecantusDB. A transition that matches
+nothing means someone else moved the job; the caller decides from a re-read.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from common import jobs
+from common.mongo import Doc
+
+COMPLETED_RETENTION = timedelta(days=90)
+EXPIRED_RETENTION = timedelta(days=30)
+
+
+def now() -> datetime:
+    """Current UTC time, truncated to milliseconds (what MongoDB stores)."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def retention_for(state: str, at: datetime) -> datetime:
+    """When a job in final `state` leaves the collection (the TTL index reads this)."""
+    return at + (EXPIRED_RETENTION if state == jobs.EXPIRED else COMPLETED_RETENTION)
+
+
+class JobStore:
+    """Reads and transitions job documents."""
+
+    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+        self.jobs = collection
+
+    async def get(self, job_id: str) -> Doc | None:
+        """The job document, or None."""
+        return await self.jobs.find_one({"job_id": job_id}, {"_id": 0})
+
+    async def claim(self, job_id: str, worker_id: str, attempt: int, lease_s: float) -> bool:
+        """Take a queued or retrying job (or one whose runner's lease ran out) for `attempt`."""
+        t = now()
+        result = await self.jobs.update_one(
+            {
+                "job_id": job_id,
+                "$or": [
+                    {"status": {"$in": [jobs.QUEUED, jobs.RETRYING]}},
+                    {"status": jobs.RUNNING, "lease_until": {"$lt": t}},
+                ],
+            },
+            {
+                "$set": {
+                    "status": jobs.RUNNING,
+                    "worker_id": worker_id,
+                    "attempt_token": attempt,
+                    "lease_until": t + timedelta(seconds=lease_s),
+                    "updated_at": t,
+                },
+                "$min": {"started_at": t},
+                "$inc": {"attempts": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    async def extend_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        """Keep a long call's lease alive; False if the job was taken away."""
+        t = now()
+        result = await self.jobs.update_one(
+            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id},
+            {"$set": {"lease_until": t + timedelta(seconds=lease_s)}},
+        )
+        return result.modified_count == 1
+
+    async def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        from_cache: bool = False,
+    ) -> bool:
+        """Record a final outcome of the run `worker_id` owns; False if it no longer owns the job."""
+        t = now()
+        fields: dict[str, Any] = {
+            "status": state,
+            "updated_at": t,
+            "finished_at": t,
+            "expire_at": retention_for(state, t),
+            "from_cache": from_cache,
+            "lease_until": None,
+        }
+        if result is not None:
+            fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+        if error is not None:
+            fields["error"] = error
+        outcome = await self.jobs.update_one(
+            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id}, {"$set": fields}
+        )
+        return outcome.modified_count == 1
+
+    async def schedule_retry(self, job_id: str, worker_id: str, error: dict[str, Any], due: datetime) -> bool:
+        """Record a transient failure; the job waits in RETRYING until `due`."""
+        outcome = await self.jobs.update_one(
+            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id},
+            {"$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}},
+        )
+        return outcome.modified_count == 1
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not started (queued or retrying)."""
+        t = now()
+        outcome = await self.jobs.update_one(
+            {"job_id": job_id, "status": {"$in": [jobs.QUEUED, jobs.RETRYING]}},
+            {
+                "$set": {
+                    "status": jobs.CANCELLED,
+                    "updated_at": t,
+                    "finished_at": t,
+                    "expire_at": retention_for(jobs.CANCELLED, t),
+                    "error": {"code": "CANCELLED", "message": "cancelled by the client"},
+                }
+            },
+        )
+        return outcome.modified_count == 1
+
+    async def mark_webhook(self, job_id: str, status: str, attempts: int, http_status: int = 0) -> None:
+        """Remember what became of the job's webhook."""
+        await self.jobs.update_one(
+            {"job_id": job_id},
+            {"$set": {"webhook": {"status": status, "attempts": attempts, "http_status": http_status}}},
+        )
+
+    async def list_for_user(
+        self,
+        user_id: str,
+        *,
+        state: str | None,
+        method: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Doc]:
+        """A user's jobs newest first, strictly after the cursor (created_at, job_id)."""
+        query: dict[str, Any] = {"user_id": user_id}
+        if state:
+            query["status"] = state
+        if method:
+            query["method"] = method
+        if after is not None:
+            created, job_id = after
+            query["$or"] = [
+                {"created_at": {"$lt": created}},
+                {"created_at": created, "job_id": {"$lt": job_id}},
+            ]
+        cursor = self.jobs.find(query, {"_id": 0}).sort([("created_at", -1), ("job_id", -1)]).limit(limit)
+        return [doc async for doc in cursor]

@@ -1,0 +1,81 @@
+"""MongoDB: the client, the collections and the indexes FlickrHub declares in code.
+
+Indexes and retention are applied at start (idempotently) by every service
+that writes. The job document is the source of truth for every accepted job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+Doc = dict[str, Any]
+
+JOBS = "jobs"
+TOKENS = "tokens"
+API_KEYS = "api_keys"
+AUDIT_LOG = "audit_log"
+
+AUDIT_RETENTION_S = 365 * 24 * 3600
+
+INDEXES: dict[str, list[IndexModel]] = {
+    JOBS: [
+        IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
+        IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
+        IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        IndexModel([("method", ASCENDING)], name="method"),
+        IndexModel([("client_id", ASCENDING)], name="client_id"),
+        IndexModel(
+            [("user_id", ASCENDING), ("created_at", DESCENDING), ("job_id", DESCENDING)], name="user_recent"
+        ),
+        # Each job gets expire_at from its final state; live jobs have none and never expire.
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ],
+    TOKENS: [
+        IndexModel([("user_id", ASCENDING)], unique=True, name="user_id_unique"),
+        IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
+    ],
+    API_KEYS: [IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique")],
+    AUDIT_LOG: [
+        IndexModel([("created_at", ASCENDING)], expireAfterSeconds=AUDIT_RETENTION_S, name="retention_ttl")
+    ],
+}
+
+
+@dataclass
+class Mongo:
+    """An AsyncMongoClient and FlickrHub's database."""
+
+    client: AsyncMongoClient[Doc]
+    db: AsyncDatabase[Doc]
+
+    @classmethod
+    def connect(cls, url: str, db_name: str) -> Mongo:
+        """Connect lazily (the first operation dials); datetimes come back timezone-aware."""
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=3000, appname="flickrhub"
+        )
+        return cls(client, client[db_name])
+
+    @property
+    def jobs(self) -> AsyncCollection[Doc]:
+        """The `jobs` collection."""
+        return self.db[JOBS]
+
+    @property
+    def tokens(self) -> AsyncCollection[Doc]:
+        """The `tokens` collection."""
+        return self.db[TOKENS]
+
+    async def ensure_indexes(self) -> None:
+        """Create every declared index; a no-op when they exist."""
+        for name, models in INDEXES.items():
+            await self.db[name].create_indexes(models)
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self.client.close()

@@ -1,0 +1,95 @@
+"""Envelope encryption of secrets at rest (OAuth tokens, webhook secrets).
+
+AES-256-GCM with a data key per record derived by HKDF-SHA256 from a master
+key, the record's purpose and id, and the key version; the version is stored
+beside the ciphertext so a rotation can re-encrypt online while reads accept
+every version the key provider still holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from common.settings import Settings, SettingsError
+
+# Demo mode only: a fixed, public master key so `make run` works out of the box.
+_DEMO_MASTER_KEY = hashlib.sha256(b"flickrhub demo master key - never use in production").digest()
+
+
+class KeyProvider(Protocol):
+    """Where master keys come from (local file/env today; Vault or a cloud KMS by adapter)."""
+
+    @property
+    def current_version(self) -> int: ...
+
+    def master_key(self, version: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class LocalKeyProvider:
+    """Master keys held in memory, loaded from the environment or a key file."""
+
+    keys: dict[int, bytes] = field(repr=False)
+    current_version: int = 1
+
+    def master_key(self, version: int) -> bytes:
+        """The master key of `version`; KeyError when retired."""
+        return self.keys[version]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalKeyProvider:
+        """VAULT_MASTER_KEY, else VAULT_KEY_FILE, else the demo key (demo mode only)."""
+        raw = settings.vault_master_key
+        if not raw and settings.vault_key_file:
+            raw = Path(settings.vault_key_file).read_text().strip()
+        if not raw:
+            if settings.environment != "demo":
+                raise SettingsError("VAULT_MASTER_KEY: no master key configured")
+            return cls({1: _DEMO_MASTER_KEY})
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise SettingsError("VAULT_MASTER_KEY: not valid base64") from None
+        if len(key) != 32:
+            raise SettingsError("VAULT_MASTER_KEY: must decode to 32 bytes")
+        return cls({1: key})
+
+
+class Vault:
+    """Encrypts and decrypts small secrets bound to a purpose and a record id."""
+
+    def __init__(self, keys: KeyProvider) -> None:
+        self._keys = keys
+
+    def _data_key(self, version: int, purpose: str, record_id: str) -> bytes:
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=f"flickrhub/{purpose}/{record_id}/v{version}".encode(),
+        )
+        return hkdf.derive(self._keys.master_key(version))
+
+    def encrypt(self, plaintext: str, *, purpose: str, record_id: str) -> dict[str, Any]:
+        """A document {v, n, c} safe to store; the purpose and id are bound as associated data."""
+        version = self._keys.current_version
+        nonce = os.urandom(12)
+        aad = f"{purpose}:{record_id}".encode()
+        ct = AESGCM(self._data_key(version, purpose, record_id)).encrypt(nonce, plaintext.encode(), aad)
+        return {"v": version, "n": base64.b64encode(nonce).decode(), "c": base64.b64encode(ct).decode()}
+
+    def decrypt(self, blob: dict[str, Any], *, purpose: str, record_id: str) -> str:
+        """The plaintext of `blob`; raises cryptography's InvalidTag if it was tampered with."""
+        aad = f"{purpose}:{record_id}".encode()
+        key = self._data_key(int(blob["v"]), purpose, record_id)
+        plaintext = AESGCM(key).decrypt(base64.b64decode(blob["n"]), base64.b64decode(blob["c"]), aad)
+        return plaintext.decode()

@@ -1,0 +1,20 @@
+"""`python -m edge`: serve the REST edge with settings from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.logs import setup_logging
+from common.settings import Settings
+from edge import app
+
+
+def main() -> None:
+    """Read settings, set up logging and run the edge until SIGTERM."""
+    settings = Settings.from_env()
+    setup_logging("edge", settings.log_level)
+    asyncio.run(app.run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""The REST edge: an aiohttp app that transcodes REST/JSON to gRPC calls on the gateway.
+
+Routes come from the google.api.http options (`routes.build`); each request is
+matched, transcoded, sent over one shared `grpc.aio.Channel` to the gateway (so
+the gateway's interceptors run exactly as for gRPC clients) and the answer or the
+rich status is rendered as JSON. Everything per route is worked out at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc.aio  # type: ignore[import-untyped, unused-ignore]
+from aiohttp import web
+from google.protobuf import message
+from grpc_health.v1 import health_pb2
+from opentelemetry import propagate, trace
+from prometheus_client import Counter, Histogram, start_http_server
+
+from common.settings import Settings
+from edge import routes, status, transcode
+from flickrhub.v1 import admin_pb2, jobs_pb2
+
+log = logging.getLogger("edge")
+
+PROTO_MODULES: tuple[ModuleType, ...] = (jobs_pb2, admin_pb2)
+MAX_BODY_BYTES = 10 * 1024 * 1024
+READY_TIMEOUT_S = 2.0
+# How often a server stream waiting for its next message checks that the client is still there.
+DISCONNECT_POLL_S = 0.5
+
+# The one allow-list of headers that become gRPC metadata (lower case). traceparent and
+# tracestate are not copied: the edge span's context is injected in their place.
+FORWARDED_HEADERS: tuple[str, ...] = (
+    "authorization",
+    "x-idempotency-key",
+    "x-api-key",
+    "x-signature",
+    "x-timestamp",
+    "x-nonce",
+)
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_JSON = "application/json"
+_NDJSON = "application/x-ndjson"
+_UNMATCHED = "unmatched"
+
+REQUESTS = Counter("flickrhub_edge_requests_total", "REST requests answered by the edge.", ["route", "code"])
+LATENCY = Histogram("flickrhub_edge_request_seconds", "Time to answer a REST request.", ["route"])
+
+_tracer = trace.get_tracer("flickrhub.edge")
+_CHANNEL = web.AppKey("edge_channel", grpc.aio.Channel)
+
+
+class _Reject(Exception):
+    """Answer the request with this error instead of calling the gateway."""
+
+    def __init__(self, error: status.HttpError) -> None:
+        super().__init__(error.body.get("message", ""))
+        self.error = error
+
+
+def _invalid(message_text: str) -> _Reject:
+    return _Reject(status.error(grpc.StatusCode.INVALID_ARGUMENT, message_text))
+
+
+def _http_error(http: int, code: grpc.StatusCode, message_text: str) -> _Reject:
+    err = status.error(code, message_text)
+    err.status = http
+    return _Reject(err)
+
+
+@dataclass
+class _Bound:
+    """A route with its transcoder and its cached gRPC callable."""
+
+    route: routes.Route
+    builder: transcode.RequestBuilder
+    call: Callable[..., Any] | None = None
+
+
+def parse_grpc_timeout(value: str) -> float:
+    """Seconds in a `grpc-timeout` value such as `5S` or `100m`."""
+    found = _TIMEOUT.match(value.strip())
+    if found is None:
+        raise ValueError(f"grpc-timeout: expected 1-8 digits and a unit H/M/S/m/u/n, got {value!r}")
+    return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
+
+
+class Edge:
+    """Request handling state: route table, channel and metric children."""
+
+    def __init__(self, route_table: Sequence[routes.Route]) -> None:
+        self.bound = [
+            _Bound(r, transcode.RequestBuilder(r.request_cls, r.body, r.template.field_paths))
+            for r in route_table
+        ]
+        self.channel: grpc.aio.Channel | None = None
+        self.draining = False
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._histograms: dict[str, Any] = {}
+
+    def bind(self, channel: grpc.aio.Channel) -> None:
+        """Create one callable per route on the shared channel."""
+        self.channel = channel
+        for b in self.bound:
+            factory = channel.unary_stream if b.route.server_streaming else channel.unary_unary
+            b.call = factory(
+                b.route.method_path,
+                request_serializer=b.route.request_cls.SerializeToString,
+                response_deserializer=b.route.response_cls.FromString,
+            )
+        self._health = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    def match(self, method: str, raw_path: str) -> tuple[_Bound, dict[str, str]]:
+        """The route and path variables for a request, or a 404/405 rejection."""
+        found: list[tuple[_Bound, dict[str, str]]] = []
+        for b in self.bound:
+            variables = b.route.template.match(raw_path)
+            if variables is not None:
+                found.append((b, variables))
+        if any(b.route.template.verb for b, _ in found):
+            # `/v1/jobs/x:cancel` names the cancel resource, not a job called "x:cancel".
+            found = [(b, v) for b, v in found if b.route.template.verb]
+        for b, variables in found:
+            if b.route.verb == method:
+                return b, variables
+        if not found:
+            raise _http_error(404, grpc.StatusCode.NOT_FOUND, f"no route for {raw_path}")
+        allow = ", ".join(sorted({b.route.verb for b, _ in found}))
+        err = status.error(grpc.StatusCode.UNIMPLEMENTED, f"method {method} not allowed on {raw_path}")
+        err.status = 405
+        err.headers["Allow"] = allow
+        raise _Reject(err)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Every REST route: match, transcode, call the gateway, render."""
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+        raw_path = request.raw_path.partition("?")[0]
+        try:
+            bound, variables = self.match(request.method, raw_path)
+        except _Reject as rejected:
+            unmatched = _error_response(rejected.error, request_id)
+            self._observe(_UNMATCHED, unmatched.status, started)
+            return unmatched
+        route = bound.route
+        context = propagate.extract(request.headers)
+        with _tracer.start_as_current_span(
+            route.name, context=context, kind=trace.SpanKind.SERVER, record_exception=False
+        ) as span:
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("http.route", route.template.source)
+            span.set_attribute("rpc.method", route.method_path)
+            response: web.StreamResponse
+            try:
+                msg, metadata, timeout = await self._prepare(request, bound, variables, request_id)
+                if route.server_streaming:
+                    response = await self._stream(request, bound, msg, metadata, timeout, request_id)
+                else:
+                    response = await self._unary(bound, msg, metadata, timeout, request_id)
+            except _Reject as rejected:
+                response = _error_response(rejected.error, request_id)
+            except Exception:
+                # A bug in the edge: log it with its trace, answer JSON, never a stack trace.
+                log.exception("edge failed on %s", route.name)
+                err = status.error(grpc.StatusCode.INTERNAL, "internal error in the REST edge")
+                response = _error_response(err, request_id)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+        self._observe(route.name, response.status, started)
+        return response
+
+    async def _prepare(
+        self, request: web.Request, bound: _Bound, variables: Mapping[str, str], request_id: str
+    ) -> tuple[message.Message, list[tuple[str, str]], float | None]:
+        body = await _read_body(request, bound.builder.accepts_body)
+        try:
+            msg = bound.builder.build(variables, body, request.query.items())
+        except transcode.TranscodeError as exc:
+            raise _invalid(str(exc)) from None
+        metadata, timeout = _metadata(request, request_id)
+        return msg, metadata, timeout
+
+    async def _unary(
+        self,
+        bound: _Bound,
+        msg: message.Message,
+        metadata: list[tuple[str, str]],
+        timeout: float | None,  # noqa: ASYNC109 - the gRPC deadline, passed on to the call
+        request_id: str,
+    ) -> web.StreamResponse:
+        assert bound.call is not None
+        try:
+            reply = await bound.call(msg, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return _error_response(self._rpc_error(exc), request_id)
+        return web.Response(
+            body=transcode.response_json(reply, bound.route.response_body),
+            content_type=_JSON,
+            headers={"X-Request-Id": request_id},
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        bound: _Bound,
+        msg: message.Message,
+        metadata: list[tuple[str, str]],
+        timeout: float | None,  # noqa: ASYNC109 - the gRPC deadline, passed on to the call
+        request_id: str,
+    ) -> web.StreamResponse:
+        """grpc-gateway's stream form: NDJSON lines `{"result": …}`, a final `{"error": …}` on failure."""
+        assert bound.call is not None
+        call = bound.call(msg, metadata=metadata, timeout=timeout)
+        response: web.StreamResponse | None = None
+        try:
+            while True:
+                item = await _next_or_disconnect(call, request)
+                if item is None:  # the client went away: cancel the call (finally) and stop
+                    return response or web.Response(status=499, headers={"X-Request-Id": request_id})
+                if item is grpc.aio.EOF:
+                    break
+                if response is None:
+                    response = await _start_stream(request, request_id)
+                await response.write(transcode.dumps({"result": transcode.message_to_dict(item)}) + b"\n")
+        except grpc.aio.AioRpcError as exc:
+            err = self._rpc_error(exc)
+            if response is None:  # nothing sent yet: a plain error answer with the right status
+                return _error_response(err, request_id)
+            await response.write(transcode.dumps({"error": err.body}) + b"\n")
+        except ConnectionError:
+            return response or web.Response(status=499, headers={"X-Request-Id": request_id})
+        finally:
+            call.cancel()  # no-op once the call has finished
+        if response is None:
+            response = await _start_stream(request, request_id)
+        await response.write_eof()
+        return response
+
+    def _rpc_error(self, exc: grpc.aio.AioRpcError) -> status.HttpError:
+        err = status.from_rpc_error(exc)
+        if (
+            exc.code() == grpc.StatusCode.UNAVAILABLE
+            and not err.body["details"]
+            and self.channel is not None
+            and self.channel.get_state() != grpc.ChannelConnectivity.READY
+        ):
+            # The gateway could not be reached (not its own answer): don't leak addresses to clients.
+            log.warning("gateway unreachable: %s", exc.details())
+            err.body["message"] = "gateway unavailable, retry later"
+        return err
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Liveness: the edge process answers."""
+        return _json_response(200, {"status": "ok"}, _request_id(request))
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Readiness: the gateway's standard health service says SERVING."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        state = "draining"
+        if not self.draining:
+            try:
+                reply = await self._health(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
+                state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as exc:
+                state = f"gateway health check failed: {exc.code().name}"
+        ok = state == health_pb2.HealthCheckResponse.ServingStatus.Name(serving)
+        return _json_response(200 if ok else 503, {"status": state}, _request_id(request))
+
+    def _observe(self, route: str, http_status: int, started: float) -> None:
+        key = (route, http_status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REQUESTS.labels(route=route, code=str(http_status))
+        counter.inc()
+        histogram = self._histograms.get(route)
+        if histogram is None:
+            histogram = self._histograms[route] = LATENCY.labels(route=route)
+        histogram.observe(time.perf_counter() - started)
+
+
+async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
+    """The raw body within MAX_BODY_BYTES (checked on Content-Length first, then while reading)."""
+    if not request.body_exists:
+        return None
+    length = request.content_length
+    if not accepts_body and length:
+        raise _invalid(f"{request.method} {request.path} takes no request body")
+    if accepts_body and (request.content_type != _JSON or (request.charset or "utf-8").lower() != "utf-8"):
+        sent = request.headers.get("Content-Type", "")
+        raise _http_error(
+            415, grpc.StatusCode.INVALID_ARGUMENT, f"unsupported content type {sent!r}: send application/json"
+        )
+    if length is not None and length > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    if body and not accepts_body:
+        raise _invalid(f"{request.method} {request.path} takes no request body")
+    return bytes(body)
+
+
+def _too_large() -> _Reject:
+    return _http_error(
+        413, grpc.StatusCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
+    )
+
+
+def _metadata(request: web.Request, request_id: str) -> tuple[list[tuple[str, str]], float | None]:
+    """gRPC metadata from the allow-listed headers, plus the deadline from grpc-timeout."""
+    headers = request.headers
+    carrier: dict[str, str] = {}
+    for name in FORWARDED_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            carrier[name] = value
+    forwarded = headers.get("x-forwarded-for")
+    remote = request.remote or ""
+    carrier["x-forwarded-for"] = f"{forwarded}, {remote}" if forwarded else remote
+    carrier["x-request-id"] = request_id
+    for name, value in carrier.items():
+        if not (value.isascii() and value.isprintable()):
+            raise _invalid(f"header {name} must be printable ASCII")
+    propagate.inject(carrier)  # traceparent/tracestate of the edge span, not the client's
+    timeout = None
+    raw_timeout = headers.get("grpc-timeout")
+    if raw_timeout is not None:
+        try:
+            timeout = parse_grpc_timeout(raw_timeout)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
+    return list(carrier.items()), timeout
+
+
+async def _next_or_disconnect(call: Any, request: web.Request) -> Any:
+    """The next stream message (or EOF); None when the client disconnected first."""
+    read = asyncio.ensure_future(call.read())
+    try:
+        while True:
+            done, _ = await asyncio.wait((read,), timeout=DISCONNECT_POLL_S)
+            if done:
+                return read.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return None
+    finally:
+        if not read.done():
+            read.cancel()
+
+
+async def _start_stream(request: web.Request, request_id: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": _NDJSON, "X-Request-Id": request_id})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    return response
+
+
+def _request_id(request: web.Request) -> str:
+    return request.headers.get("X-Request-Id") or str(uuid.uuid4())
+
+
+def _json_response(http: int, body: Mapping[str, Any], request_id: str) -> web.Response:
+    return web.Response(
+        status=http, body=transcode.dumps(body), content_type=_JSON, headers={"X-Request-Id": request_id}
+    )
+
+
+def _error_response(error: status.HttpError, request_id: str) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=error.json(),
+        content_type=_JSON,
+        headers={**error.headers, "X-Request-Id": request_id},
+    )
+
+
+EDGE = web.AppKey("edge", Edge)
+
+
+def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> web.Application:
+    """The edge app; it dials `settings.gateway_addr` unless given a channel (the caller then closes it)."""
+    edge = Edge(routes.build(PROTO_MODULES))
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[EDGE] = edge
+    app.router.add_get("/healthz", edge.healthz)
+    app.router.add_get("/readyz", edge.readyz)
+    app.router.add_route("*", "/{tail:.*}", edge.handle)
+
+    async def open_channel(app: web.Application) -> None:
+        if channel is not None:
+            edge.bind(channel)
+            return
+        owned = grpc.aio.insecure_channel(settings.gateway_addr)
+        app[_CHANNEL] = owned
+        edge.bind(owned)
+
+    async def close_channel(app: web.Application) -> None:
+        edge.draining = True
+        owned = app.get(_CHANNEL)
+        if owned is not None:
+            await owned.close()
+
+    app.on_startup.append(open_channel)
+    app.on_cleanup.append(close_channel)
+    return app
+
+
+async def run(settings: Settings) -> None:
+    """Serve the edge until SIGTERM/SIGINT, then drain in-flight requests and close the channel."""
+    metrics_server = None
+    if settings.edge_metrics_port >= 0:
+        metrics_server, _ = start_http_server(settings.edge_metrics_port, addr=settings.edge_host)
+    app = create_app(settings)
+    # handler_cancellation: a client that hangs up cancels its gRPC call, as grpc-gateway does.
+    runner = web.AppRunner(
+        app, handler_cancellation=True, shutdown_timeout=settings.shutdown_grace_s, access_log=None
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.edge_host, settings.edge_port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("edge listening", extra={"addr": f"{settings.edge_host}:{settings.edge_port}"})
+    try:
+        await stop.wait()
+        log.info("edge draining")
+        app[EDGE].draining = True
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()

@@ -1,0 +1,134 @@
+"""The REST route table, derived from the google.api.http options of the proto services.
+
+Nothing here is written by hand: every route comes from a method's HttpRule and
+its additional_bindings, read once at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf import descriptor, message, message_factory
+
+from edge import templates
+
+_VERBS = ("get", "put", "post", "delete", "patch")
+
+
+class RouteError(ValueError):
+    """A google.api.http option the edge cannot serve."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One REST binding of one gRPC method, with everything a request needs precomputed."""
+
+    verb: str
+    template: templates.PathTemplate
+    body: str
+    response_body: str
+    method_path: str
+    request_cls: type[message.Message]
+    response_cls: type[message.Message]
+    server_streaming: bool
+
+    @property
+    def name(self) -> str:
+        """Span and metric name, e.g. `POST /v1/jobs`."""
+        return f"{self.verb} {self.template.source}"
+
+
+def build(modules: Iterable[ModuleType]) -> list[Route]:
+    """Every route of every service in `modules`, most specific template first."""
+    routes: list[Route] = []
+    for module in modules:
+        file_descriptor: descriptor.FileDescriptor = module.DESCRIPTOR
+        for service in file_descriptor.services_by_name.values():
+            for method in service.methods:
+                routes.extend(_method_routes(service, method))
+    _check_unique(routes)
+    # Verb-suffixed templates first (`/v1/jobs/{id}:watch` before `/v1/jobs/{id}`),
+    # then more literal segments; sort() is stable, so declaration order breaks ties.
+    routes.sort(key=lambda r: (not r.template.verb, -r.template.literal_count))
+    return routes
+
+
+def _method_routes(service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor) -> list[Route]:
+    options = method.GetOptions()
+    if not options.HasExtension(annotations_pb2.http):
+        return []
+    if method.client_streaming:
+        raise RouteError(f"{service.full_name}.{method.name}: client streaming has no REST mapping")
+    rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+    rules = [rule, *rule.additional_bindings]
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    out = []
+    for binding in rules:
+        verb, path = _pattern(binding, method)
+        template = templates.parse(path)
+        _check_fields(method, template.field_paths, binding.body, binding.response_body)
+        out.append(
+            Route(
+                verb=verb,
+                template=template,
+                body=binding.body,
+                response_body=binding.response_body,
+                method_path=f"/{service.full_name}/{method.name}",
+                request_cls=request_cls,
+                response_cls=response_cls,
+                server_streaming=method.server_streaming,
+            )
+        )
+    return out
+
+
+def _pattern(rule: http_pb2.HttpRule, method: descriptor.MethodDescriptor) -> tuple[str, str]:
+    kind = rule.WhichOneof("pattern")
+    if kind in _VERBS:
+        return kind.upper(), str(getattr(rule, kind))
+    if kind == "custom":
+        return rule.custom.kind.upper(), rule.custom.path
+    raise RouteError(f"{method.full_name}: HttpRule without a pattern")
+
+
+def _check_fields(
+    method: descriptor.MethodDescriptor, paths: Sequence[str], body: str, response_body: str
+) -> None:
+    for path in paths:
+        target = _resolve(method.input_type, path)
+        if target is None or target.type == descriptor.FieldDescriptor.TYPE_MESSAGE or _repeated(target):
+            raise RouteError(f"{method.full_name}: path variable {path!r} is not a singular scalar field")
+    if body not in ("", "*") and body not in method.input_type.fields_by_name:
+        raise RouteError(f"{method.full_name}: body field {body!r} not in {method.input_type.name}")
+    if response_body and response_body not in method.output_type.fields_by_name:
+        raise RouteError(f"{method.full_name}: response_body {response_body!r} not a field of the response")
+
+
+def _resolve(message_type: descriptor.Descriptor, path: str) -> descriptor.FieldDescriptor | None:
+    current: descriptor.Descriptor | None = message_type
+    found: descriptor.FieldDescriptor | None = None
+    for name in path.split("."):
+        if current is None:
+            return None
+        found = current.fields_by_name.get(name)
+        if found is None:
+            return None
+        current = found.message_type
+    return found
+
+
+def _repeated(field: descriptor.FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _check_unique(routes: Sequence[Route]) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for route in routes:
+        key = (route.verb, route.template.source)
+        if key in seen:
+            raise RouteError(f"{route.name} is bound by both {seen[key]} and {route.method_path}")
+        seen[key] = route.method_path

@@ -1,0 +1,61 @@
+"""AdminService: the depth of every queue FlickrHub keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from redis.exceptions import RedisError
+
+from common import keys, redisio
+from common.errors import FieldViolation, InvalidArgument, Unavailable
+from flickrhub.v1 import admin_pb2, admin_pb2_grpc
+from gateway import metrics
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Operator views of the queues."""
+
+    def __init__(self, redis: redisio.Redis) -> None:
+        self._redis = redis
+
+    async def GetQueueStats(
+        self, request: admin_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.QueueStats:
+        """Work streams, token queues, retries, dead letters and webhooks."""
+        if not 0 <= request.top_tokens <= 100:
+            raise InvalidArgument("invalid top_tokens", [FieldViolation("top_tokens", "0..100")])
+        top = request.top_tokens or 10
+        try:
+            return await self._stats(top)
+        except RedisError as exc:
+            raise Unavailable("queue store unavailable") from exc
+
+    async def _stats(self, top: int) -> admin_pb2.QueueStats:
+        stats = admin_pb2.QueueStats()
+        for target in keys.TARGETS:
+            stream = keys.work_stream(target)
+            length = await self._redis.xlen(stream)
+            pending, lag = 0, 0
+            for group in (
+                await self._redis.xinfo_groups(stream) if length or await self._redis.exists(stream) else []
+            ):
+                if group["name"] == keys.WORKER_GROUP:
+                    pending = int(group.get("pending", 0))
+                    lag = int(group.get("lag") or 0)
+            stats.work_streams.add(target=target, length=length, pending=pending, lag=lag)
+            metrics.QUEUE_DEPTH.labels(queue=f"work:{target}").set(length)
+        tokens = [str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS)]
+        stats.active_tokens = len(tokens)
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.xlen(keys.token_stream(token))
+        depths = sorted(zip(tokens, await pipe.execute(), strict=True), key=lambda item: -int(item[1]))
+        for token, depth in depths[:top]:
+            stats.token_queues.add(token_id_hash=token, depth=int(depth))
+        stats.delayed = await self._redis.zcard(keys.DELAYED)
+        stats.dead_letters = await self._redis.xlen(keys.DEAD_LETTERS)
+        stats.pending_webhooks = await self._redis.xlen(keys.WEBHOOKS)
+        for name, value in (("delayed", stats.delayed), ("dead_letters", stats.dead_letters)):
+            metrics.QUEUE_DEPTH.labels(queue=name).set(value)
+        return stats

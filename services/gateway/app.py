@@ -1,0 +1,73 @@
+"""The gateway process: JobService and AdminService over gRPC."""
+
+from __future__ import annotations
+
+import logging
+
+from common import redisio
+from common.jobstore import JobStore
+from common.mongo import Mongo
+from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.settings import Settings
+from common.tokens import TokenStore
+from common.vault import LocalKeyProvider, Vault
+from flickrhub.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from gateway.admin_servicer import AdminServicer
+from gateway.batcher import InsertBatcher
+from gateway.events import EventHub
+from gateway.jobs_servicer import JobServicer
+
+log = logging.getLogger(__name__)
+
+
+class GatewayApp:
+    """Wires the gateway's clients and servicers; `port` is known after start()."""
+
+    name = "gateway"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redisio.client(settings.redis_url)
+        self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        self.vault = Vault(LocalKeyProvider.from_settings(settings))
+        self.tokens = TokenStore(self.mongo.tokens, self.vault)
+        self.store = JobStore(self.mongo.jobs)
+        self.batcher = InsertBatcher(self.mongo.jobs, settings.insert_batch_ms)
+        self.events = EventHub(settings.redis_url)
+        self.grpc = GrpcServer(
+            [
+                jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+                admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            ],
+            settings.bind_host,
+            settings.gateway_port,
+        )
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(settings, self.redis, self.store, self.tokens, self.vault, self.batcher, self.events),
+            self.grpc.server,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.redis), self.grpc.server)
+        self.port = self.grpc.port
+        self.metrics_port = -1
+
+    async def start(self) -> None:
+        """Indexes, event subscription, then serve."""
+        await self.mongo.ensure_indexes()
+        await self.events.start()
+        await self.grpc.start()
+        self.metrics_port = start_metrics(self.settings.gateway_metrics_port)
+        log.info("gateway listening on %d", self.port)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, let in-flight calls finish, flush pending inserts, close clients."""
+        await self.grpc.stop(grace)
+        await self.batcher.drain()
+        await self.events.stop()
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+async def run(settings: Settings) -> None:
+    """Run the gateway until SIGTERM."""
+    bootstrap("gateway", settings)
+    await run_service(GatewayApp(settings), settings)

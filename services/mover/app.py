@@ -1,0 +1,48 @@
+"""The mover process: health over gRPC, the moving loop in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from common import redisio
+from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.settings import Settings
+from mover.mover import Mover
+
+
+class MoverApp:
+    """One mover replica."""
+
+    name = "mover"
+
+    def __init__(self, settings: Settings, consumer: str | None = None) -> None:
+        self.settings = settings
+        self.redis = redisio.client(settings.redis_url)
+        self.consumer = consumer or f"mover-{socket.gethostname()}-{os.getpid()}"
+        self.mover = Mover(settings, self.redis, self.consumer)
+        self.grpc = GrpcServer([], settings.bind_host, settings.mover_port)
+        self.port = self.grpc.port
+        self.metrics_port = -1
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Serve health and start moving."""
+        await self.grpc.start()
+        self.metrics_port = start_metrics(self.settings.mover_metrics_port)
+        self._task = asyncio.create_task(self.mover.run(), name="mover")
+
+    async def stop(self, grace: float) -> None:
+        """Finish the round in progress (it is short), then close."""
+        self.mover.stop()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, timeout=grace)
+        await self.grpc.stop(1.0)
+        await self.redis.aclose()
+
+
+async def run(settings: Settings) -> None:
+    """Run a mover until SIGTERM."""
+    bootstrap("mover", settings)
+    await run_service(MoverApp(settings), settings)

@@ -1,0 +1,16 @@
+"""The mover's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MOVED = Counter("flickrhub_mover_moved_total", "Entries moved from token queues to work streams", ["target"])
+CLAIMED = Counter("flickrhub_mover_claimed_total", "Entries claimed back from dead movers")
+REQUEUED = Counter("flickrhub_mover_retries_requeued_total", "Due retries put back into token queues")
+MALFORMED = Counter("flickrhub_mover_malformed_total", "Entries that could not be parsed (sent to the DLQ)")
+ACTIVE_TOKENS = Gauge("flickrhub_mover_active_tokens", "Tokens with queued work seen in the last round")
+ROUND_SECONDS = Histogram(
+    "flickrhub_mover_round_seconds",
+    "Duration of one round over the active tokens",
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2),
+)

@@ -1,0 +1,222 @@
+"""Moving jobs from per-token queues into the work streams of their targets.
+
+Each round visits every active token once (round-robin, a batch per token) and
+moves what it read: append to the work stream, then acknowledge and delete in
+the token stream. A mover killed between the two leaves the entries pending in
+its consumer's PEL; another mover claims them (XAUTOCLAIM) and moves them
+again, and the worker's guarded claim in MongoDB turns the duplicate into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from redis.exceptions import RedisError
+
+from common import keys, redisio, telemetry
+from common.jobs import JobEntry
+from common.settings import Settings
+from mover import metrics
+
+log = logging.getLogger(__name__)
+
+Read = tuple[str, str, dict[str, str]]  # (token, entry id, fields)
+PIPELINE_CHUNK = 200
+DELAYED_PUMP_S = 0.25
+
+
+class Mover:
+    """One mover replica; several may run at once."""
+
+    def __init__(self, settings: Settings, redis: redisio.Redis, consumer: str) -> None:
+        self._settings = settings
+        self._redis = redis
+        self.consumer = consumer
+        self._offset = 0
+        self._stopping = asyncio.Event()
+        self._last_claim = 0.0
+        self._last_pump = 0.0
+
+    def stop(self) -> None:
+        """Finish the current round, then return from run()."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Move until stopped, backing off gently while idle or while Redis is down."""
+        idle = 0.005
+        while not self._stopping.is_set():
+            try:
+                moved = await self.run_round()
+            except RedisError as exc:
+                log.warning("redis error in mover round: %s", type(exc).__name__)
+                moved = 0
+                idle = 0.5
+            if moved:
+                idle = 0.005
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=idle)
+            idle = min(idle * 2, 0.05)
+
+    async def run_round(self) -> int:
+        """One pass over the active tokens, plus due retries and claims when their time has come."""
+        started = time.perf_counter()
+        moved = 0
+        now = time.monotonic()
+        if now - self._last_pump >= DELAYED_PUMP_S:
+            self._last_pump = now
+            await self.pump_delayed()
+        tokens = sorted(str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS))
+        metrics.ACTIVE_TOKENS.set(len(tokens))
+        if not tokens:
+            return 0
+        self._offset = (self._offset + 1) % len(tokens)
+        order = tokens[self._offset :] + tokens[: self._offset]
+        claim = now - self._last_claim >= self._settings.mover_claim_idle_s / 2
+        if claim:
+            self._last_claim = now
+        for chunk in _chunks(order, PIPELINE_CHUNK):
+            reads, empty = await self._read(chunk)
+            if claim:
+                reads += await self._claim(chunk)
+            moved += await self.move(reads)
+            await self._deactivate(empty)
+        metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
+        return moved
+
+    async def _read(self, tokens: Sequence[str]) -> tuple[list[Read], list[str]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.xreadgroup(
+                keys.MOVER_GROUP,
+                self.consumer,
+                {keys.token_stream(token): ">"},
+                count=self._settings.mover_batch,
+            )
+        results = await pipe.execute(raise_on_error=False)
+        reads: list[Read] = []
+        empty: list[str] = []
+        for token, result in zip(tokens, results, strict=True):
+            if isinstance(result, Exception):
+                if redisio.is_nogroup(result):
+                    await redisio.ensure_group(self._redis, keys.token_stream(token), keys.MOVER_GROUP)
+                    continue
+                raise result
+            entries = result[0][1] if result else []
+            if not entries:
+                empty.append(token)
+            reads.extend((token, entry_id, fields) for entry_id, fields in entries)
+        return reads, empty
+
+    async def _claim(self, tokens: Sequence[str]) -> list[Read]:
+        """Entries a dead mover read but never acknowledged."""
+        idle_ms = int(self._settings.mover_claim_idle_s * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.xautoclaim(
+                keys.token_stream(token),
+                keys.MOVER_GROUP,
+                self.consumer,
+                idle_ms,
+                "0-0",
+                count=self._settings.mover_batch,
+            )
+        reads: list[Read] = []
+        for token, result in zip(tokens, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(result, Exception):
+                continue  # NOGROUP: nothing can be pending there
+            claimed = [(token, entry_id, fields) for entry_id, fields in result[1] if fields]
+            metrics.CLAIMED.inc(len(claimed))
+            reads.extend(claimed)
+        return reads
+
+    async def move(self, reads: list[Read]) -> int:
+        """Append each entry to its work stream, then acknowledge and delete it in its token queue."""
+        if not reads:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        done: dict[str, list[str]] = {}
+        targets: list[str] = []
+        for token, entry_id, fields in reads:
+            done.setdefault(token, []).append(entry_id)
+            try:
+                entry = JobEntry.from_fields(fields)
+                stream = keys.work_stream(entry.target)
+            except ValueError as exc:
+                metrics.MALFORMED.inc()
+                log.error("malformed entry %s in token queue: %s", entry_id, exc)
+                pipe.xadd(
+                    keys.DEAD_LETTERS,
+                    redisio.fields({**fields, "dlq_reason": "malformed", "dlq_source": "mover"}),
+                )
+                continue
+            with telemetry.tracer().start_as_current_span(
+                telemetry.SPAN_MOVE,
+                context=telemetry.extract_fields(entry.trace),
+                kind=trace.SpanKind.CONSUMER,
+            ) as span:
+                span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
+                span.set_attribute(telemetry.ATTR_STREAM, stream)
+                entry = entry.with_trace(dict(telemetry.inject_fields({})))
+            pipe.xadd(stream, redisio.fields(entry.to_fields()))
+            targets.append(entry.target)
+        await pipe.execute()
+        ack = self._redis.pipeline(transaction=False)
+        for token, ids in done.items():
+            stream = keys.token_stream(token)
+            ack.xack(stream, keys.MOVER_GROUP, *ids)
+            ack.xdel(stream, *ids)
+        await ack.execute()
+        for target in targets:
+            metrics.MOVED.labels(target=target).inc()
+        return len(reads)
+
+    async def _deactivate(self, tokens: Iterable[str]) -> None:
+        """Drop drained tokens from the active set, re-adding any that received work meanwhile.
+
+        The gateway appends before it adds the token, so checking the length
+        after removing the token can never strand a job.
+        """
+        tokens = list(tokens)
+        if not tokens:
+            return
+        await self._redis.srem(keys.ACTIVE_TOKENS, *tokens)
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.xlen(keys.token_stream(token))
+        refill = [t for t, n in zip(tokens, await pipe.execute(), strict=True) if int(n) > 0]
+        if refill:
+            await self._redis.sadd(keys.ACTIVE_TOKENS, *refill)
+
+    async def pump_delayed(self) -> int:
+        """Put due retries back into their token queues (one mover at a time holds the lease)."""
+        if not await self._redis.set(
+            keys.delayed_lock(), self.consumer, nx=True, px=int(DELAYED_PUMP_S * 4000)
+        ):
+            return 0
+        due: list[Any] = await self._redis.zrangebyscore(
+            keys.DELAYED, "-inf", int(time.time() * 1000), start=0, num=500
+        )
+        if not due:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for member in due:
+            fields = json.loads(member)
+            pipe.xadd(keys.token_stream(fields["token"]), redisio.fields(fields))
+            pipe.sadd(keys.ACTIVE_TOKENS, fields["token"])
+        await pipe.execute()
+        await self._redis.zrem(keys.DELAYED, *due)
+        metrics.REQUEUED.inc(len(due))
+        return len(due)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,110 @@
+"""The worker process: executes jobs from the work streams and delivers webhooks."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from common import keys, redisio
+from common.jobstore import JobStore
+from common.mongo import Mongo
+from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.settings import Settings
+from common.tokens import TokenStore
+from common.vault import LocalKeyProvider, Vault
+from worker import metrics
+from worker.cache_client import CacheClient
+from worker.consumer import StreamConsumer
+from worker.executor import Executor
+from worker.flickr import FlickrClient
+from worker.webhooks import WebhookSender
+
+WEBHOOK_VISIBILITY_S = 600.0
+
+
+class WorkerApp:
+    """One worker replica: job consumer, webhook consumer, health."""
+
+    name = "worker"
+
+    def __init__(self, settings: Settings, consumer: str | None = None) -> None:
+        self.settings = settings
+        self.consumer_name = consumer or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.redis = redisio.client(settings.redis_url)
+        self.blocking = redisio.blocking_client(settings.redis_url)
+        self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        self.vault = Vault(LocalKeyProvider.from_settings(settings))
+        self.store = JobStore(self.mongo.jobs)
+        self.flickr = FlickrClient(settings.flickr_endpoints, settings.flickr_timeout_s)
+        self.cache = CacheClient(settings.cache_addr, settings.cache_timeout_s)
+        self.executor = Executor(
+            settings,
+            self.redis,
+            self.store,
+            TokenStore(self.mongo.tokens, self.vault),
+            self.flickr,
+            self.cache,
+            self.consumer_name,
+        )
+        self.jobs = StreamConsumer(
+            self.redis,
+            self.blocking,
+            [keys.work_stream(t) for t in keys.TARGETS],
+            keys.WORKER_GROUP,
+            self.consumer_name,
+            self.executor.execute,
+            concurrency=settings.worker_concurrency,
+            visibility_timeout_s=settings.worker_visibility_timeout_s,
+            on_claim=metrics.CLAIMED.inc,
+        )
+        self.webhooks = WebhookSender(
+            self.store, self.vault, settings.webhook_max_attempts, settings.webhook_timeout_s
+        )
+        self.hooks = StreamConsumer(
+            self.redis,
+            self.blocking,
+            [keys.WEBHOOKS],
+            keys.WEBHOOK_GROUP,
+            self.consumer_name,
+            self._deliver,
+            concurrency=max(4, settings.worker_concurrency // 2),
+            visibility_timeout_s=WEBHOOK_VISIBILITY_S,
+        )
+        self.grpc = GrpcServer([], settings.bind_host, settings.worker_port)
+        self.port = self.grpc.port
+        self.metrics_port = -1
+
+    async def _deliver(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        await self.webhooks.deliver(fields.get("job_id", ""))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, keys.WEBHOOK_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        await pipe.execute()
+
+    async def start(self) -> None:
+        """Open clients, then start consuming and serving health."""
+        await self.mongo.ensure_indexes()
+        await self.flickr.start()
+        await self.webhooks.start()
+        await self.jobs.start()
+        await self.hooks.start()
+        await self.grpc.start()
+        self.metrics_port = start_metrics(self.settings.worker_metrics_port)
+
+    async def stop(self, grace: float) -> None:
+        """Stop reading, drain in-flight jobs within `grace`, hand back the rest, close clients."""
+        await self.jobs.stop(grace)
+        await self.hooks.stop(min(grace, 5.0))
+        await self.grpc.stop(1.0)
+        await self.flickr.close()
+        await self.webhooks.close()
+        await self.cache.close()
+        await self.blocking.aclose()
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+async def run(settings: Settings) -> None:
+    """Run a worker until SIGTERM."""
+    bootstrap("worker", settings)
+    await run_service(WorkerApp(settings), settings)

@@ -1,0 +1,218 @@
+"""Executing one job entry: claim in MongoDB, cache, Flickr, record, then acknowledge.
+
+The entry is acknowledged only after the outcome is recorded, so a worker that
+dies at any point leaves the entry pending for another worker to claim; the
+guarded claim in MongoDB makes a redelivered entry of a finished job a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from opentelemetry import trace
+
+from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
+from common.announce import announce
+from common.flickr_errors import Failure
+from common.flickr_methods import is_write
+from common.jobstore import JobStore, now
+from common.logs import job_id_var
+from common.settings import Settings
+from common.tokens import TokenStore
+from worker import metrics
+from worker.cache_client import CacheClient
+from worker.flickr import FlickrClient, Success
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    """Runs entries of the work streams for one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: redisio.Redis,
+        store: JobStore,
+        tokens: TokenStore,
+        flickr: FlickrClient,
+        cache: CacheClient,
+        worker_id: str,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._store = store
+        self._tokens = tokens
+        self._flickr = flickr
+        self._cache = cache
+        self.worker_id = worker_id
+        self._lease_s = settings.worker_visibility_timeout_s * 0.8
+
+    async def execute(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        """Run one entry to a recorded outcome and acknowledge it (or leave it pending for its owner)."""
+        try:
+            entry = jobs.JobEntry.from_fields(fields)
+        except ValueError as exc:
+            log.error("malformed work entry %s: %s", entry_id, exc)
+            await self._dead_letter(stream, entry_id, fields, "malformed", str(exc))
+            await self._ack(stream, entry_id)
+            return
+        job_id_var.set(entry.job_id)
+        parent = telemetry.extract_fields(entry.trace)
+        with telemetry.tracer().start_as_current_span(
+            telemetry.SPAN_EXECUTE, context=parent, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
+            span.set_attribute(telemetry.ATTR_METHOD, entry.method)
+            span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
+            span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
+            if not await self._store.claim(entry.job_id, self.worker_id, entry.attempt, self._lease_s):
+                await self._not_claimed(stream, entry_id, entry)
+                return
+            metrics.IN_FLIGHT.inc()
+            heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id))
+            try:
+                outcome, from_cache = await self._run(entry)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                metrics.IN_FLIGHT.dec()
+            span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
+            if await self._record(stream, entry_id, entry, outcome, from_cache):
+                await self._ack(stream, entry_id)
+
+    async def _not_claimed(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
+        doc = await self._store.get(entry.job_id)
+        if doc is None:
+            log.warning("entry for unknown job; dropping it")
+            await self._ack(stream, entry_id)
+        elif doc["status"] in jobs.FINAL_STATES:
+            # Already done (a duplicate move, or a crash after recording): make sure the webhook was queued.
+            if entry.has_callback and doc["status"] != jobs.CANCELLED and "webhook" not in doc:
+                await announce(self._redis, entry.job_id, doc["status"], has_callback=True)
+            metrics.JOBS.labels(outcome="duplicate").inc()
+            await self._ack(stream, entry_id)
+        # Otherwise another worker holds a live lease: leave the entry pending; it is claimed again later.
+
+    async def _run(self, entry: jobs.JobEntry) -> tuple[Success | Failure, bool]:
+        token = await self._tokens.get(entry.user_id)
+        if token is None or token.token_id_hash != entry.token:
+            return Failure(
+                flickr_errors.TOKEN_NOT_FOUND, "the user's Flickr token is gone or was replaced", False
+            ), False
+        cacheable = not entry.cache_bypass and not is_write(entry.method)
+        if cacheable:
+            with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_LOOKUP):
+                cached = await self._cache.get(entry.method, entry.params, entry.token)
+            if cached is not None:
+                return Success(cached), True
+        outcome = await self._flickr.call_rest(entry.method, entry.params, token)
+        if isinstance(outcome, Success):
+            if cacheable:
+                with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_STORE):
+                    await self._cache.put(entry.method, entry.params, entry.token, outcome.body)
+            elif is_write(entry.method):
+                await self._cache.invalidate(entry.token)
+        return outcome, False
+
+    async def _record(
+        self, stream: str, entry_id: str, entry: jobs.JobEntry, outcome: Success | Failure, from_cache: bool
+    ) -> bool:
+        """Write the outcome to MongoDB and announce it; False when this worker no longer owns the job."""
+        attempt = entry.attempt + 1
+        if isinstance(outcome, Success):
+            state, owned = (
+                jobs.COMPLETED,
+                await self._store.finish(
+                    entry.job_id, self.worker_id, jobs.COMPLETED, result=outcome.body, from_cache=from_cache
+                ),
+            )
+        elif outcome.retryable and attempt < entry.max_attempts:
+            due = now() + timedelta(
+                seconds=backoff.delay(
+                    attempt, self._settings.worker_backoff_base_s, self._settings.worker_backoff_max_s
+                )
+            )
+            retry = entry.next_attempt().with_trace(dict(telemetry.inject_fields({})))
+            # Scheduled before the state says so: a crash in between repeats an attempt, never loses one.
+            await self._redis.zadd(
+                keys.DELAYED, {json.dumps(retry.to_fields(), sort_keys=True): int(due.timestamp() * 1000)}
+            )
+            state, owned = (
+                jobs.RETRYING,
+                await self._store.schedule_retry(entry.job_id, self.worker_id, _error(outcome), due),
+            )
+        else:
+            error = _error(outcome)
+            if outcome.retryable:
+                error = {
+                    **error,
+                    "code": flickr_errors.ATTEMPTS_EXHAUSTED,
+                    "message": f"{attempt} attempts failed; last: {outcome.message}",
+                }
+                await self._dead_letter(
+                    stream, entry_id, entry.to_fields(), "attempts_exhausted", outcome.message
+                )
+            state, owned = (
+                jobs.FAILED,
+                await self._store.finish(entry.job_id, self.worker_id, jobs.FAILED, error=error),
+            )
+        if not owned:
+            log.warning("lost ownership of the job before recording %s", state)
+            return False
+        metrics.JOBS.labels(outcome=state).inc()
+        if state in jobs.FINAL_STATES and entry.enqueued_ms:
+            metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
+        await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
+        log.info(
+            "job %s", state, extra={"job_id": entry.job_id, "attempt": attempt, "from_cache": from_cache}
+        )
+        return True
+
+    async def _heartbeat(self, stream: str, entry_id: str, job_id: str) -> None:
+        """Keep the lease and the entry's idle time fresh while a call is slow."""
+        interval = self._lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            await self._store.extend_lease(job_id, self.worker_id, self._lease_s)
+            await self._redis.xclaim(stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True)
+
+    async def _ack(self, stream: str, entry_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xack(stream, keys.WORKER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        await pipe.execute()
+
+    async def _dead_letter(
+        self, stream: str, entry_id: str, fields: dict[str, str], reason: str, detail: str
+    ) -> None:
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
+        await self._redis.xadd(
+            keys.DEAD_LETTERS,
+            redisio.fields(
+                {
+                    **fields,
+                    "dlq_reason": reason,
+                    "dlq_detail": detail[:500],
+                    "dlq_stream": stream,
+                    "dlq_entry": entry_id,
+                }
+            ),
+        )
+
+
+def _error(failure: Failure) -> dict[str, Any]:
+    return {
+        "code": failure.code,
+        "message": failure.message,
+        "flickr_code": failure.flickr_code,
+        "http_status": failure.http_status,
+        "retryable": failure.retryable,
+    }

@@ -1,0 +1,98 @@
+"""Calling Flickr's REST endpoint: OAuth 1.0a signing, the JSON envelope, and failure classification."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from opentelemetry import trace
+
+from common import flickr_errors, oauth1, telemetry
+from common.flickr_errors import Failure
+from common.settings import FlickrEndpoints
+from common.tokens import TokenRecord
+from worker import metrics
+
+
+@dataclass(frozen=True)
+class Success:
+    """Flickr answered stat=ok."""
+
+    body: dict[str, Any]
+
+
+class FlickrClient:
+    """One aiohttp session to Flickr (or the sandbox) shared by a worker's jobs."""
+
+    def __init__(self, endpoints: FlickrEndpoints, timeout_s: float) -> None:
+        self._endpoints = endpoints
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            trace_configs=[create_trace_config()],
+            headers={"User-Agent": "FlickrHub/0.1"},
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def call_rest(self, method: str, params: dict[str, str], token: TokenRecord) -> Success | Failure:
+        """POST one signed REST call (form-encoded, like flickrapi) and classify the answer."""
+        assert self._session is not None, "start() first"
+        url = self._endpoints.rest
+        creds = oauth1.Credentials(
+            self._endpoints.consumer_key,
+            self._endpoints.consumer_secret,
+            token.oauth_token,
+            token.oauth_token_secret,
+        )
+        form = {**params, "method": method, "format": "json", "nojsoncallback": "1"}
+        signed = oauth1.signed_params("POST", url, form, creds)
+        started = time.perf_counter()
+        with telemetry.tracer().start_as_current_span(
+            telemetry.SPAN_FLICKR_CALL, kind=trace.SpanKind.CLIENT
+        ) as span:
+            span.set_attribute(telemetry.ATTR_METHOD, method)
+            outcome = await self._post(url, signed)
+            if isinstance(outcome, Failure):
+                span.set_attribute(telemetry.ATTR_FLICKR_CODE, outcome.flickr_code)
+                span.set_status(trace.StatusCode.ERROR, outcome.code)
+        metrics.FLICKR_SECONDS.observe(time.perf_counter() - started)
+        metrics.FLICKR_CALLS.labels(result="ok" if isinstance(outcome, Success) else outcome.code).inc()
+        return outcome
+
+    async def _post(self, url: str, form: dict[str, str]) -> Success | Failure:
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=form, allow_redirects=False) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return flickr_errors.from_transport(exc)
+        if status != 200:
+            return flickr_errors.from_http(status, text)
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError:
+            return flickr_errors.bad_payload("not JSON")
+        if not isinstance(body, dict) or body.get("stat") not in {"ok", "fail"}:
+            return flickr_errors.bad_payload("no stat field")
+        if body["stat"] == "fail":
+            try:
+                code = int(body.get("code", 0))
+            except (TypeError, ValueError):
+                code = 0
+            return flickr_errors.from_envelope(code, str(body.get("message", "")))
+        return Success(body)

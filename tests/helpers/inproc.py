@@ -1,0 +1,153 @@
+"""The whole pipeline in the test's own process: sandbox, cache, gateway, mover and worker apps.
+
+Real servers over real sockets (gRPC on port 0, the sandbox on a free port,
+Redis and SecantusDB from the session fixtures); only the process boundary is
+missing, which lets tests read spans from an in-memory exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from common.jobstore import JobStore
+from common.mongo import Mongo
+from common.settings import Settings
+from common.tokens import TokenRecord, TokenStore, token_id_hash
+from common.vault import LocalKeyProvider, Vault
+from flickrhub.v1 import jobs_pb2_grpc
+from gateway.app import GatewayApp
+from mover.app import MoverApp
+from sandbox import app as sandbox_app
+from sandbox import state as sandbox_state
+from worker.app import WorkerApp
+
+DEMO_USER = "demo-user"
+
+
+def stack_settings(redis_url: str, cache_redis_url: str, mongo_url: str, db: str, **overrides: Any) -> Settings:
+    """Settings for an in-process or subprocess stack on free ports, with fast timings."""
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "cache_redis_url": cache_redis_url,
+        "mongo_url": mongo_url,
+        "mongo_db": db,
+        "gateway_port": 0,
+        "mover_port": 0,
+        "worker_port": 0,
+        "cache_port": 0,
+        "gateway_metrics_port": -1,
+        "mover_metrics_port": -1,
+        "worker_metrics_port": -1,
+        "cache_metrics_port": -1,
+        "edge_metrics_port": -1,
+        "worker_visibility_timeout_s": 3.0,
+        "worker_backoff_base_s": 0.05,
+        "worker_backoff_max_s": 0.2,
+        "mover_claim_idle_s": 2.0,
+        "insert_batch_ms": 1.0,
+        "shutdown_grace_s": 5.0,
+    }
+    base.update(overrides)
+    return Settings.from_env(env={}, **base)
+
+
+async def seed_demo_token(settings: Settings, user_id: str = DEMO_USER) -> TokenRecord:
+    """Store the sandbox's demo token for `user_id` (encrypted, as the product does).
+
+    Several test users share the sandbox's one demo token; each gets its own
+    token id so that per-token queues stay separate, as they would with real tokens.
+    """
+    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    record = TokenRecord(
+        user_id=user_id,
+        token_id_hash=token_id_hash(sandbox_state.DEMO_TOKEN + ":" + user_id),
+        oauth_token=sandbox_state.DEMO_TOKEN,
+        oauth_token_secret=sandbox_state.DEMO_TOKEN_SECRET,
+        user_nsid=sandbox_state.DEMO_USER_NSID,
+        username=sandbox_state.DEMO_USERNAME,
+        perms=sandbox_state.DEMO_PERMS,
+    )
+    try:
+        await mongo.ensure_indexes()
+        await TokenStore(mongo.tokens, Vault(LocalKeyProvider.from_settings(settings))).put(record)
+    finally:
+        await mongo.close()
+    return record
+
+
+@dataclass
+class Stack:
+    """Handles to a running in-process stack."""
+
+    settings: Settings
+    sandbox: sandbox_state.SandboxState
+    sandbox_url: str
+    gateway: GatewayApp
+    movers: list[MoverApp]
+    workers: list[WorkerApp]
+    channel: grpc.aio.Channel
+    mongo: Mongo
+
+    @property
+    def jobs(self) -> jobs_pb2_grpc.JobServiceStub:
+        """A JobService stub on the gateway."""
+        return jobs_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def store(self) -> JobStore:
+        """Direct access to job documents."""
+        return JobStore(self.mongo.jobs)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings, *, movers: int = 1, workers: int = 1, cache: bool = True
+) -> AsyncIterator[Stack]:
+    """Start sandbox, cache (optional), gateway, movers and workers; stop them all afterwards."""
+    state = sandbox_state.SandboxState.demo()
+    runner, sandbox_port = await sandbox_app.start(state)
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    settings = Settings.from_env(env={}, **{**settings.__dict__, "sandbox_url": sandbox_url})
+    started: list[Any] = []
+    cache_app = None
+    try:
+        if cache:
+            from cache.app import CacheApp
+
+            cache_app = CacheApp(settings)
+            await cache_app.start()
+            started.append(cache_app)
+            settings = Settings.from_env(env={}, **{**settings.__dict__, "cache_addr": f"127.0.0.1:{cache_app.port}"})
+        else:
+            settings = Settings.from_env(env={}, **{**settings.__dict__, "cache_addr": "127.0.0.1:9"})
+        gateway = GatewayApp(settings)
+        await gateway.start()
+        started.append(gateway)
+        mover_apps = [MoverApp(settings, consumer=f"mover-{i}") for i in range(movers)]
+        worker_apps = [WorkerApp(settings, consumer=f"worker-{i}") for i in range(workers)]
+        for app in [*mover_apps, *worker_apps]:
+            await app.start()
+            started.append(app)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+        mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        try:
+            yield Stack(settings, state, sandbox_url, gateway, mover_apps, worker_apps, channel, mongo)
+        finally:
+            await channel.close()
+            await mongo.close()
+    finally:
+        for app in reversed(started):
+            with contextlib.suppress(Exception):
+                await app.stop(2.0)
+        await runner.cleanup()
+
+
+async def sandbox_calls(stack: Stack, method: str | None = None) -> list[dict[str, Any]]:
+    """The sandbox's call log."""
+    calls = [c.__dict__ for c in stack.sandbox.calls]
+    return [c for c in calls if method is None or c.get("method") == method]
