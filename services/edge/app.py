@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -33,7 +32,7 @@ from flickrhub.v1 import admin_pb2, jobs_pb2
 
 log = logging.getLogger("edge")
 
-PROTO_MODULES: tuple[ModuleType, ...] = (jobs_pb2, admin_pb2)
+PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2)
 MAX_BODY_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
@@ -85,7 +84,7 @@ class _Bound:
     """A route with its transcoder and its cached gRPC callable."""
 
     route: routes.Route
-    builder: transcode.RequestBuilder
+    builder: transcode.RequestBuilder[message.Message]
     call: Callable[..., Any] | None = None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Protocol
 
 from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf import descriptor, message, message_factory
@@ -16,6 +16,12 @@ from google.protobuf import descriptor, message, message_factory
 from edge import templates
 
 _VERBS = ("get", "put", "post", "delete", "patch")
+
+
+class ProtoModule(Protocol):
+    """A generated `*_pb2` module (anything with a file DESCRIPTOR)."""
+
+    DESCRIPTOR: descriptor.FileDescriptor
 
 
 class RouteError(ValueError):
@@ -41,12 +47,11 @@ class Route:
         return f"{self.verb} {self.template.source}"
 
 
-def build(modules: Iterable[ModuleType]) -> list[Route]:
+def build(modules: Iterable[ProtoModule]) -> list[Route]:
     """Every route of every service in `modules`, most specific template first."""
     routes: list[Route] = []
     for module in modules:
-        file_descriptor: descriptor.FileDescriptor = module.DESCRIPTOR
-        for service in file_descriptor.services_by_name.values():
+        for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 routes.extend(_method_routes(service, method))
     _check_unique(routes)

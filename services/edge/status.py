@@ -9,12 +9,14 @@ unless the error is rebuilt), and a RetryInfo detail also sets `Retry-After`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
-from google.protobuf import any_pb2, json_format, message
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from edge import transcode
@@ -73,7 +75,8 @@ def error(code: grpc.StatusCode, message: str, details: Sequence[any_pb2.Any] = 
         rendered.append(_render_any(detail))
         if detail.type_url == _RETRY_INFO_URL:
             retry = error_details_pb2.RetryInfo()
-            if detail.Unpack(retry):
+            with contextlib.suppress(DecodeError):  # a broken RetryInfo only loses the header
+                detail.Unpack(retry)
                 delay = retry.retry_delay
                 headers["Retry-After"] = str(max(0, math.ceil(delay.seconds + delay.nanos / 1e9)))
     body = {"code": code.value[0], "message": message, "details": rendered}
@@ -87,7 +90,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
         if key == _DETAILS_KEY and isinstance(value, bytes):
             try:
                 rich = status_pb2.Status.FromString(value)
-            except message.DecodeError:  # a corrupt trailer must not hide the status itself
+            except DecodeError:  # a corrupt trailer must not hide the status itself
                 break
             details = rich.details
             break
@@ -97,6 +100,6 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
 def _render_any(detail: any_pb2.Any) -> dict[str, Any]:
     try:
         return transcode.detail_to_dict(detail)
-    except (TypeError, KeyError, json_format.Error):
+    except (TypeError, KeyError, json_format.Error, DecodeError):
         # A detail type this edge does not know: still show it, as the proto3 JSON of an opaque Any.
         return {"@type": detail.type_url, "value": base64.b64encode(detail.value).decode()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from google.protobuf import any_pb2, descriptor, json_format, message
 
@@ -33,6 +33,9 @@ _BOOLS = {
     **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
     **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
 }
+
+
+M = TypeVar("M", bound=message.Message)
 
 
 class TranscodeError(ValueError):
@@ -67,10 +70,10 @@ def _repeated(field: descriptor.FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-class RequestBuilder:
+class RequestBuilder(Generic[M]):
     """Builds one method's request message; everything schema-related is worked out once."""
 
-    def __init__(self, request_cls: type[message.Message], body: str, path_fields: Iterable[str]) -> None:
+    def __init__(self, request_cls: type[M], body: str, path_fields: Iterable[str]) -> None:
         self.request_cls = request_cls
         self.body = body
         self.path_fields = tuple(path_fields)
@@ -90,9 +93,7 @@ class RequestBuilder:
         """True when the HTTP rule names a body."""
         return bool(self.body)
 
-    def build(
-        self, path_vars: Mapping[str, str], body: bytes | None, query: Iterable[tuple[str, str]]
-    ) -> message.Message:
+    def build(self, path_vars: Mapping[str, str], body: bytes | None, query: Iterable[tuple[str, str]]) -> M:
         """The request from path variables, raw body bytes (None or b"" = no body) and query pairs."""
         msg = self.request_cls()
         if self.body:

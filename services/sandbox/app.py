@@ -161,15 +161,14 @@ def check_oauth(state: SandboxState, req: RestRequest, app: App) -> Token | None
 
 def finish(
     state: SandboxState, req: RestRequest, response: web.Response | None, stat: str | None, code: int | None
-) -> web.Response | None:
-    """Log and record the call; pass the response through (None: the connection is dropped)."""
+) -> None:
+    """Log the call and add it to the call log (`response` None: the connection was dropped)."""
     status = response.status if response is not None else None
     params = {k: v for k, v in req.params.items() if k != "oauth_signature"}
     token = req.params.get("oauth_token")
     state.record(CallRecord(req.method, params, status, stat, code, req.consumer_key, token, state.clock()))
     fields = log_extra(method=req.method, consumer_key=req.consumer_key, http_status=status, code=code)
     log.info("flickr call", extra=fields)
-    return response
 
 
 async def apply_fault(fault: Fault) -> web.Response | None:

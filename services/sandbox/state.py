@@ -15,9 +15,9 @@ from typing import Any, Final
 
 # Fixed demo values of `--seed-demo`; FlickrHub's dev stack receives them by config, never by import.
 DEMO_CONSUMER_KEY: Final = "demo-consumer-key"
-DEMO_CONSUMER_SECRET: Final = "demo-consumer-secret"  # noqa: S105 - public demo value
-DEMO_TOKEN: Final = "72157600000000001-demo000000000001"  # noqa: S105 - public demo value
-DEMO_TOKEN_SECRET: Final = "demo0000token0001"  # noqa: S105 - public demo value
+DEMO_CONSUMER_SECRET: Final = "demo-consumer-secret"
+DEMO_TOKEN: Final = "72157600000000001-demo000000000001"
+DEMO_TOKEN_SECRET: Final = "demo0000token0001"
 DEMO_USER_NSID: Final = "10000001@N00"
 DEMO_USERNAME: Final = "flickrhub-demo"
 DEMO_PERMS: Final = "delete"

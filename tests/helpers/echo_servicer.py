@@ -31,7 +31,7 @@ from common.errors import FieldViolation, InvalidArgument
 from flickrhub.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 
-def _metadata_struct(context: grpc.aio.ServicerContext) -> struct_pb2.Struct:
+def _metadata_struct(context: grpc.aio.ServicerContext[Any, Any]) -> struct_pb2.Struct:
     received = struct_pb2.Struct()
     for key, value in context.invocation_metadata() or ():
         if isinstance(value, str):
@@ -53,16 +53,18 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         self.watch_cancelled = asyncio.Event()
         self.last_metadata: dict[str, str] = {}
 
-    def _remember(self, context: grpc.aio.ServicerContext) -> None:
+    def _remember(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.last_metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
-    def _answer(self, job: jobs_pb2.Job, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+    def _answer(self, job: jobs_pb2.Job, context: grpc.aio.ServicerContext[Any, Any]) -> jobs_pb2.Job:
         reply = jobs_pb2.Job()
         reply.CopyFrom(job)
         reply.meta["received_metadata"] = _metadata_struct(context)
         return reply
 
-    async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def SubmitJob(
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         self._remember(context)
         if not request.method:
             err = InvalidArgument("method is required", [FieldViolation("method", "must not be empty")])
@@ -70,7 +72,9 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         if request.user_id == "throttled":
             delay = duration_pb2.Duration(seconds=1, nanos=500_000_000)
             quota = error_details_pb2.QuotaFailure(
-                violations=[error_details_pb2.QuotaFailure.Violation(subject="client:c1", description="1000 pending")]
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject="client:c1", description="1000 pending")
+                ]
             )
             status = status_pb2.Status(
                 code=code_pb2.RESOURCE_EXHAUSTED,
@@ -103,14 +107,18 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         trace_id = traceparent.split("-")[1] if traceparent.count("-") == 3 else ""
         return jobs_pb2.SubmitJobResponse(job_id=job_id, state=job.state, trace_id=trace_id)
 
-    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         self._remember(context)
         job = self.jobs.get(request.job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
         return self._answer(job, context)
 
-    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         self._remember(context)
         job = self.jobs.get(request.job_id)
         if job is None:
@@ -120,7 +128,9 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         job.state = jobs_pb2.JOB_STATE_CANCELLED
         return self._answer(job, context)
 
-    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         self._remember(context)
         if not request.user_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
@@ -136,7 +146,7 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListJobsResponse(jobs=jobs[: request.page_size or 20])
 
     async def WatchJob(
-        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[jobs_pb2.Job]:
         self._remember(context)
         if request.job_id in ("fail-midway", "forever"):
@@ -162,7 +172,9 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
 class EchoAdmin(admin_pb2_grpc.AdminServiceServicer):
     """AdminService answering fixed queue numbers (int64 fields render as JSON strings)."""
 
-    async def GetQueueStats(self, request: admin_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def GetQueueStats(
+        self, request: admin_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         stats = admin_pb2.QueueStats(active_tokens=2, delayed=3)
         stats.work_streams.add(target="rest", length=10, pending=1, lag=9)
         for i in range(min(request.top_tokens or 10, 2)):

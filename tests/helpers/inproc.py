@@ -17,8 +17,8 @@ import grpc
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.settings import Settings
-from common.tokens import TokenRecord, TokenStore, token_id_hash
-from common.vault import LocalKeyProvider, Vault
+from common.tokens import TokenRecord
+from devstack import seed as devstack_seed
 from flickrhub.v1 import jobs_pb2_grpc
 from gateway.app import GatewayApp
 from mover.app import MoverApp
@@ -26,7 +26,7 @@ from sandbox import app as sandbox_app
 from sandbox import state as sandbox_state
 from worker.app import WorkerApp
 
-DEMO_USER = "demo-user"
+DEMO_USER = devstack_seed.DEMO_USER
 
 
 def stack_settings(redis_url: str, cache_redis_url: str, mongo_url: str, db: str, **overrides: Any) -> Settings:
@@ -57,27 +57,8 @@ def stack_settings(redis_url: str, cache_redis_url: str, mongo_url: str, db: str
 
 
 async def seed_demo_token(settings: Settings, user_id: str = DEMO_USER) -> TokenRecord:
-    """Store the sandbox's demo token for `user_id` (encrypted, as the product does).
-
-    Several test users share the sandbox's one demo token; each gets its own
-    token id so that per-token queues stay separate, as they would with real tokens.
-    """
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
-    record = TokenRecord(
-        user_id=user_id,
-        token_id_hash=token_id_hash(sandbox_state.DEMO_TOKEN + ":" + user_id),
-        oauth_token=sandbox_state.DEMO_TOKEN,
-        oauth_token_secret=sandbox_state.DEMO_TOKEN_SECRET,
-        user_nsid=sandbox_state.DEMO_USER_NSID,
-        username=sandbox_state.DEMO_USERNAME,
-        perms=sandbox_state.DEMO_PERMS,
-    )
-    try:
-        await mongo.ensure_indexes()
-        await TokenStore(mongo.tokens, Vault(LocalKeyProvider.from_settings(settings))).put(record)
-    finally:
-        await mongo.close()
-    return record
+    """The sandbox's demo token for `user_id`, with a token id of its own."""
+    return await devstack_seed.seed_demo_token(settings, user_id, distinct=True)
 
 
 @dataclass

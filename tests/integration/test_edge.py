@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import grpc
@@ -63,11 +64,12 @@ async def stack() -> AsyncIterator[Stack]:
     await server.stop(None)
 
 
-async def _json(resp: aiohttp.ClientResponse) -> dict:
-    return json.loads(await resp.read())
+async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(await resp.read())
+    return body
 
 
-async def _submit(stack: Stack, **body: object) -> dict:
+async def _submit(stack: Stack, **body: object) -> dict[str, Any]:
     payload = {"user_id": "u1", "method": "flickr.photos.search", **body}
     async with stack.http.post(f"{stack.base}/v1/jobs", json=payload) as resp:
         assert resp.status == 200, await resp.text()
@@ -103,7 +105,8 @@ async def test_a_grpc_error_has_the_same_code_over_rest_and_grpc(stack: Stack) -
         body = await _json(resp)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await jobs_pb2_grpc.JobServiceStub(stack.channel).GetJob(jobs_pb2.GetJobRequest(job_id="missing"))
-    assert body["code"] == caught.value.code().value[0] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert body["code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert body["message"] == caught.value.details()
     assert body["details"] == []
 
@@ -191,7 +194,9 @@ async def test_a_missing_body_on_submit_is_a_400_not_a_200(stack: Stack) -> None
     async with stack.http.post(f"{stack.base}/v1/jobs") as resp:
         assert resp.status == 400
         assert "body is required" in (await _json(resp))["message"]
-    async with stack.http.post(f"{stack.base}/v1/jobs", data=b"", headers={"Content-Type": "application/json"}) as resp:
+    async with stack.http.post(
+        f"{stack.base}/v1/jobs", data=b"", headers={"Content-Type": "application/json"}
+    ) as resp:
         assert resp.status == 400
 
 
@@ -212,7 +217,9 @@ async def test_a_body_on_a_method_without_body_is_a_400(stack: Stack) -> None:
 )
 async def test_only_json_bodies_are_accepted(stack: Stack, content_type: str) -> None:
     body = b'{"user_id": "u1", "method": "flickr.x"}'
-    async with stack.http.post(f"{stack.base}/v1/jobs", data=body, headers={"Content-Type": content_type}) as resp:
+    async with stack.http.post(
+        f"{stack.base}/v1/jobs", data=body, headers={"Content-Type": content_type}
+    ) as resp:
         assert resp.status == 415
         assert resp.content_type == "application/json"
         assert "application/json" in (await _json(resp))["message"]
@@ -301,7 +308,10 @@ async def test_retry_info_sets_retry_after_rounded_up(stack: Stack) -> None:
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "2"
         body = await _json(resp)
-    assert body["details"][0] == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1.500s"}
+    assert body["details"][0] == {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retry_delay": "1.500s",
+    }
     assert body["details"][1]["violations"] == [{"subject": "client:c1", "description": "1000 pending"}]
 
 
@@ -395,14 +405,18 @@ async def test_grpc_timeout_becomes_the_call_deadline(stack: Stack) -> None:
 async def test_server_span_continues_the_incoming_trace_and_is_what_the_gateway_sees(stack: Stack) -> None:
     SPANS.clear()
     body = {"user_id": "u1", "method": "flickr.x"}
-    async with stack.http.post(f"{stack.base}/v1/jobs", json=body, headers={"traceparent": TRACEPARENT}) as resp:
+    async with stack.http.post(
+        f"{stack.base}/v1/jobs", json=body, headers={"traceparent": TRACEPARENT}
+    ) as resp:
         assert (await _json(resp))["trace_id"] == TRACE_ID
     spans = [s for s in SPANS.get_finished_spans() if s.name == "POST /v1/jobs"]
     assert len(spans) == 1
     span = spans[0]
     assert format(span.context.trace_id, "032x") == TRACE_ID
-    assert span.parent is not None and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
-    assert span.attributes is not None and span.attributes["http.response.status_code"] == 200
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 200
     # The gateway got the edge span's context, not the client's span id.
     sent = stack.jobs.last_metadata["traceparent"]
     assert sent == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
@@ -472,7 +486,9 @@ async def test_readyz_follows_the_gateway_health_service(stack: Stack) -> None:
 
 async def test_requests_are_counted_by_route_and_code(stack: Stack) -> None:
     def count(route: str, code: str) -> float:
-        return REGISTRY.get_sample_value("flickrhub_edge_requests_total", {"route": route, "code": code}) or 0.0
+        return (
+            REGISTRY.get_sample_value("flickrhub_edge_requests_total", {"route": route, "code": code}) or 0.0
+        )
 
     before_ok = count("GET /v1/jobs/{job_id}", "404")
     before_unmatched = count("unmatched", "404")
@@ -482,7 +498,9 @@ async def test_requests_are_counted_by_route_and_code(stack: Stack) -> None:
         pass
     assert count("GET /v1/jobs/{job_id}", "404") == before_ok + 1
     assert count("unmatched", "404") == before_unmatched + 1
-    assert REGISTRY.get_sample_value("flickrhub_edge_request_seconds_count", {"route": "GET /v1/jobs/{job_id}"})
+    assert REGISTRY.get_sample_value(
+        "flickrhub_edge_request_seconds_count", {"route": "GET /v1/jobs/{job_id}"}
+    )
 
 
 # -- run(): the process entry point ----------------------------------------------------------------

@@ -20,10 +20,11 @@ import pytest_asyncio
 from oauthlib.oauth1 import SIGNATURE_TYPE_AUTH_HEADER, SIGNATURE_TYPE_BODY, SIGNATURE_TYPE_QUERY, Client
 from yarl import URL
 
-from common import oauth1
+from common import flickr_methods, oauth1
 from common.oauth1 import Credentials
 from sandbox.app import start
-from sandbox.methods import PARAMETERLESS
+from sandbox.envelope import to_xml
+from sandbox.methods import METHODS, PARAMETERLESS, Call, FlickrFault, login
 from sandbox.state import (
     DEMO_CONSUMER_KEY,
     DEMO_CONSUMER_SECRET,
@@ -323,7 +324,10 @@ async def test_replayed_nonce_is_http_401_nonce_used(sandbox: Sandbox) -> None:
     replay = await sandbox.call(params, None)
     assert (replay.status, replay.text) == (401, "oauth_problem=nonce_used")
     # The same nonce with another timestamp is another request.
-    fresh = await sandbox.call({"method": "flickr.test.login", **JSON}, nonce=params["oauth_nonce"])
+    later = int(params["oauth_timestamp"]) + 1
+    fresh = await sandbox.call(
+        {"method": "flickr.test.login", **JSON}, nonce=params["oauth_nonce"], timestamp=later
+    )
     assert fresh.json()["stat"] == "ok"
 
 
@@ -558,15 +562,20 @@ async def test_latency_fault_delays_then_answers(sandbox: Sandbox) -> None:
 
 async def test_drop_fault_closes_the_connection_without_an_answer(sandbox: Sandbox) -> None:
     await sandbox.control("POST", "/faults", {"kind": "drop"})
-    # A fresh connection: aiohttp silently retries a GET whose pooled keep-alive connection died.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-        with pytest.raises(aiohttp.ServerDisconnectedError):
-            await fresh.get(
-                sandbox.rest_url, params={"method": "flickr.test.echo", "api_key": DEMO_CONSUMER_KEY}
-            )
+    # POST: aiohttp's client silently retries an idempotent request (GET) once after a disconnect.
+    params = {"method": "flickr.test.echo", "api_key": DEMO_CONSUMER_KEY}
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await sandbox.session.post(sandbox.rest_url, data=params)
     calls = (await sandbox.control("GET", "/calls"))[1]
     assert calls[-1]["http_status"] is None
     assert (await sandbox.flickr("flickr.test.echo"))["stat"] == "ok"
+
+
+async def test_drop_fault_twice_defeats_the_client_retry_of_a_get(sandbox: Sandbox) -> None:
+    await sandbox.control("POST", "/faults", {"kind": "drop", "times": 2})
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await sandbox.session.get(sandbox.rest_url, params={"method": "flickr.test.echo"})
+    assert [c["http_status"] for c in (await sandbox.control("GET", "/calls"))[1]] == [None, None]
 
 
 async def test_fault_with_times_minus_one_lasts_until_cleared(sandbox: Sandbox) -> None:
@@ -695,6 +704,50 @@ async def test_state_without_demo_seed_knows_no_app() -> None:
         await runner.cleanup()
 
 
+# --- the shared method table and the pure pieces ----------------------------------------------------
+
+
+def test_every_sandbox_method_has_a_row_in_the_shared_perm_table() -> None:
+    assert set(METHODS) <= set(flickr_methods.METHOD_PERMS)
+
+
+@pytest.mark.parametrize(
+    ("method", "perm", "write", "search"),
+    [
+        ("flickr.photos.search", "none", False, True),
+        ("flickr.photos.getRecent", "none", False, True),
+        ("flickr.groups.search", "none", False, True),
+        ("flickr.test.login", "read", False, False),
+        ("flickr.photos.setMeta", "write", True, False),
+        ("flickr.photos.delete", "delete", True, False),
+        ("flickr.something.new", "write", True, False),  # unknown: assume it writes
+    ],
+)
+def test_method_table_knows_writes_and_searches(method: str, perm: str, write: bool, search: bool) -> None:
+    assert flickr_methods.required_perm(method) == perm
+    assert flickr_methods.is_write(method) is write
+    assert flickr_methods.is_search(method) is search
+
+
+@pytest.mark.parametrize(
+    ("granted", "required", "allowed"),
+    [("delete", "write", True), ("write", "write", True), ("read", "write", False), ("bogus", "none", False)],
+)
+def test_perms_nest_delete_over_write_over_read(granted: str, required: str, allowed: bool) -> None:
+    assert flickr_methods.perm_allows(granted, required) is allowed
+
+
+def test_login_method_alone_refuses_a_call_without_token() -> None:
+    with pytest.raises(FlickrFault, match="99"):
+        login(Call("flickr.test.login", {}, None, SandboxState()))
+
+
+def test_xml_rendering_follows_flickrs_json_conversion_rules() -> None:
+    a = {"flag": True, "off": False, "none": None, "b": [{"_content": "x"}, {}]}
+    doc = {"stat": "ok", "count": 3, "a": a}
+    assert to_xml(doc) == '<rsp stat="ok"><count>3</count><a flag="1" off="0" none=""><b>x</b><b /></a></rsp>'
+
+
 # --- conformance: requests signed by oauthlib's own Client ----------------------------------------
 
 
@@ -728,7 +781,9 @@ async def test_oauthlib_signed_form_post_is_accepted(sandbox: Sandbox, signature
     uri, headers, signed_body = _oauthlib_client(signature_type).sign(
         sandbox.rest_url, http_method="POST", body=body, headers=form
     )
-    async with sandbox.session.post(uri, data=signed_body.encode("utf-8"), headers=headers) as response:
+    # With AUTH_HEADER oauthlib hands the body back as the dict it was given.
+    data = signed_body if isinstance(signed_body, str) else urlencode(signed_body)
+    async with sandbox.session.post(uri, data=data.encode("utf-8"), headers=headers) as response:
         assert await response.json() == {"stat": "ok"}
     info = await sandbox.flickr("flickr.photos.getInfo", photo_id="42")
     assert info["photo"]["title"] == {"_content": "Grüße & mehr+"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import types
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -19,7 +20,7 @@ from flickrhub.v1 import admin_pb2, jobs_pb2
 FDP = descriptor_pb2.FileDescriptorProto  # a message with nested, repeated and bool fields
 
 
-def builder(cls: type, body: str = "", path: tuple[str, ...] = ()) -> transcode.RequestBuilder:
+def builder(cls: type, body: str = "", path: tuple[str, ...] = ()) -> transcode.RequestBuilder[Any]:
     return transcode.RequestBuilder(cls, body, path)
 
 
@@ -40,7 +41,8 @@ def test_whole_body_ignores_the_query_string() -> None:
 
 def test_whole_body_accepts_json_names_too() -> None:
     msg = builder(jobs_pb2.SubmitJobRequest, "*").build({}, b'{"userId": "u", "cacheBypass": true}', [])
-    assert msg.user_id == "u" and msg.cache_bypass
+    assert msg.user_id == "u"
+    assert msg.cache_bypass
 
 
 def test_empty_body_is_fine_when_the_path_binds_every_field() -> None:
@@ -76,7 +78,7 @@ def test_named_body_field_takes_the_whole_json_value() -> None:
         (b"null", "JSON object"),
         (b'{"user_id": 1}', "user_id"),
         (b'{"params": {"a": 1}}', "params"),
-        (b'{"target": 1.5}', "target"),
+        (b'{"cache_bypass": "yes"}', "cache_bypass"),
     ],
 )
 def test_bad_json_bodies_are_refused(raw: bytes, fragment: str) -> None:
@@ -140,7 +142,7 @@ def test_bad_query_values_are_refused(query: list[tuple[str, str]], fragment: st
         [("options.java_multiple_files", "yes")],
         [("options", "x"), ("options.java_package", "p")],
         [("options.java_package", "p"), ("options", "x")],
-        [("dependency", "a"), ("dependency.x", "b")],
+        [("public_dependency", "x")],
     ],
 )
 def test_conflicting_or_malformed_nested_query_is_refused(query: list[tuple[str, str]]) -> None:
@@ -166,7 +168,8 @@ def test_non_string_and_nested_path_variables_are_converted() -> None:
         builder(jobs_pb2.ListJobsRequest, "", ("page_size",)).build({"page_size": "x"}, None, [])
     nested = builder(FDP, "", ("options.java_package", "options.java_multiple_files"))
     msg2 = nested.build({"options.java_package": "a/b", "options.java_multiple_files": "1"}, None, [])
-    assert msg2.options.java_package == "a/b" and msg2.options.java_multiple_files
+    assert msg2.options.java_package == "a/b"
+    assert msg2.options.java_multiple_files
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -180,7 +183,8 @@ def test_responses_use_proto_names_enum_names_and_print_unpopulated_scalars() ->
     assert out["from_cache"] is False
     assert out["max_attempts"] == 0
     assert out["callback_url"] == ""
-    assert "result" not in out and "created_at" not in out
+    assert "result" not in out
+    assert "created_at" not in out
 
 
 def test_response_body_selects_one_field() -> None:
@@ -225,7 +229,9 @@ def test_verb_templates_sort_before_plain_ones() -> None:
 _counter = itertools.count()
 
 
-def _module(rules: list[http_pb2.HttpRule | None], *, client_streaming: bool = False) -> types.SimpleNamespace:
+def _module(
+    rules: list[http_pb2.HttpRule | None], *, client_streaming: bool = False
+) -> types.SimpleNamespace:
     """A proto file in the default pool with one service whose methods carry `rules`."""
     n = next(_counter)
     fdp = FDP(name=f"edge_test_{n}.proto", package=f"edgetest{n}", syntax="proto3")
@@ -233,7 +239,10 @@ def _module(rules: list[http_pb2.HttpRule | None], *, client_streaming: bool = F
     req = fdp.message_type.add(name="Req")
     req.field.add(name="id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
     req.field.add(
-        name="sub", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE, type_name=f".edgetest{n}.Req"
+        name="sub",
+        number=2,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=f".edgetest{n}.Req",
     )
     req.field.add(
         name="tags",

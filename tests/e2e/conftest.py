@@ -1,0 +1,43 @@
+"""The suite as real processes on free ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import Ports, ProcessStack
+
+FAST_ENV = {
+    "WORKER_VISIBILITY_TIMEOUT_S": "3",
+    "WORKER_BACKOFF_BASE_S": "0.05",
+    "WORKER_BACKOFF_MAX_S": "0.2",
+    "MOVER_CLAIM_IDLE_S": "2",
+    "SHUTDOWN_GRACE_S": "3",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@contextlib.contextmanager
+def process_stack(workers: int = 1, movers: int = 1) -> Iterator[ProcessStack]:
+    """Start a whole stack in a temporary folder; on failure show the logs that explain it."""
+    with tempfile.TemporaryDirectory(prefix="flickrhub-e2e-") as tmp:
+        stack = ProcessStack(Path(tmp), Ports.free(), workers=workers, movers=movers, env=FAST_ENV)
+        try:
+            stack.start()
+            yield stack
+        except BaseException:
+            for proc in stack.procs.values():
+                print(f"--- {proc.name} (alive={proc.alive}) ---\n{proc.tail(15)}")
+            raise
+        finally:
+            stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[ProcessStack]:
+    with process_stack(workers=2) as running:
+        yield running

@@ -1,0 +1,86 @@
+"""No accepted job is lost: a worker SIGKILLed mid-job, a Redis restart with jobs in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from common.jobstore import JobStore
+from common.mongo import Mongo
+from devstack.seed import DEMO_USER
+from flickrhub.v1 import jobs_pb2
+from tests.e2e.conftest import process_stack
+from tests.e2e.helpers import add_fault, grpc_stub, wait_final_grpc
+from tests.e2e.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.e2e
+
+
+async def _wait_running(store: JobStore, job_id: str, timeout: float = 20.0) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        doc = await store.get(job_id)
+        if doc is not None and doc["status"] == "running":
+            return doc
+        assert loop.time() < deadline, f"job never started: {doc}"
+        await asyncio.sleep(0.05)
+
+
+async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> None:
+    with process_stack(workers=2) as stack:
+        mongo = Mongo.connect(stack.settings.mongo_url, stack.settings.mongo_db)
+        store = JobStore(mongo.jobs)
+        receiver = await Receiver().start()
+        channel, stub = grpc_stub(stack)
+        try:
+            async with channel, aiohttp.ClientSession() as http:
+                await add_fault(http, stack, method="flickr.test.echo", kind="latency", latency_ms=5000, times=1)
+                job = await stub.SubmitJob(
+                    jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER,
+                        method="flickr.test.echo",
+                        params={"crash": "test"},
+                        callback_url=receiver.url,
+                        callback_secret="0123456789abcdef-secret",
+                    )
+                )
+                running = await _wait_running(store, job.job_id)
+                victim = next(w for w in stack.workers if str(w.proc.pid) in str(running["worker_id"]))  # type: ignore[union-attr]
+                victim.kill()
+                watch = [u.state async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=40)]
+                done = await wait_final_grpc(stub, job.job_id)
+                deliveries = await receiver.wait_for(job.job_id)
+                await asyncio.sleep(1.0)  # a duplicate webhook would arrive by now
+                deliveries = [d for d in receiver.deliveries if d.payload["job_id"] == job.job_id]
+            doc = await store.get(job.job_id)
+        finally:
+            await receiver.stop()
+            await mongo.close()
+    assert done.state == jobs_pb2.JOB_STATE_COMPLETED
+    assert done.attempts == 2
+    assert doc is not None and doc["worker_id"] != running["worker_id"]
+    assert watch.count(jobs_pb2.JOB_STATE_COMPLETED) == 1
+    assert len(deliveries) == 1
+
+
+async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
+    with process_stack(workers=2) as stack:
+        channel, stub = grpc_stub(stack)
+        async with channel, aiohttp.ClientSession() as http:
+            await add_fault(http, stack, method="flickr.test.echo", kind="latency", latency_ms=200, times=-1)
+            submitted = [
+                await stub.SubmitJob(
+                    jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"n": str(i)})
+                )
+                for i in range(60)
+            ]
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(stack.restart_redis)
+            async with http.delete(f"http://127.0.0.1:{stack.ports.sandbox}/_sandbox/faults") as resp:
+                assert resp.status == 200
+            done = await asyncio.gather(*(wait_final_grpc(stub, s.job_id, timeout=90) for s in submitted))
+    assert [d.state for d in done] == [jobs_pb2.JOB_STATE_COMPLETED] * len(submitted)
+    assert sorted(int(d.result["n"]["_content"]) for d in done) == list(range(60))
