@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from common.logs import setup_logging
+from common.service import bootstrap
 from common.settings import Settings
 from edge import app
 
 
 def main() -> None:
-    """Read settings, set up logging and run the edge until SIGTERM."""
+    """Read settings, set up logging and tracing, and run the edge until SIGTERM."""
     settings = Settings.from_env()
-    setup_logging("edge", settings.log_level)
+    bootstrap("edge", settings)
     asyncio.run(app.run(settings))
 
 

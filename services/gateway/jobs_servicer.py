@@ -128,7 +128,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> str | None:
         """Reserve the key for `job_id`; return the first job's id when the key was used before."""
         digest = hashlib.sha256(idem_key.encode()).hexdigest()[:32]
-        payload = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()[:32]
+        unkeyed = jobs_pb2.SubmitJobRequest()
+        unkeyed.CopyFrom(request)
+        unkeyed.ClearField("idempotency_key")  # the key may come as a field or as metadata
+        payload = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()[:32]
         key = keys.idempotency(token, digest)
         try:
             if await self._redis.set(key, f"{job_id}:{payload}", nx=True, ex=IDEMPOTENCY_TTL_S):

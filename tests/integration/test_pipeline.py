@@ -80,3 +80,150 @@ async def test_second_read_is_served_from_cache(stack: Stack) -> None:
     assert cached.from_cache
     assert cached.result == done.result
     assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.getInfo"]) == 1
+
+
+async def test_transient_failures_exhaust_attempts_into_the_dead_letter_stream(stack: Stack, redis: Any) -> None:
+    stack.sandbox.faults.clear()
+    from sandbox.state import Fault
+
+    stack.sandbox.faults.append(Fault(id="f1", method="flickr.test.echo", kind="http_status", status=503, times=-1))
+    resp = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
+    job = await wait_final(stack, resp.job_id)
+    stack.sandbox.faults.clear()
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.error.code == "ATTEMPTS_EXHAUSTED"
+    assert job.attempts == stack.settings.worker_max_attempts
+    dead = await redis.xrange("fh:dlq")
+    assert [fields["job_id"] for _, fields in dead] == [resp.job_id]
+    assert dead[0][1]["dlq_reason"] == "attempts_exhausted"
+
+
+async def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(stack: Stack) -> None:
+    for mover in stack.movers:
+        await mover.stop(2.0)  # nothing moves: the job stays queued
+    resp = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
+    cancelled = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=resp.job_id))
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=resp.job_id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id="0" * 32))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancelled_job_is_never_executed(stack: Stack) -> None:
+    for mover in stack.movers:
+        await mover.stop(2.0)
+    resp = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"cancel": "me"})
+    )
+    await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=resp.job_id))
+    from mover.app import MoverApp
+
+    mover = MoverApp(stack.settings, consumer="late-mover")
+    await mover.start()
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        await mover.stop(2.0)
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=resp.job_id))
+    assert job.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert not [c for c in stack.sandbox.calls if c.params.get("cancel") == "me"]
+
+
+async def test_idempotency_key_returns_the_first_job_and_refuses_a_different_payload(stack: Stack) -> None:
+    req = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}, idempotency_key="k-1")
+    first, second = await asyncio.gather(stack.jobs.SubmitJob(req), stack.jobs.SubmitJob(req))
+    assert first.job_id == second.job_id
+    third = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}), metadata=(("x-idempotency-key", "k-1"),))
+    assert third.job_id == first.job_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "2"}, idempotency_key="k-1")
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await stack.mongo.jobs.count_documents({}) == 1
+
+
+async def test_list_jobs_pages_newest_first_with_filters(stack: Stack) -> None:
+    ids = []
+    for i in range(5):
+        resp = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"i": str(i)})
+        )
+        ids.append(resp.job_id)
+        await asyncio.sleep(0.005)
+    await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.login"))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stack.jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(user_id=DEMO_USER, method="flickr.test.echo", page_size=2, page_token=token)
+        )
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    everything = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(user_id=DEMO_USER, page_size=100))
+    assert len(everything.jobs) == 6
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(user_id=DEMO_USER, page_token="garbage!"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(user_id="", page_size=500))
+    assert bad_fields(err.value) == {"user_id", "page_size"}
+
+
+async def test_watch_ends_at_the_final_state(stack: Stack) -> None:
+    resp = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.login"))
+    states = [j.state async for j in stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=resp.job_id), timeout=20)]
+    assert states[-1] == jobs_pb2.JOB_STATE_COMPLETED
+    assert states.count(jobs_pb2.JOB_STATE_COMPLETED) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id="f" * 32)):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_queue_stats_report_the_queues(stack: Stack) -> None:
+    from flickrhub.v1 import admin_pb2, admin_pb2_grpc
+
+    for mover in stack.movers:
+        await mover.stop(2.0)
+    for _ in range(3):
+        await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
+    admin = admin_pb2_grpc.AdminServiceStub(stack.channel)
+    stats = await admin.GetQueueStats(admin_pb2.GetQueueStatsRequest())
+    assert stats.active_tokens == 1
+    assert [q.depth for q in stats.token_queues] == [3]
+    assert {w.target for w in stats.work_streams} == {"rest", "upload", "replace"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.GetQueueStats(admin_pb2.GetQueueStatsRequest(top_tokens=1000))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_upload_targets_are_refused_until_photo_bytes_are_supported(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.photos.upload", target=jobs_pb2.TARGET_UPLOAD)
+        )
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert await stack.mongo.jobs.count_documents({}) == 0
+
+
+async def test_secrets_never_reach_mongo_in_clear(stack: Stack) -> None:
+    from sandbox.state import DEMO_TOKEN, DEMO_TOKEN_SECRET
+
+    secret = "webhook-secret-0123456789"
+    await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            user_id=DEMO_USER, method="flickr.test.echo", callback_url="http://127.0.0.1:9/hook", callback_secret=secret
+        )
+    )
+    dump = ""
+    for name in await stack.mongo.db.list_collection_names():
+        dump += repr([doc async for doc in stack.mongo.db[name].find({})])
+    for clear in (secret, DEMO_TOKEN, DEMO_TOKEN_SECRET):
+        assert clear not in dump
