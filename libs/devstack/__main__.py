@@ -42,9 +42,16 @@ Press Ctrl-C to stop everything.
 def run(workers: int, movers: int, data: Path) -> int:
     """Start the stack, print how to use it, wait for Ctrl-C, stop it."""
     ports = Ports.defaults()
-    busy = [p for p in (ports.redis, ports.cache_redis, ports.mongo, ports.sandbox, ports.gateway, ports.edge) if port_in_use(p)]
+    busy = [
+        p
+        for p in (ports.redis, ports.cache_redis, ports.mongo, ports.sandbox, ports.gateway, ports.edge)
+        if port_in_use(p)
+    ]
     if busy:
-        print(f"ports already in use: {busy} — is another `make run` running? (set the *_PORT/_URL variables)", file=sys.stderr)
+        print(
+            f"ports already in use: {busy} — is another `make run` running? (set the *_PORT/_URL variables)",
+            file=sys.stderr,
+        )
         return 1
     stack = ProcessStack(data, ports, workers=workers, movers=movers)
     stopping = False

@@ -11,7 +11,9 @@ from sandbox import state as sandbox_state
 DEMO_USER = "demo-user"
 
 
-async def seed_demo_token(settings: Settings, user_id: str = DEMO_USER, *, distinct: bool = False) -> TokenRecord:
+async def seed_demo_token(
+    settings: Settings, user_id: str = DEMO_USER, *, distinct: bool = False
+) -> TokenRecord:
     """Store the sandbox's demo token for `user_id`.
 
     With `distinct`, the token id also depends on the user id: tests give several

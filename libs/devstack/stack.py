@@ -121,13 +121,17 @@ class ProcessStack:
         return Settings.from_env(self.env)
 
     def _service(self, name: str, module: str, port: int, env: dict[str, str] | None = None) -> Managed:
-        return Managed(name, python_module(module), port, self.logs / f"{name}.log", env={**self.env, **(env or {})})
+        return Managed(
+            name, python_module(module), port, self.logs / f"{name}.log", env={**self.env, **(env or {})}
+        )
 
     def start(self) -> ProcessStack:
         """Start everything in dependency order and seed the demo user."""
         p = self.ports
         self.procs["redis"] = redis_server("queue", self.data_dir / "redis-queue", p.redis).start()
-        self.procs["cache-redis"] = redis_server("cache", self.data_dir / "redis-cache", p.cache_redis).start()
+        self.procs["cache-redis"] = redis_server(
+            "cache", self.data_dir / "redis-cache", p.cache_redis
+        ).start()
         self.procs["mongo"] = secantus(self.data_dir, p.mongo).start(timeout=60)
         sandbox = Managed(
             "sandbox",

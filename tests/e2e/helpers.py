@@ -15,7 +15,7 @@ from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 FINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
-def grpc_stub(stack: ProcessStack) -> tuple[grpc.aio.Channel, jobs_pb2_grpc.JobServiceStub]:
+def grpc_stub(stack: ProcessStack) -> tuple[grpc.aio.Channel, jobs_pb2_grpc.JobServiceAsyncStub]:
     """A channel and JobService stub on the stack's gateway."""
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.gateway}")
     return channel, jobs_pb2_grpc.JobServiceStub(channel)
@@ -31,19 +31,23 @@ def sandbox_url(stack: ProcessStack, path: str) -> str:
     return f"http://127.0.0.1:{stack.ports.sandbox}{path}"
 
 
-async def wait_final_grpc(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, timeout: float = 30.0) -> jobs_pb2.Job:
+async def wait_final_grpc(
+    stub: jobs_pb2_grpc.JobServiceAsyncStub, job_id: str, timeout: float = 30.0
+) -> jobs_pb2.Job:
     """Poll GetJob until the job is final."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        job = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5)
+        job: jobs_pb2.Job = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5)
         if jobs_pb2.JobState.Name(job.state) in FINAL:
             return job
         assert loop.time() < deadline, f"job {job_id} still {jobs_pb2.JobState.Name(job.state)}"
         await asyncio.sleep(0.1)
 
 
-async def wait_final_rest(session: aiohttp.ClientSession, stack: ProcessStack, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+async def wait_final_rest(
+    session: aiohttp.ClientSession, stack: ProcessStack, job_id: str, timeout: float = 30.0
+) -> dict[str, Any]:
     """Poll GET /v1/jobs/{id} until the job is final."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -63,7 +67,9 @@ async def add_fault(session: aiohttp.ClientSession, stack: ProcessStack, **fault
         assert resp.status in (200, 201), await resp.text()
 
 
-async def sandbox_calls(session: aiohttp.ClientSession, stack: ProcessStack, method: str) -> list[dict[str, Any]]:
+async def sandbox_calls(
+    session: aiohttp.ClientSession, stack: ProcessStack, method: str
+) -> list[dict[str, Any]]:
     """The sandbox's log of calls to `method`."""
     async with session.get(sandbox_url(stack, "/_sandbox/calls"), params={"method": method}) as resp:
         body = await resp.json()

@@ -14,6 +14,7 @@ from flickrhub.v1 import jobs_pb2
 from tests.e2e.conftest import process_stack
 from tests.e2e.helpers import add_fault, grpc_stub, wait_final_grpc
 from tests.e2e.webhook_receiver import Receiver
+from tests.helpers.rich import result_of
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,9 @@ async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> No
         channel, stub = grpc_stub(stack)
         try:
             async with channel, aiohttp.ClientSession() as http:
-                await add_fault(http, stack, method="flickr.test.echo", kind="latency", latency_ms=5000, times=1)
+                await add_fault(
+                    http, stack, method="flickr.test.echo", kind="latency", latency_ms=5000, times=1
+                )
                 job = await stub.SubmitJob(
                     jobs_pb2.SubmitJobRequest(
                         user_id=DEMO_USER,
@@ -50,7 +53,10 @@ async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> No
                 running = await _wait_running(store, job.job_id)
                 victim = next(w for w in stack.workers if str(w.proc.pid) in str(running["worker_id"]))  # type: ignore[union-attr]
                 victim.kill()
-                watch = [u.state async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=40)]
+                watch = [
+                    u.state
+                    async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=40)
+                ]
                 done = await wait_final_grpc(stub, job.job_id)
                 deliveries = await receiver.wait_for(job.job_id)
                 await asyncio.sleep(1.0)  # a duplicate webhook would arrive by now
@@ -73,7 +79,9 @@ async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
             await add_fault(http, stack, method="flickr.test.echo", kind="latency", latency_ms=200, times=-1)
             submitted = [
                 await stub.SubmitJob(
-                    jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"n": str(i)})
+                    jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER, method="flickr.test.echo", params={"n": str(i)}
+                    )
                 )
                 for i in range(60)
             ]
@@ -83,4 +91,4 @@ async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
                 assert resp.status == 200
             done = await asyncio.gather(*(wait_final_grpc(stub, s.job_id, timeout=90) for s in submitted))
     assert [d.state for d in done] == [jobs_pb2.JOB_STATE_COMPLETED] * len(submitted)
-    assert sorted(int(d.result["n"]["_content"]) for d in done) == list(range(60))
+    assert sorted(int(result_of(d)["n"]["_content"]) for d in done) == list(range(60))

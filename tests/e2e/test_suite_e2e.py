@@ -15,6 +15,7 @@ from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.helpers import add_fault, edge_url, grpc_stub, wait_final_grpc, wait_final_rest
 from tests.e2e.webhook_receiver import Receiver
+from tests.helpers.rich import result_of
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ async def test_same_call_over_grpc_and_rest_completes_the_same_way(stack: Proces
             rest_job_id = (await resp.json())["job_id"]
         over_rest = await wait_final_rest(http, stack, rest_job_id)
     assert over_grpc.state == jobs_pb2.JOB_STATE_COMPLETED
-    assert over_grpc.result["via"]["_content"] == "grpc"
+    assert result_of(over_grpc)["via"]["_content"] == "grpc"
     assert over_rest["state"] == "JOB_STATE_COMPLETED"
     assert over_rest["result"]["via"]["_content"] == "rest"
     assert over_rest["trace_id"] and over_grpc.trace_id
@@ -43,7 +44,9 @@ async def test_rest_errors_match_grpc_errors(stack: ProcessStack) -> None:
     async with channel, aiohttp.ClientSession() as http:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id="nobody", method="flickr.test.echo"))
-        async with http.post(edge_url(stack, "/v1/jobs"), json={"user_id": "nobody", "method": "flickr.test.echo"}) as resp:
+        async with http.post(
+            edge_url(stack, "/v1/jobs"), json={"user_id": "nobody", "method": "flickr.test.echo"}
+        ) as resp:
             rest = await resp.json()
             status = resp.status
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -57,9 +60,13 @@ async def test_watch_streams_every_state_and_ends_at_the_final_one(stack: Proces
     async with channel, aiohttp.ClientSession() as http:
         await add_fault(http, stack, method="flickr.people.getInfo", kind="latency", latency_ms=600, times=1)
         job = await stub.SubmitJob(
-            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.people.getInfo", params={"user_id": "10000001@N00"})
+            jobs_pb2.SubmitJobRequest(
+                user_id=DEMO_USER, method="flickr.people.getInfo", params={"user_id": "10000001@N00"}
+            )
         )
-        states = [u.state async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=30)]
+        states = [
+            u.state async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=30)
+        ]
         async with http.get(edge_url(stack, f"/v1/jobs/{job.job_id}:watch")) as resp:
             assert resp.status == 200
             lines = [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
@@ -90,12 +97,26 @@ async def test_webhook_is_signed_retried_and_carries_meta_untouched(stack: Proce
     assert len(deliveries) == 1
     delivery = deliveries[0]
     assert webhook.verify(delivery.body, secret, delivery.headers[webhook.SIGNATURE_HEADER])
-    assert not webhook.verify(delivery.body, "another-secret-entirely", delivery.headers[webhook.SIGNATURE_HEADER])
+    assert not webhook.verify(
+        delivery.body, "another-secret-entirely", delivery.headers[webhook.SIGNATURE_HEADER]
+    )
     payload = delivery.payload
     assert payload["meta"] == meta
     assert payload["state"] == "completed"
     assert payload["result"]["x"]["_content"] == "1"
-    assert set(payload) >= {"job_id", "user_id", "target", "state", "result", "error", "from_cache", "attempts", "timestamp", "trace_id", "meta"}
+    assert set(payload) >= {
+        "job_id",
+        "user_id",
+        "target",
+        "state",
+        "result",
+        "error",
+        "from_cache",
+        "attempts",
+        "timestamp",
+        "trace_id",
+        "meta",
+    }
     assert secret not in delivery.body.decode()
     assert receiver.attempts == 2
 
@@ -104,7 +125,9 @@ async def test_flickr_refusal_fails_at_once_with_flickrs_code(stack: ProcessStac
     channel, stub = grpc_stub(stack)
     async with channel:
         job = await stub.SubmitJob(
-            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.people.getInfo", params={"user_id": "0@N00"})
+            jobs_pb2.SubmitJobRequest(
+                user_id=DEMO_USER, method="flickr.people.getInfo", params={"user_id": "0@N00"}
+            )
         )
         done = await wait_final_grpc(stub, job.job_id)
     assert done.state == jobs_pb2.JOB_STATE_FAILED
@@ -118,7 +141,9 @@ async def test_rate_limited_call_is_retried_with_backoff_then_completes(stack: P
     async with channel, aiohttp.ClientSession() as http:
         await add_fault(http, stack, method="flickr.photos.getSizes", kind="http_status", status=429, times=2)
         job = await stub.SubmitJob(
-            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.photos.getSizes", params={"photo_id": "777"})
+            jobs_pb2.SubmitJobRequest(
+                user_id=DEMO_USER, method="flickr.photos.getSizes", params={"photo_id": "777"}
+            )
         )
         done = await wait_final_grpc(stub, job.job_id)
     assert done.state == jobs_pb2.JOB_STATE_COMPLETED, done.error
@@ -130,10 +155,14 @@ async def test_many_jobs_all_complete(stack: ProcessStack) -> None:
     async with channel:
         submitted = await asyncio.gather(
             *(
-                stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"n": str(i)}))
+                stub.SubmitJob(
+                    jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER, method="flickr.test.echo", params={"n": str(i)}
+                    )
+                )
                 for i in range(100)
             )
         )
         done = await asyncio.gather(*(wait_final_grpc(stub, s.job_id, timeout=60) for s in submitted))
     assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}
-    assert sorted(int(d.result["n"]["_content"]) for d in done) == list(range(100))
+    assert sorted(int(result_of(d)["n"]["_content"]) for d in done) == list(range(100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,10 +67,8 @@ class Receiver:
                 return found
             assert loop.time() < deadline, f"no webhook for {job_id}"
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=max(0.01, deadline - loop.time()))
-            except TimeoutError:
-                pass
 
     async def stop(self) -> None:
         """Stop listening."""

@@ -29,7 +29,9 @@ from worker.app import WorkerApp
 DEMO_USER = devstack_seed.DEMO_USER
 
 
-def stack_settings(redis_url: str, cache_redis_url: str, mongo_url: str, db: str, **overrides: Any) -> Settings:
+def stack_settings(
+    redis_url: str, cache_redis_url: str, mongo_url: str, db: str, **overrides: Any
+) -> Settings:
     """Settings for an in-process or subprocess stack on free ports, with fast timings."""
     base: dict[str, Any] = {
         "redis_url": redis_url,
@@ -75,7 +77,7 @@ class Stack:
     mongo: Mongo
 
     @property
-    def jobs(self) -> jobs_pb2_grpc.JobServiceStub:
+    def jobs(self) -> jobs_pb2_grpc.JobServiceAsyncStub:
         """A JobService stub on the gateway."""
         return jobs_pb2_grpc.JobServiceStub(self.channel)
 
@@ -103,7 +105,9 @@ async def running_stack(
             cache_app = CacheApp(settings)
             await cache_app.start()
             started.append(cache_app)
-            settings = Settings.from_env(env={}, **{**settings.__dict__, "cache_addr": f"127.0.0.1:{cache_app.port}"})
+            settings = Settings.from_env(
+                env={}, **{**settings.__dict__, "cache_addr": f"127.0.0.1:{cache_app.port}"}
+            )
         else:
             settings = Settings.from_env(env={}, **{**settings.__dict__, "cache_addr": "127.0.0.1:9"})
         gateway = GatewayApp(settings)

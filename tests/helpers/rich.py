@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
 
@@ -29,5 +32,11 @@ def reason(err: grpc.aio.AioRpcError) -> str:
     for detail in status_of(err).details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
+            return str(info.reason)
     return ""
+
+
+def result_of(job: object) -> dict[str, Any]:
+    """A Job's `result` Struct as a plain dict."""
+    value: dict[str, Any] = json_format.MessageToDict(job.result)  # type: ignore[attr-defined]
+    return value

@@ -11,14 +11,16 @@ import pytest
 import pytest_asyncio
 
 from flickrhub.v1 import jobs_pb2
-from tests.helpers.rich import bad_fields, reason
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
+from tests.helpers.rich import bad_fields, reason, result_of
 
 FINAL = {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 
 
 @pytest_asyncio.fixture
-async def stack(redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any) -> AsyncIterator[Stack]:
+async def stack(
+    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+) -> AsyncIterator[Stack]:
     settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name)
     await seed_demo_token(settings)
     async with running_stack(settings, cache=False) as running:
@@ -43,8 +45,8 @@ async def test_echo_job_completes_with_flickrs_answer(stack: Stack) -> None:
     assert resp.state == jobs_pb2.JOB_STATE_QUEUED
     job = await wait_final(stack, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETED, job.error
-    assert job.result["stat"] == "ok"
-    assert job.result["foo"]["_content"] == "bar"
+    assert result_of(job)["stat"] == "ok"
+    assert result_of(job)["foo"]["_content"] == "bar"
     assert job.attempts == 1
     assert not job.from_cache
 
@@ -69,12 +71,16 @@ async def test_invalid_request_lists_every_bad_field(stack: Stack) -> None:
 
 async def test_second_read_is_served_from_cache(stack: Stack) -> None:
     first = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.photos.getInfo", params={"photo_id": "12345"})
+        jobs_pb2.SubmitJobRequest(
+            user_id=DEMO_USER, method="flickr.photos.getInfo", params={"photo_id": "12345"}
+        )
     )
     done = await wait_final(stack, first.job_id)
     assert done.state == jobs_pb2.JOB_STATE_COMPLETED, done.error
     second = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.photos.getInfo", params={"photo_id": "12345"})
+        jobs_pb2.SubmitJobRequest(
+            user_id=DEMO_USER, method="flickr.photos.getInfo", params={"photo_id": "12345"}
+        )
     )
     cached = await wait_final(stack, second.job_id)
     assert cached.from_cache
@@ -82,11 +88,15 @@ async def test_second_read_is_served_from_cache(stack: Stack) -> None:
     assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.getInfo"]) == 1
 
 
-async def test_transient_failures_exhaust_attempts_into_the_dead_letter_stream(stack: Stack, redis: Any) -> None:
+async def test_transient_failures_exhaust_attempts_into_the_dead_letter_stream(
+    stack: Stack, redis: Any
+) -> None:
     stack.sandbox.faults.clear()
     from sandbox.state import Fault
 
-    stack.sandbox.faults.append(Fault(id="f1", method="flickr.test.echo", kind="http_status", status=503, times=-1))
+    stack.sandbox.faults.append(
+        Fault(id="f1", method="flickr.test.echo", kind="http_status", status=503, times=-1)
+    )
     resp = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
     job = await wait_final(stack, resp.job_id)
     stack.sandbox.faults.clear()
@@ -133,14 +143,21 @@ async def test_cancelled_job_is_never_executed(stack: Stack) -> None:
 
 
 async def test_idempotency_key_returns_the_first_job_and_refuses_a_different_payload(stack: Stack) -> None:
-    req = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}, idempotency_key="k-1")
+    req = jobs_pb2.SubmitJobRequest(
+        user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}, idempotency_key="k-1"
+    )
     first, second = await asyncio.gather(stack.jobs.SubmitJob(req), stack.jobs.SubmitJob(req))
     assert first.job_id == second.job_id
-    third = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}), metadata=(("x-idempotency-key", "k-1"),))
+    third = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"}),
+        metadata=(("x-idempotency-key", "k-1"),),
+    )
     assert third.job_id == first.job_id
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "2"}, idempotency_key="k-1")
+            jobs_pb2.SubmitJobRequest(
+                user_id=DEMO_USER, method="flickr.test.echo", params={"a": "2"}, idempotency_key="k-1"
+            )
         )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert await stack.mongo.jobs.count_documents({}) == 1
@@ -159,7 +176,9 @@ async def test_list_jobs_pages_newest_first_with_filters(stack: Stack) -> None:
     token = ""
     while True:
         page = await stack.jobs.ListJobs(
-            jobs_pb2.ListJobsRequest(user_id=DEMO_USER, method="flickr.test.echo", page_size=2, page_token=token)
+            jobs_pb2.ListJobsRequest(
+                user_id=DEMO_USER, method="flickr.test.echo", page_size=2, page_token=token
+            )
         )
         seen += [j.job_id for j in page.jobs]
         token = page.next_page_token
@@ -177,8 +196,12 @@ async def test_list_jobs_pages_newest_first_with_filters(stack: Stack) -> None:
 
 
 async def test_watch_ends_at_the_final_state(stack: Stack) -> None:
-    resp = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.login"))
-    states = [j.state async for j in stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=resp.job_id), timeout=20)]
+    resp = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.login")
+    )
+    states = [
+        j.state async for j in stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=resp.job_id), timeout=20)
+    ]
     assert states[-1] == jobs_pb2.JOB_STATE_COMPLETED
     assert states.count(jobs_pb2.JOB_STATE_COMPLETED) == 1
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -207,7 +230,9 @@ async def test_queue_stats_report_the_queues(stack: Stack) -> None:
 async def test_upload_targets_are_refused_until_photo_bytes_are_supported(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.photos.upload", target=jobs_pb2.TARGET_UPLOAD)
+            jobs_pb2.SubmitJobRequest(
+                user_id=DEMO_USER, method="flickr.photos.upload", target=jobs_pb2.TARGET_UPLOAD
+            )
         )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert await stack.mongo.jobs.count_documents({}) == 0
@@ -219,7 +244,10 @@ async def test_secrets_never_reach_mongo_in_clear(stack: Stack) -> None:
     secret = "webhook-secret-0123456789"
     await stack.jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(
-            user_id=DEMO_USER, method="flickr.test.echo", callback_url="http://127.0.0.1:9/hook", callback_secret=secret
+            user_id=DEMO_USER,
+            method="flickr.test.echo",
+            callback_url="http://127.0.0.1:9/hook",
+            callback_secret=secret,
         )
     )
     dump = ""

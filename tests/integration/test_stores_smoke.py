@@ -1,4 +1,4 @@
-"""The session's real servers answer: queue Redis is noeviction, cache Redis is allkeys-lru, Mongo speaks the wire."""
+"""The session's real servers: queue Redis is noeviction, cache Redis allkeys-lru, Mongo speaks the wire."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure pieces of libs/common: entries, backoff, Flickr failures, webhook signatures, settings, vault, logs."""
+"""Pure pieces of libs/common: entries, backoff, Flickr failures, signatures, settings, vault, logs."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def test_job_entry_round_trips_through_stream_fields() -> None:
     assert entry.with_trace({}).trace == {}
 
 
-@pytest.mark.parametrize("fields", [{}, {"job_id": "x"}, {**jobs.JobEntry("a", "b", "c", "d", "rest", {}, 1).to_fields(), "params": "{"}])
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"job_id": "x"}, {**jobs.JobEntry("a", "b", "c", "d", "rest", {}, 1).to_fields(), "params": "{"}],
+)
 def test_malformed_entries_are_refused(fields: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="malformed"):
         jobs.JobEntry.from_fields(fields)
@@ -90,7 +93,9 @@ def test_webhook_signature_verifies_only_the_exact_body_and_secret() -> None:
 
 
 def test_settings_parse_types_and_name_the_bad_variable() -> None:
-    s = Settings.from_env({"WORKER_CONCURRENCY": "8", "WORKER_BACKOFF_BASE_S": "0.5", "FLICKRHUB_ENV": "demo"})
+    s = Settings.from_env(
+        {"WORKER_CONCURRENCY": "8", "WORKER_BACKOFF_BASE_S": "0.5", "FLICKRHUB_ENV": "demo"}
+    )
     assert s.worker_concurrency == 8 and s.worker_backoff_base_s == 0.5
     with pytest.raises(SettingsError, match="WORKER_CONCURRENCY"):
         Settings.from_env({"WORKER_CONCURRENCY": "many"})
@@ -121,7 +126,9 @@ def test_readme_configuration_table_is_generated_from_settings() -> None:
     table = markdown_table()
     assert "| `REDIS_URL` |" in table and "| `VAULT_MASTER_KEY` | (empty) |" in table
     readme = Path(__file__).resolve().parents[2] / "README.md"
-    assert table in readme.read_text(encoding="utf-8"), "stale README table: python -m common.settings --markdown"
+    assert table in readme.read_text(encoding="utf-8"), (
+        "stale README table: python -m common.settings --markdown"
+    )
 
 
 def test_vault_round_trips_and_binds_purpose_and_record() -> None:
@@ -145,9 +152,14 @@ def test_vault_reads_old_key_versions_after_rotation() -> None:
 
 def test_master_key_comes_from_settings_and_is_checked() -> None:
     key = base64.b64encode(b"x" * 32).decode()
-    assert LocalKeyProvider.from_settings(Settings.from_env({"VAULT_MASTER_KEY": key})).master_key(1) == b"x" * 32
+    assert (
+        LocalKeyProvider.from_settings(Settings.from_env({"VAULT_MASTER_KEY": key})).master_key(1)
+        == b"x" * 32
+    )
     with pytest.raises(SettingsError, match="32 bytes"):
-        LocalKeyProvider.from_settings(Settings.from_env({"VAULT_MASTER_KEY": base64.b64encode(b"short").decode()}))
+        LocalKeyProvider.from_settings(
+            Settings.from_env({"VAULT_MASTER_KEY": base64.b64encode(b"short").decode()})
+        )
     with pytest.raises(SettingsError, match="base64"):
         LocalKeyProvider.from_settings(Settings.from_env({"VAULT_MASTER_KEY": "!!!"}))
 

@@ -33,7 +33,8 @@ def test_flickr_method_names_are_accepted(method: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "method", ["", "photos.search", "flickr.search", "flickr..x", "flickr.photos.search;drop", "FLICKR.photos.search"]
+    "method",
+    ["", "photos.search", "flickr.search", "flickr..x", "flickr.photos.search;drop", "FLICKR.photos.search"],
 )
 def test_malformed_method_names_are_refused(method: str) -> None:
     assert "method" in fields_of(_req(method=method))
@@ -61,7 +62,9 @@ def test_parameters_flickrhub_sets_itself_are_reserved(key: str) -> None:
 
 def test_callback_needs_http_url_and_a_real_secret() -> None:
     assert fields_of(_req(callback_url="ftp://x/y", callback_secret="s" * 20)) == {"callback_url"}
-    assert fields_of(_req(callback_url="https://example.com/hook", callback_secret="short")) == {"callback_secret"}
+    assert fields_of(_req(callback_url="https://example.com/hook", callback_secret="short")) == {
+        "callback_secret"
+    }
     assert fields_of(_req(callback_url="https://example.com/hook", callback_secret="s" * 20)) == set()
     assert fields_of(_req(callback_secret="s" * 20)) == {"callback_secret"}
 

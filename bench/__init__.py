@@ -1,0 +1,1 @@
+"""Benchmarks and FlickrHub's own load driver (`make bench`)."""

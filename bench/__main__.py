@@ -1,0 +1,111 @@
+"""`make bench`: every benchmark in one run, each as a ratio to a baseline measured in the same run.
+
+Results go to bench/results/latest.json (and are appended to history.jsonl) so a
+closing note can quote them. The machine is shared and noisy: compare ratios, not
+absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import edge_overhead
+from bench.load import run_load
+from devstack.seed import DEMO_USER
+from devstack.stack import Ports, ProcessStack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def bare_unary_rate(target: str, n: int, concurrency: int) -> float:
+    """Baseline: health Check round trips per second against the same gateway process."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        per = n // concurrency
+
+        async def one() -> None:
+            for _ in range(per):
+                await stub.Check(health_pb2.HealthCheckRequest())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return per * concurrency / (time.perf_counter() - t0)
+
+
+def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
+    """End-to-end throughput of the process stack against the bare gRPC baseline."""
+    with tempfile.TemporaryDirectory(prefix="flickrhub-bench-") as tmp:
+        stack = ProcessStack(Path(tmp), Ports.free(), workers=2, movers=1, env={"LOG_LEVEL": "WARNING"})
+        try:
+            stack.start()
+            target = f"127.0.0.1:{stack.ports.gateway}"
+            asyncio.run(run_load(target, 200, concurrency, DEMO_USER))  # warm-up
+            baseline = asyncio.run(bare_unary_rate(target, 4000, concurrency))
+            load = asyncio.run(run_load(target, jobs, concurrency, DEMO_USER))
+        finally:
+            stack.stop()
+    return {
+        "baseline_bare_unary_per_s": round(baseline, 1),
+        **asdict(load),
+        "submit_vs_bare_unary": round(load.submits_per_s / baseline, 3),
+    }
+
+
+def main() -> None:
+    """Run every benchmark and write the results."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--edge-requests", type=int, default=2000)
+    opts = parser.parse_args()
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} python {platform.python_version()}",
+    }
+    print("pipeline: submit and complete jobs through the process stack …", flush=True)
+    results["pipeline"] = pipeline_bench(opts.jobs, opts.concurrency)
+    print(json.dumps(results["pipeline"], indent=2), flush=True)
+    print("edge: CPU per request through the REST edge vs direct gRPC …", flush=True)
+    results["edge"] = edge_overhead.run(opts.edge_requests)
+    print(json.dumps(results["edge"], indent=2), flush=True)
+    try:
+        from bench import cache_latency
+    except ImportError:  # pragma: no cover - the cache benchmark is optional
+        cache_latency = None  # type: ignore[assignment]
+    if cache_latency is not None:
+        print("cache: gRPC Get hit latency vs a bare Redis GET …", flush=True)
+        results["cache"] = _run_cache_bench(cache_latency)
+        print(json.dumps(results["cache"], indent=2), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    with (RESULTS / "history.jsonl").open("a") as history:
+        history.write(json.dumps(results) + "\n")
+    print(f"written to {RESULTS / 'latest.json'}")
+
+
+def _run_cache_bench(module: Any) -> dict[str, Any]:
+    from devstack.stores import redis_server
+
+    with tempfile.TemporaryDirectory(prefix="flickrhub-bench-cache-") as tmp:
+        redis = redis_server("cache", Path(tmp)).start()
+        try:
+            result: dict[str, Any] = asyncio.run(module.run(3000, f"redis://127.0.0.1:{redis.port}/0"))
+        finally:
+            redis.stop()
+    return result
+
+
+if __name__ == "__main__":
+    main()
