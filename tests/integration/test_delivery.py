@@ -90,7 +90,7 @@ async def test_a_duplicate_work_entry_never_runs_a_job_twice(quiet_stack: Stack,
         await asyncio.sleep(0.02)
     await mover.stop(2.0)
     # A mover that crashed between append and acknowledge appends the same entry again.
-    ((entry_id, fields),) = await redis.xrange(work)
+    ((_entry_id, fields),) = await redis.xrange(work)
     await redis.xadd(work, fields)
     worker = WorkerApp(stack.settings, consumer="w")
     await worker.start()
@@ -170,8 +170,8 @@ async def test_metrics_endpoint_exposes_flickrhub_metrics(
     await seed_demo_token(settings)
     async with running_stack(settings, movers=1, workers=1, cache=False) as stack:
         await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{stack.gateway.metrics_port}/metrics") as resp:
-                text = await resp.text()
+        url = f"http://127.0.0.1:{stack.gateway.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
     assert 'flickrhub_gateway_jobs_submitted_total{outcome="accepted"}' in text
     assert "flickrhub_mover_moved_total" in text
