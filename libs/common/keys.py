@@ -69,9 +69,17 @@ def cache_digest(method: str, params: Mapping[str, str], token_id_hash: str) -> 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def cache_entry_prefix(token_id_hash: str) -> str:
+    """Start of every entry key in a token's cache scope (the Lua scripts append generations and digest)."""
+    return f"{PREFIX}c:e:{{{token_id_hash}}}:"
+
+
 def cache_entry(token_id_hash: str, generation: int, method_generation: int, digest: str) -> str:
     """Key of one cached answer inside its token's scope and generations."""
-    return f"{PREFIX}c:e:{{{token_id_hash}}}:{generation}:{method_generation}:{digest}"
+    return f"{cache_entry_prefix(token_id_hash)}{generation}:{method_generation}:{digest}"
+
+
+CACHE_STATS = f"{PREFIX}c:stats"
 
 
 def idempotency(token_id_hash: str, key_digest: str) -> str:

@@ -27,12 +27,12 @@ def fields(values: Mapping[str, str]) -> dict[Any, Any]:
     return dict(values)
 
 
-def client(url: str, *, max_connections: int = 64) -> Redis:
+def client(url: str, *, max_connections: int = 64, decode: bool = True) -> Redis:
     """A pooled client for short commands (5 s socket timeout, retried on connection errors)."""
     return aioredis.Redis.from_url(
         url,
         protocol=2,
-        decode_responses=True,
+        decode_responses=decode,
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=15,

@@ -12,7 +12,7 @@ from common.mongo import Mongo
 from devstack.seed import DEMO_USER
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.conftest import process_stack
-from tests.e2e.helpers import add_fault, grpc_stub, wait_final_grpc
+from tests.e2e.helpers import add_fault, grpc_stub, sandbox_calls, wait_final_grpc
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.rich import result_of
 
@@ -92,3 +92,28 @@ async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
             done = await asyncio.gather(*(wait_final_grpc(stub, s.job_id, timeout=90) for s in submitted))
     assert [d.state for d in done] == [jobs_pb2.JOB_STATE_COMPLETED] * len(submitted)
     assert sorted(int(result_of(d)["n"]["_content"]) for d in done) == list(range(60))
+
+
+async def test_mover_killed_while_moving_loses_nothing_and_runs_nothing_twice() -> None:
+    with process_stack(workers=2, movers=2) as stack:
+        channel, stub = grpc_stub(stack)
+        async with channel, aiohttp.ClientSession() as http:
+            job_ids: list[str] = []
+
+            async def submit_all(start: int) -> None:
+                for i in range(start, 300, 5):  # 5 steady submitters, 300 jobs in all
+                    req = jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER, method="flickr.test.echo", params={"m": str(i)}
+                    )
+                    job_ids.append((await stub.SubmitJob(req)).job_id)
+
+            submitting = asyncio.gather(*(submit_all(k) for k in range(5)))
+            await asyncio.sleep(0.3)
+            stack.movers[0].kill()  # SIGKILL while jobs keep arriving and moving
+            await submitting
+            done = await asyncio.gather(*(wait_final_grpc(stub, j, timeout=90) for j in job_ids))
+            calls = await sandbox_calls(http, stack, "flickr.test.echo")
+    assert len(done) == 300
+    assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}
+    executed = sorted(int(c["params"]["m"]) for c in calls if "m" in c["params"])
+    assert executed == list(range(300))

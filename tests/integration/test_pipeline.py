@@ -23,7 +23,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name)
     await seed_demo_token(settings)
-    async with running_stack(settings, cache=False) as running:
+    async with running_stack(settings) as running:
         yield running
 
 
