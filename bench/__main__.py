@@ -21,10 +21,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import edge_overhead
+from bench import cache_latency, edge_overhead
 from bench.load import run_load
 from devstack.seed import DEMO_USER
 from devstack.stack import Ports, ProcessStack
+from devstack.stores import redis_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,14 +81,9 @@ def main() -> None:
     print("edge: CPU per request through the REST edge vs direct gRPC …", flush=True)
     results["edge"] = edge_overhead.run(opts.edge_requests)
     print(json.dumps(results["edge"], indent=2), flush=True)
-    try:
-        from bench import cache_latency
-    except ImportError:  # pragma: no cover - the cache benchmark is optional
-        cache_latency = None  # type: ignore[assignment]
-    if cache_latency is not None:
-        print("cache: gRPC Get hit latency vs a bare Redis GET …", flush=True)
-        results["cache"] = _run_cache_bench(cache_latency)
-        print(json.dumps(results["cache"], indent=2), flush=True)
+    print("cache: gRPC Get hit latency vs a bare Redis GET …", flush=True)
+    results["cache"] = _run_cache_bench()
+    print(json.dumps(results["cache"], indent=2), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     with (RESULTS / "history.jsonl").open("a") as history:
@@ -95,13 +91,11 @@ def main() -> None:
     print(f"written to {RESULTS / 'latest.json'}")
 
 
-def _run_cache_bench(module: Any) -> dict[str, Any]:
-    from devstack.stores import redis_server
-
+def _run_cache_bench() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flickrhub-bench-cache-") as tmp:
         redis = redis_server("cache", Path(tmp)).start()
         try:
-            result: dict[str, Any] = asyncio.run(module.run(3000, f"redis://127.0.0.1:{redis.port}/0"))
+            result: dict[str, Any] = asyncio.run(cache_latency.run(3000, f"redis://127.0.0.1:{redis.port}/0"))
         finally:
             redis.stop()
     return result

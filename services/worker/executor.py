@@ -75,6 +75,7 @@ class Executor:
             if not await self._store.claim(entry.job_id, self.worker_id, entry.attempt, self._lease_s):
                 await self._not_claimed(stream, entry_id, entry)
                 return
+            await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
             heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id))
             try:

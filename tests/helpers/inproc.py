@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from cache.app import CacheApp
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.settings import Settings
@@ -97,11 +98,8 @@ async def running_stack(
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     settings = Settings.from_env(env={}, **{**settings.__dict__, "sandbox_url": sandbox_url})
     started: list[Any] = []
-    cache_app = None
     try:
         if cache:
-            from cache.app import CacheApp
-
             cache_app = CacheApp(settings)
             await cache_app.start()
             started.append(cache_app)
@@ -115,7 +113,8 @@ async def running_stack(
         started.append(gateway)
         mover_apps = [MoverApp(settings, consumer=f"mover-{i}") for i in range(movers)]
         worker_apps = [WorkerApp(settings, consumer=f"worker-{i}") for i in range(workers)]
-        for app in [*mover_apps, *worker_apps]:
+        apps: list[MoverApp | WorkerApp] = [*mover_apps, *worker_apps]
+        for app in apps:
             await app.start()
             started.append(app)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
