@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,9 @@ class ProcessStack:
         for _ in range(self.n_workers):
             self.add_worker()
         self.procs["edge"] = self._service("edge", "edge", p.edge).start()
-        asyncio.run(seed.seed_demo_token(self.settings))
+        # A thread of its own: start() may be called from code that already runs an event loop.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, seed.seed_demo_token(self.settings)).result()
         return self
 
     def add_worker(self) -> Managed:
