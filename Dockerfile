@@ -69,7 +69,8 @@ WORKDIR /tmp
 USER 10001:10001
 
 # gRPC: gateway 50051, mover 50052 (health), cache 50053, worker 50054 (health); edge HTTP 8080;
-# Prometheus: 9101 gateway, 9102 mover, 9103 cache, 9104 worker, 9105 edge.
+# Prometheus as k8s/base sets them: 9101 gateway, 9102 mover, 9103 cache, 9104 worker, 9105 edge
+# (each service's <SERVICE>_METRICS_PORT).
 EXPOSE 50051 50052 50053 50054 8080 9101 9102 9103 9104 9105
 
 # SIGTERM is what the services drain on; exec form keeps Python as PID 1 so it receives it.

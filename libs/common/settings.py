@@ -123,7 +123,9 @@ class Settings:
 
     # Mover
     mover_port: int = _env("MOVER_PORT", 50052, "Mover gRPC port (health only).")
-    mover_metrics_port: int = _env("MOVER_METRICS_PORT", 9102, "Mover Prometheus port.")
+    mover_metrics_port: int = _env(
+        "MOVER_METRICS_PORT", 9110, "Mover Prometheus port (`make run` gives replica i port+i)."
+    )
     mover_batch: int = _env("MOVER_BATCH", 50, "Entries one mover round takes from one token queue.")
     mover_claim_idle_s: float = _env(
         "MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed."
@@ -131,7 +133,9 @@ class Settings:
 
     # Worker
     worker_port: int = _env("WORKER_PORT", 50054, "Worker gRPC port (health only).")
-    worker_metrics_port: int = _env("WORKER_METRICS_PORT", 9104, "Worker Prometheus port.")
+    worker_metrics_port: int = _env(
+        "WORKER_METRICS_PORT", 9120, "Worker Prometheus port (`make run` gives replica i port+i)."
+    )
     worker_concurrency: int = _env("WORKER_CONCURRENCY", 32, "Jobs one worker process executes at once.")
     worker_visibility_timeout_s: float = _env(
         "WORKER_VISIBILITY_TIMEOUT_S",
@@ -150,7 +154,7 @@ class Settings:
 
     # Cache
     cache_port: int = _env("CACHE_PORT", 50053, "Cache service gRPC port.")
-    cache_metrics_port: int = _env("CACHE_METRICS_PORT", 9103, "Cache service Prometheus port.")
+    cache_metrics_port: int = _env("CACHE_METRICS_PORT", 9102, "Cache service Prometheus port.")
     cache_addr: str = _env("CACHE_ADDR", "127.0.0.1:50053", "Where workers dial the cache service.")
     cache_ttl_read_s: int = _env("CACHE_TTL_READ_S", 300, "TTL of cached read answers.")
     cache_ttl_search_s: int = _env("CACHE_TTL_SEARCH_S", 60, "TTL of cached search answers.")
@@ -161,7 +165,7 @@ class Settings:
     # Edge
     edge_host: str = _env("EDGE_HOST", "127.0.0.1", "Interface the REST edge binds.")
     edge_port: int = _env("EDGE_PORT", 8080, "REST edge HTTP port.")
-    edge_metrics_port: int = _env("EDGE_METRICS_PORT", 9105, "REST edge Prometheus port.")
+    edge_metrics_port: int = _env("EDGE_METRICS_PORT", 9103, "REST edge Prometheus port.")
 
     # Telemetry (the OpenTelemetry SDK also reads the standard OTEL_* variables itself)
     otel_traces_exporter: str = _env(

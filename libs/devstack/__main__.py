@@ -28,12 +28,13 @@ Submit a Flickr call over REST and poll it:
 Or over gRPC (in this virtualenv: .venv/bin/python):
 
   import grpc
+  from google.protobuf.json_format import MessageToDict
   from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
   stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel("127.0.0.1:{gateway}"))
   job = stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id="{user}", method="flickr.photos.search",
                                                  params={{"text": "sunset"}}))
   for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id)):
-      print(jobs_pb2.JobState.Name(update.state), update.result)
+      print(jobs_pb2.JobState.Name(update.state), MessageToDict(update.result))
 
 Press Ctrl-C to stop everything.
 """

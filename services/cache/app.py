@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
+from redis.exceptions import RedisError
+
 from cache.servicer import CacheServicer
 from cache.store import CacheStore
 from common import redisio
@@ -9,35 +15,63 @@ from common.service import GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
 
+log = logging.getLogger(__name__)
+
+STATS_FLUSH_S = 1.0
+
 
 class CacheApp:
-    """CacheService on its own Redis connection."""
+    """CacheService on its own Redis connection; `port` and `metrics_port` are known after start()."""
 
     name = "cache"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = redisio.client(settings.cache_redis_url, decode=False)
+        self.store = CacheStore(self.redis, settings)
         self.grpc = GrpcServer(
             [cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name],
             settings.bind_host,
             settings.cache_port,
         )
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(
-            CacheServicer(CacheStore(self.redis, settings)), self.grpc.server
-        )
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(self.store), self.grpc.server)
         self.port = self.grpc.port
         self.metrics_port = -1
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Serve."""
+        """Serve, export metrics, and keep the shared hit/miss counters current."""
+        try:
+            await self.store.load_scripts()
+        except RedisError as exc:
+            # Serve anyway: Gets answer misses until Redis is back, and the scripts load on first use.
+            log.warning("cache redis unavailable at start: %s", type(exc).__name__)
         await self.grpc.start()
         self.metrics_port = start_metrics(self.settings.cache_metrics_port)
+        self._flusher = asyncio.create_task(self._flush_stats_forever(), name="cache-stats-flush")
+        log.info("cache listening on %d", self.port)
 
     async def stop(self, grace: float) -> None:
-        """Finish in-flight calls, close Redis."""
+        """NOT_SERVING, finish in-flight calls, send the last counts, close Redis."""
         await self.grpc.stop(grace)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self._flush_stats()
         await self.redis.aclose()
+
+    async def _flush_stats_forever(self) -> None:
+        # An idle replica would otherwise hold its last counts until its next call.
+        while True:
+            await asyncio.sleep(STATS_FLUSH_S)
+            await self._flush_stats()
+
+    async def _flush_stats(self) -> None:
+        try:
+            await self.store.flush_stats()
+        except RedisError as exc:
+            log.warning("cache stats not flushed: %s", type(exc).__name__)
 
 
 async def run(settings: Settings) -> None:

@@ -2,213 +2,376 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from cache.app import CacheApp
-from common import keys
+from cache.store import GENERATION_TTL_S
+from common import keys, redisio
 from common.settings import Settings
 from devstack.stores import redis_server
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
-from tests.helpers.rich import bad_fields
 
 TOKEN_A = "a" * 32
 TOKEN_B = "b" * 32
+READ_TTL = 300
+SEARCH_TTL = 60
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from flickrhub.v1.cache_pb2_grpc import CacheServiceAsyncStub as Stub
+
+
+def _settings(redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "cache_port": 0,
+        "cache_metrics_port": -1,
+        "cache_redis_url": redis_url,
+        "cache_ttl_read_s": READ_TTL,
+        "cache_ttl_search_s": SEARCH_TTL,
+    }
+    return Settings.from_env(env={}, **{**values, **overrides})
 
 
 def _key(method: str = "flickr.photos.getInfo", token: str = TOKEN_A, **params: str) -> cache_pb2.CacheKey:
     return cache_pb2.CacheKey(method=method, params=params or {"photo_id": "1"}, token_id_hash=token)
 
 
-@pytest_asyncio.fixture
-async def cache(
-    cache_redis_url: str, cache_redis: Any
-) -> AsyncIterator[cache_pb2_grpc.CacheServiceAsyncStub]:
-    settings = Settings.from_env(
-        env={},
-        cache_port=0,
-        cache_metrics_port=-1,
-        cache_redis_url=cache_redis_url,
-        cache_ttl_read_s=300,
-        cache_ttl_search_s=60,
-    )
-    app = CacheApp(settings)
-    await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield cache_pb2_grpc.CacheServiceStub(channel)
-    finally:
-        await channel.close()
-        await app.stop(1.0)
+async def _get(stub: Stub, key: cache_pb2.CacheKey) -> cache_pb2.CacheGetResponse:
+    return await stub.Get(cache_pb2.CacheGetRequest(key=key))
 
 
-async def test_miss_then_put_then_hit_with_the_same_bytes(
-    cache: cache_pb2_grpc.CacheServiceAsyncStub,
-) -> None:
-    assert not (await cache.Get(cache_pb2.CacheGetRequest(key=_key()))).hit
-    value = json.dumps({"photo": {"id": "1"}, "stat": "ok"}).encode()
-    put = await cache.Put(cache_pb2.CachePutRequest(key=_key(), value=value))
-    assert put.stored and put.ttl_seconds == 300
-    got = await cache.Get(cache_pb2.CacheGetRequest(key=_key()))
-    assert got.hit and got.value == value
-    assert 290 <= got.ttl_seconds <= 300
+async def _put(stub: Stub, key: cache_pb2.CacheKey, value: bytes = b"{}", ttl: int = 0) -> cache_pb2.CachePutResponse:
+    return await stub.Put(cache_pb2.CachePutRequest(key=key, value=value, ttl_seconds=ttl))
 
 
-async def test_searches_live_shorter_and_writes_are_never_stored(
-    cache: cache_pb2_grpc.CacheServiceAsyncStub,
-) -> None:
-    search = await cache.Put(
-        cache_pb2.CachePutRequest(key=_key("flickr.photos.search", text="x"), value=b"{}")
-    )
-    assert search.ttl_seconds == 60
-    write = await cache.Put(cache_pb2.CachePutRequest(key=_key("flickr.photos.delete"), value=b"{}"))
-    assert not write.stored
-    assert not (await cache.Get(cache_pb2.CacheGetRequest(key=_key("flickr.photos.delete")))).hit
-    capped = await cache.Put(cache_pb2.CachePutRequest(key=_key(), value=b"{}", ttl_seconds=10**7))
-    assert capped.ttl_seconds == 24 * 3600
-
-
-async def test_param_order_does_not_matter(cache: cache_pb2_grpc.CacheServiceAsyncStub) -> None:
-    first = cache_pb2.CacheKey(method="flickr.photos.search", token_id_hash=TOKEN_A)
-    first.params["a"] = "1"
-    first.params["b"] = "2"
-    second = cache_pb2.CacheKey(method="flickr.photos.search", token_id_hash=TOKEN_A)
-    second.params["b"] = "2"
-    second.params["a"] = "1"
-    await cache.Put(cache_pb2.CachePutRequest(key=first, value=b"v"))
-    assert (await cache.Get(cache_pb2.CacheGetRequest(key=second))).value == b"v"
-
-
-async def test_one_tokens_entries_are_never_served_to_another(
-    cache: cache_pb2_grpc.CacheServiceAsyncStub,
-) -> None:
-    await cache.Put(cache_pb2.CachePutRequest(key=_key(token=TOKEN_A), value=b"private to A"))
-    assert not (await cache.Get(cache_pb2.CacheGetRequest(key=_key(token=TOKEN_B)))).hit
-    # Crafted parameters cannot reach into another scope either: the token is part of the digest and the key.
-    crafted = _key(token=TOKEN_B, photo_id="1", token_id_hash=TOKEN_A)
-    assert not (await cache.Get(cache_pb2.CacheGetRequest(key=crafted))).hit
-
-
-async def test_invalidating_a_token_drops_all_its_entries_at_once(
-    cache: cache_pb2_grpc.CacheServiceAsyncStub, cache_redis: Any
-) -> None:
-    for i in range(300):
-        await cache.Put(cache_pb2.CachePutRequest(key=_key(photo_id=str(i)), value=b"a"))
-    await cache.Put(cache_pb2.CachePutRequest(key=_key(token=TOKEN_B), value=b"b"))
-    await cache_redis.config_resetstat()
-    resp = await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A))
-    assert resp.generation == 1
-    stats = await cache_redis.info("commandstats")
+async def _commands(redis: redisio.Redis) -> dict[str, int]:
+    """Redis' per-command call counts since the last CONFIG RESETSTAT (calls made by Lua included)."""
+    stats = await redis.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    calls.pop("info", None)
-    calls.pop("config|resetstat", None)
-    # One increment of the generation, whatever the number of entries: no SCAN, no DEL, no UNLINK.
-    assert calls == {"incrby": 1}, calls  # redis-py sends INCR as INCRBY key 1
-    assert not any(
-        [(await cache.Get(cache_pb2.CacheGetRequest(key=_key(photo_id=str(i))))).hit for i in (0, 150, 299)]
-    )
-    assert (await cache.Get(cache_pb2.CacheGetRequest(key=_key(token=TOKEN_B)))).hit
+    return {name: n for name, n in calls.items() if name not in {"info", "config|resetstat"}}
 
 
-async def test_invalidating_one_method_keeps_the_tokens_other_entries(
-    cache: cache_pb2_grpc.CacheServiceAsyncStub,
+@pytest_asyncio.fixture
+async def app(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[CacheApp]:
+    started = CacheApp(_settings(cache_redis_url))
+    await started.start()
+    yield started
+    await started.stop(1.0)
+
+
+@pytest_asyncio.fixture
+async def cache(app: CacheApp) -> AsyncIterator[Stub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield cache_pb2_grpc.CacheServiceStub(channel)
+
+
+async def test_miss_then_put_then_hit_returns_the_same_bytes(cache: Stub) -> None:
+    assert not (await _get(cache, _key())).hit
+    value = json.dumps({"photo": {"id": "1", "title": "Zürich"}, "stat": "ok"}, ensure_ascii=False).encode()
+    put = await _put(cache, _key(), value)
+    assert put.stored and put.ttl_seconds == READ_TTL
+    got = await _get(cache, _key())
+    assert got.hit and got.value == value
+    assert READ_TTL - 5 <= got.ttl_seconds <= READ_TTL
+
+
+async def test_searches_live_shorter_than_other_reads(cache: Stub) -> None:
+    search = _key("flickr.photos.search", text="cats")
+    assert (await _put(cache, search)).ttl_seconds == SEARCH_TTL
+    assert (await _put(cache, _key("flickr.photos.getRecent"))).ttl_seconds == SEARCH_TTL
+    assert (await _put(cache, _key("flickr.photosets.getList"))).ttl_seconds == READ_TTL
+    assert SEARCH_TTL - 5 <= (await _get(cache, search)).ttl_seconds <= SEARCH_TTL
+
+
+async def test_a_requested_ttl_overrides_the_class_but_is_capped_at_a_day(
+    cache: Stub, cache_redis: redisio.Redis
 ) -> None:
-    await cache.Put(cache_pb2.CachePutRequest(key=_key("flickr.photos.getInfo"), value=b"info"))
-    await cache.Put(cache_pb2.CachePutRequest(key=_key("flickr.photos.getSizes"), value=b"sizes"))
-    await cache.Invalidate(
+    assert (await _put(cache, _key(photo_id="1"), ttl=10)).ttl_seconds == 10
+    assert 5 <= (await _get(cache, _key(photo_id="1"))).ttl_seconds <= 10
+    assert (await _put(cache, _key(photo_id="2"), ttl=2**31 - 1)).ttl_seconds == 24 * 3600
+    assert 24 * 3600 - 5 <= (await _get(cache, _key(photo_id="2"))).ttl_seconds <= 24 * 3600
+    # The generations outlive every entry stored under them.
+    assert await cache_redis.ttl(keys.cache_generation(TOKEN_A)) > 24 * 3600
+
+
+async def test_writes_and_unknown_methods_are_never_stored(cache: Stub, cache_redis: redisio.Redis) -> None:
+    for method in ("flickr.photos.delete", "flickr.photos.setMeta", "flickr.something.new"):
+        put = await _put(cache, _key(method), ttl=600)
+        assert (put.stored, put.ttl_seconds) == (False, 0)
+        assert not (await _get(cache, _key(method))).hit
+    assert await cache_redis.keys("fhc:e:*") == []
+
+
+async def test_param_order_does_not_matter(cache: Stub) -> None:
+    first = cache_pb2.CacheKey(method="flickr.photos.search", token_id_hash=TOKEN_A)
+    first.params["text"] = "東京"
+    first.params["per_page"] = "50"
+    second = cache_pb2.CacheKey(method="flickr.photos.search", token_id_hash=TOKEN_A)
+    second.params["per_page"] = "50"
+    second.params["text"] = "東京"
+    await _put(cache, first, b"v")
+    assert (await _get(cache, second)).value == b"v"
+    second.params["text"] = "東京 "
+    assert not (await _get(cache, second)).hit
+
+
+async def test_one_tokens_entries_are_never_served_to_another(cache: Stub, cache_redis: redisio.Redis) -> None:
+    await _put(cache, _key(token=TOKEN_A, photo_id="1"), b"private to A")
+    assert not (await _get(cache, _key(token=TOKEN_B, photo_id="1"))).hit
+    # Crafted parameters cannot reach into A's scope: the token is in the key's hash tag and in the digest.
+    for crafted in (
+        {"photo_id": "1", "token_id_hash": TOKEN_A},
+        {"photo_id": "1", "oauth_token": TOKEN_A},
+        {"photo_id": f'1"],"{TOKEN_A}'},
+        {"photo_id": "1}", "x": "{" + TOKEN_A + "}"},
+    ):
+        assert not (await _get(cache, _key(token=TOKEN_B, **crafted))).hit
+    # Nor can a token id that smuggles a hash tag or a newline: it is refused before Redis sees it.
+    for forged in (TOKEN_B + "}{" + TOKEN_A, TOKEN_A + "\n", TOKEN_A.upper()):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _get(cache, _key(token=forged))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    entries = await cache_redis.keys("fhc:e:*")
+    assert len(entries) == 1 and entries[0].startswith(keys.cache_entry_prefix(TOKEN_A))
+
+
+async def test_invalidating_a_token_costs_the_same_few_commands_for_one_entry_or_five_thousand(
+    cache: Stub, cache_redis: redisio.Redis
+) -> None:
+    small, big = "c" * 32, TOKEN_A
+    await _put(cache, _key(token=small), b"c")
+    for start in range(0, 5000, 500):
+        await asyncio.gather(*(_put(cache, _key(token=big, photo_id=str(i))) for i in range(start, start + 500)))
+    await _put(cache, _key(token=TOKEN_B, photo_id="1"), b"b")
+    keys_before = await cache_redis.dbsize()
+
+    calls = {}
+    for token in (small, big):
+        await cache_redis.config_resetstat()
+        await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=token))
+        calls[token] = await _commands(cache_redis)
+    # EVALSHA running TIME, GET and SET on the generation key: no SCAN, no DEL, no UNLINK, whatever the count.
+    assert calls[big] == calls[small] == {"evalsha": 1, "time": 1, "get": 1, "set": 1}, calls
+    assert await cache_redis.dbsize() == keys_before  # nothing deleted: stale entries age out by TTL or LRU
+    hits = await asyncio.gather(*(_get(cache, _key(token=big, photo_id=str(i))) for i in range(0, 5000, 97)))
+    assert not any(h.hit for h in hits)
+    assert not (await _get(cache, _key(token=small))).hit
+    assert (await _get(cache, _key(token=TOKEN_B, photo_id="1"))).value == b"b"
+    # The token's scope works again at once.
+    await _put(cache, _key(token=big, photo_id="1"), b"fresh")
+    assert (await _get(cache, _key(token=big, photo_id="1"))).value == b"fresh"
+
+
+async def test_invalidating_one_method_keeps_the_tokens_other_entries(cache: Stub) -> None:
+    await _put(cache, _key("flickr.photos.getInfo"), b"info")
+    await _put(cache, _key("flickr.photos.getSizes"), b"sizes")
+    await _put(cache, _key("flickr.photos.getInfo", token=TOKEN_B), b"B's info")
+    first = await cache.Invalidate(
         cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getInfo")
     )
-    assert not (await cache.Get(cache_pb2.CacheGetRequest(key=_key("flickr.photos.getInfo")))).hit
-    assert (await cache.Get(cache_pb2.CacheGetRequest(key=_key("flickr.photos.getSizes")))).hit
+    second = await cache.Invalidate(
+        cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getInfo")
+    )
+    assert second.generation > first.generation > 0
+    assert not (await _get(cache, _key("flickr.photos.getInfo"))).hit
+    assert (await _get(cache, _key("flickr.photos.getSizes"))).value == b"sizes"
+    assert (await _get(cache, _key("flickr.photos.getInfo", token=TOKEN_B))).value == b"B's info"
 
 
-async def test_bad_requests_get_field_violations(cache: cache_pb2_grpc.CacheServiceAsyncStub) -> None:
-    bad_key = cache_pb2.CacheKey(method="photos", token_id_hash="NOT-HEX", params={"bad key": "v"})
+async def test_an_evicted_generation_never_brings_invalidated_entries_back(
+    cache: Stub, cache_redis: redisio.Redis
+) -> None:
+    await _put(cache, _key(photo_id="1"), b"old")
+    await _put(cache, _key("flickr.photos.getSizes"), b"old sizes")
+    await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A))
+    await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getSizes"))
+    # allkeys-lru may evict any key; the stale entries are still there.
+    await cache_redis.delete(keys.cache_generation(TOKEN_A), keys.cache_generation(TOKEN_A, "flickr.photos.getSizes"))
+    assert not (await _get(cache, _key(photo_id="1"))).hit
+    assert not (await _get(cache, _key("flickr.photos.getSizes"))).hit
+    await _put(cache, _key(photo_id="2"), b"new")  # seeds a fresh generation from the clock
+    assert not (await _get(cache, _key(photo_id="1"))).hit
+    assert (await _get(cache, _key(photo_id="2"))).value == b"new"
+    assert 0 < await cache_redis.ttl(keys.cache_generation(TOKEN_A)) <= GENERATION_TTL_S
+
+
+def _violations(status: Any) -> set[str]:
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            return {v.field for v in bad.field_violations}
+    raise AssertionError("no BadRequest detail")
+
+
+async def _bad_fields(call: Any) -> set[str]:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await cache.Get(cache_pb2.CacheGetRequest(key=bad_key))
+        await call
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_fields(err.value) == {"key.method", "key.token_id_hash", "key.params[bad key]"}
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await cache.Put(cache_pb2.CachePutRequest(key=_key(), value=b"x" * (1024 * 1024 + 1), ttl_seconds=-1))
-    assert bad_fields(err.value) == {"value", "ttl_seconds"}
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash="", method="nope"))
-    assert bad_fields(err.value) == {"token_id_hash", "method"}
-    too_many = cache_pb2.CacheKey(
-        method="flickr.photos.search", token_id_hash=TOKEN_A, params={f"p{i}": "v" for i in range(65)}
+    status = await rpc_status.aio.from_call(call)
+    assert status is not None
+    return _violations(status)
+
+
+async def test_bad_requests_get_invalid_argument_with_field_violations_and_change_nothing(
+    cache: Stub, cache_redis: redisio.Redis
+) -> None:
+    bad_key = cache_pb2.CacheKey(
+        method="photos.getInfo", token_id_hash="NOT-HEX", params={"": "v", "k" * 65: "v", "ok": "v" * 4097}
     )
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await cache.Get(cache_pb2.CacheGetRequest(key=too_many))
-    assert bad_fields(err.value) == {"key.params"}
+    assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=bad_key))) == {
+        "key.method",
+        "key.token_id_hash",
+        "key.params[]",
+        "key.params[" + "k" * 64 + "]",
+        "key.params[ok]",
+    }
+    assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest())) == {"key.method", "key.token_id_hash"}
+    for method in ("flickr.photos", "flickr.photos.get-info", "flickr.photos.getInfo\n", "flickr." + "a." * 70 + "b"):
+        assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=_key(method)))) == {"key.method"}
+    for token in ("a" * 15, "a" * 65, "g" * 32):
+        assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=_key(token=token)))) == {
+            "key.token_id_hash"
+        }
+    too_many = _key("flickr.photos.search", **{f"p{i}": "v" for i in range(65)})
+    assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=too_many))) == {"key.params"}
+    at_limits = _key("flickr.photos.search", **{f"p{i:02d}" + "k" * 61: "v" * 4096 for i in range(64)})
+    assert not (await _get(cache, at_limits)).hit
+
+    huge = cache_pb2.CachePutRequest(key=_key(), value=b"x" * (1024 * 1024 + 1), ttl_seconds=-1)
+    assert await _bad_fields(cache.Put(huge)) == {"value", "ttl_seconds"}
+    assert (await _put(cache, _key(photo_id="max"), b"x" * (1024 * 1024))).stored
+    assert await _bad_fields(
+        cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash="", method="nope"))
+    ) == {"token_id_hash", "method"}
+    assert not (await _get(cache, _key())).hit
+    assert len(await cache_redis.keys("fhc:e:*")) == 1  # only the 1 MiB answer that was within the limit
 
 
-async def test_stats_count_hits_misses_and_puts(cache: cache_pb2_grpc.CacheServiceAsyncStub) -> None:
-    await cache.Get(cache_pb2.CacheGetRequest(key=_key()))
-    await cache.Put(cache_pb2.CachePutRequest(key=_key(), value=b"v"))
-    await cache.Get(cache_pb2.CacheGetRequest(key=_key()))
+async def test_stats_add_up_across_replicas(
+    app: CacheApp, cache: Stub, cache_redis_url: str, cache_redis: redisio.Redis
+) -> None:
+    await _get(cache, _key())  # miss
+    await _put(cache, _key(), b"v")
+    await _get(cache, _key())  # hit
+    await _get(cache, _key("flickr.photos.delete"))  # a write is never stored: a miss
+    other = CacheApp(_settings(cache_redis_url))
+    await other.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            replica = cache_pb2_grpc.CacheServiceStub(channel)
+            assert (await _get(replica, _key())).hit
+            # The replica's hit reaches the shared hash within its flush period, without any further call.
+            deadline = time.monotonic() + 5
+            while (stats := await cache.Stats(cache_pb2.CacheStatsRequest())).hits < 2:
+                assert time.monotonic() < deadline, stats
+                await asyncio.sleep(0.1)
+            assert (stats.hits, stats.misses, stats.puts) == (2, 2, 1)
+            seen_by_replica = await replica.Stats(cache_pb2.CacheStatsRequest())
+            assert (seen_by_replica.hits, seen_by_replica.misses, seen_by_replica.puts) == (2, 2, 1)
+            assert stats.keys == await cache_redis.dbsize()
+            assert stats.used_memory_bytes > 0 and stats.evicted_keys == 0
+    finally:
+        await other.stop(1.0)
+
+
+async def test_stats_report_evictions_once_the_memory_cap_is_reached(cache: Stub) -> None:
+    # The test Redis is capped at 16 MiB: 24 answers of 1 MiB must push some out (allkeys-lru).
+    # (LRU may evict the stats hash itself, so its counters are not asserted here.)
+    for i in range(24):
+        await _put(cache, _key(photo_id=str(i)), bytes([i]) * (1024 * 1024))
     stats = await cache.Stats(cache_pb2.CacheStatsRequest())
-    assert (stats.hits, stats.misses, stats.puts) == (1, 1, 1)
-    assert stats.keys >= 1 and stats.used_memory_bytes > 0
+    assert stats.evicted_keys > 0 and stats.keys < 24
+    assert stats.used_memory_bytes <= 17 * 1024 * 1024
 
 
-async def test_health_reports_serving(cache_redis_url: str) -> None:
-    app = CacheApp(
-        Settings.from_env(env={}, cache_port=0, cache_metrics_port=-1, cache_redis_url=cache_redis_url)
-    )
+async def test_health_reports_serving_and_metrics_are_exported(cache_redis_url: str, cache_redis: Any) -> None:
+    app = CacheApp(_settings(cache_redis_url, cache_metrics_port=0))
     await app.start()
     try:
+        assert app.metrics_port > 0
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            resp = await health.Check(health_pb2.HealthCheckRequest(service="flickrhub.v1.CacheService"))
-            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            for service in ("", "flickrhub.v1.CacheService"):
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            await _get(cache_pb2_grpc.CacheServiceStub(channel), _key())
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.metrics_port}/metrics") as r:
+            text = await r.text()
+        assert 'flickrhub_cache_requests_total{method_class="read",op="get",outcome="miss"}' in text
+        assert 'flickrhub_cache_op_seconds_bucket{le="0.001",op="get"}' in text
     finally:
         await app.stop(1.0)
+
+
+async def test_graceful_stop_turns_not_serving_and_finishes_the_call_in_flight(
+    cache_redis_url: str, cache_redis: redisio.Redis
+) -> None:
+    app = CacheApp(_settings(cache_redis_url))
+    await app.start()
+    service = health_pb2.HealthCheckRequest(service="flickrhub.v1.CacheService")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = cache_pb2_grpc.CacheServiceStub(channel)
+        await _put(stub, _key(), b"v")
+        await cache_redis.client_pause(600)  # holds the next Get inside Redis for 0.6 s
+        in_flight = asyncio.create_task(_get(stub, _key()))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        stopping = asyncio.create_task(app.stop(10.0))
+        await asyncio.sleep(0.1)
+        assert not in_flight.done() and not stopping.done()
+        # Asked in-process: the draining server takes no new calls, health probes included.
+        status = (await app.grpc.health.Check(service, None)).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        got = await in_flight
+        await stopping
+        assert got.hit and got.value == b"v"
+        assert time.monotonic() - started < 5  # drained when the last call finished, not at the grace limit
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _get(stub, _key())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The last hit count was sent before the Redis client closed.
+    assert await cache_redis.hgetall(keys.CACHE_STATS) == {"hits": "1", "puts": "1"}
 
 
 async def test_a_cache_outage_reads_as_misses_and_refuses_writes(tmp_path: Path) -> None:
     redis = redis_server("cache", tmp_path).start()
-    app = CacheApp(
-        Settings.from_env(
-            env={}, cache_port=0, cache_metrics_port=-1, cache_redis_url=f"redis://127.0.0.1:{redis.port}/0"
-        )
-    )
+    app = CacheApp(_settings(f"redis://127.0.0.1:{redis.port}/0"))
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = cache_pb2_grpc.CacheServiceStub(channel)
-            await stub.Put(cache_pb2.CachePutRequest(key=_key(), value=b"v"))
+            assert (await _put(stub, _key(), b"v")).stored
             redis.stop()
-            assert not (await stub.Get(cache_pb2.CacheGetRequest(key=_key()))).hit
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Put(cache_pb2.CachePutRequest(key=_key(), value=b"v"))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Stats(cache_pb2.CacheStatsRequest())
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not (await _get(stub, _key())).hit
+            for call in (
+                stub.Put(cache_pb2.CachePutRequest(key=_key(), value=b"v")),
+                stub.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A)),
+                stub.Stats(cache_pb2.CacheStatsRequest()),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                status = await rpc_status.aio.from_call(call)
+                assert status is not None
+                assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+            # Back, empty and without our scripts: the service reloads them and counts the outage's miss.
+            redis.start()
+            assert (await _put(stub, _key(), b"again")).stored
+            assert (await _get(stub, _key())).value == b"again"
+            stats = await stub.Stats(cache_pb2.CacheStatsRequest())
+            assert (stats.hits, stats.misses, stats.puts) == (1, 1, 1)
     finally:
         await app.stop(1.0)
         redis.stop()
-
-
-def test_entry_keys_live_in_the_tokens_slot() -> None:
-    entry = keys.cache_entry(
-        TOKEN_A, 3, 1, keys.cache_digest("flickr.photos.getInfo", {"photo_id": "1"}, TOKEN_A)
-    )
-    assert entry.startswith(keys.cache_entry_prefix(TOKEN_A))
-    assert "{" + TOKEN_A + "}" in entry and "{" + TOKEN_A + "}" in keys.cache_generation(
-        TOKEN_A, "flickr.x.y"
-    )
-    assert keys.cache_digest("m", {"a": "1", "b": "2"}, TOKEN_A) == keys.cache_digest(
-        "m", {"b": "2", "a": "1"}, TOKEN_A
-    )
-    assert keys.cache_digest("m", {"a": "1"}, TOKEN_A) != keys.cache_digest("m", {"a": "1"}, TOKEN_B)

@@ -9,7 +9,9 @@ the drain; every environment variable the manifests set is a field of `common.se
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -49,8 +51,14 @@ def secret_env_names() -> set[str]:
     return {str(f.metadata["env"]) for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
 
 
+@functools.cache
+def _parse(path: Path) -> tuple[Doc, ...]:
+    return tuple(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
+
+
 def load(path: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    """The objects in one YAML file (parsed once per run; callers get their own copy)."""
+    return copy.deepcopy(list(_parse(path.resolve())))
 
 
 def yaml_files() -> list[Path]:
@@ -82,8 +90,9 @@ def deployment(name: str) -> Doc:
 
 
 def main_container(name: str) -> Doc:
-    (container,) = [c for c in deployment(name)["spec"]["template"]["spec"]["containers"] if c["name"] == name]
-    return container
+    pod = deployment(name)["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == name]
+    return dict(container)
 
 
 def config_data() -> dict[str, str]:
@@ -155,7 +164,10 @@ def test_secret_template_holds_placeholders_and_is_never_applied() -> None:
         assert "PLACEHOLDER" in value, f"{key} in {SECRET_TEMPLATE.name} must be a marked placeholder"
     for path in kustomizations():
         kustomization = load(path)[0]
-        entries = [*kustomization.get("resources", []), *(p["path"] for p in kustomization.get("patches", []))]
+        entries = [
+            *kustomization.get("resources", []),
+            *(p["path"] for p in kustomization.get("patches", [])),
+        ]
         applied = {(path.parent / entry).resolve() for entry in entries}
         assert SECRET_TEMPLATE.resolve() not in applied, f"{path} applies the secret template"
 
@@ -288,6 +300,8 @@ def test_metrics_ports_are_declared_and_annotated_for_scraping() -> None:
         assert annotations.get("prometheus.io/scrape") == "true", name
         assert annotations.get("prometheus.io/port") == str(metrics), name
         assert metrics in {p["containerPort"] for p in main_container(name)["ports"]}, name
+        scrape = by_kind("NetworkPolicy")["allow-metrics-scrape"]["spec"]["ingress"]
+        assert metrics in {p["port"] for rule in scrape for p in rule["ports"]}, f"{name}: scrape blocked"
 
 
 def test_pods_spread_and_disruption_budgets_cover_every_service() -> None:
@@ -404,10 +418,7 @@ def test_network_policies_deny_by_default_and_open_only_the_edge() -> None:
     ]
     assert deny, "no default-deny NetworkPolicy"
     open_to_all = [
-        name
-        for name, p in policies.items()
-        for rule in p["spec"].get("ingress", [])
-        if not rule.get("from")
+        name for name, p in policies.items() for rule in p["spec"].get("ingress", []) if not rule.get("from")
     ]
     assert open_to_all == ["edge"], f"only the edge may be reachable from anywhere, got {open_to_all}"
 
@@ -427,7 +438,9 @@ def test_overlay_patches_target_objects_of_the_base() -> None:
                 if doc["kind"] == "Deployment":
                     names = {c["name"] for c in containers(deployment(key[1]))}
                     for container in doc["spec"].get("template", {}).get("spec", {}).get("containers", []):
-                        assert container["name"] in names, f"{patch['path']}: no container {container['name']}"
+                        assert container["name"] in names, (
+                            f"{patch['path']}: no container {container['name']}"
+                        )
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
