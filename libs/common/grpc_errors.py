@@ -13,13 +13,27 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from pymongo.errors import ConnectionFailure as PyMongoConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import FlickrHubError
+from common.errors import FlickrHubError, Unavailable
 
 log = logging.getLogger(__name__)
 
 
+# A store that cannot be reached is the caller's cue to retry, not an internal error.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    PyMongoConnectionFailure,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if isinstance(exc, _UNREACHABLE):
+        log.warning("dependency unavailable: %s", type(exc).__name__)
+        exc = Unavailable("a FlickrHub store is unavailable; retry shortly", retry_after_s=2.0)
     if isinstance(exc, FlickrHubError):
         await context.abort_with_status(rpc_status.to_status(exc.to_status()))
     error_id = uuid.uuid4().hex[:12]

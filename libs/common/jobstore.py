@@ -38,6 +38,11 @@ class JobStore:
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self.jobs = collection
 
+    @staticmethod
+    def _owned(job_id: str, worker_id: str, attempt: int) -> dict[str, Any]:
+        """The filter that matches a job only while this worker's run of this attempt owns it."""
+        return {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id, "attempt_token": attempt}
+
     async def get(self, job_id: str) -> Doc | None:
         """The job document, or None."""
         return await self.jobs.find_one({"job_id": job_id}, {"_id": 0})
@@ -80,13 +85,14 @@ class JobStore:
         self,
         job_id: str,
         worker_id: str,
+        attempt: int,
         state: str,
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         from_cache: bool = False,
     ) -> bool:
-        """Record a final outcome of the run `worker_id` owns; False if it no longer owns the job."""
+        """Record a final outcome of the run (worker, attempt) owns; False if it no longer owns the job."""
         t = now()
         fields: dict[str, Any] = {
             "status": state,
@@ -100,15 +106,15 @@ class JobStore:
             fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
         if error is not None:
             fields["error"] = error
-        outcome = await self.jobs.update_one(
-            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id}, {"$set": fields}
-        )
+        outcome = await self.jobs.update_one(self._owned(job_id, worker_id, attempt), {"$set": fields})
         return outcome.modified_count == 1
 
-    async def schedule_retry(self, job_id: str, worker_id: str, error: dict[str, Any], due: datetime) -> bool:
+    async def schedule_retry(
+        self, job_id: str, worker_id: str, attempt: int, error: dict[str, Any], due: datetime
+    ) -> bool:
         """Record a transient failure; the job waits in RETRYING until `due`."""
         outcome = await self.jobs.update_one(
-            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id},
+            self._owned(job_id, worker_id, attempt),
             {"$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}},
         )
         return outcome.modified_count == 1

@@ -24,6 +24,8 @@ WEBHOOK_GROUP = "webhooks"
 ACTIVE_TOKENS = f"{PREFIX}:active"
 DELAYED = f"{PREFIX}:delayed"
 DEAD_LETTERS = f"{PREFIX}:dlq"
+# The dead-letter stream is trimmed (approximately) to this length; the job document keeps every failure.
+DEAD_LETTERS_MAX = 100_000
 WEBHOOKS = f"{PREFIX}:hooks"
 
 

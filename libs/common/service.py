@@ -27,11 +27,20 @@ from common.telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
-# Generous keepalive so idle channels between services survive NATs and LBs.
+# Generous keepalive so idle channels between services survive NATs and LBs; round_robin over every
+# address the name resolves to (point clients at a headless Service: dns:///gateway:50051).
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.lb_policy_name", "round_robin"),
+]
+# Servers close connections after a few minutes (with a grace period) so clients re-resolve and
+# new replicas get their share of long-lived channels.
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 ]
 
 
@@ -50,7 +59,7 @@ class GrpcServer:
 
     def __init__(self, service_names: Iterable[str], host: str, port: int) -> None:
         tracing = aio_server_interceptor()  # type: ignore[no-untyped-call]
-        self.server = grpc.aio.server(interceptors=[tracing, ErrorInterceptor()], options=CHANNEL_OPTIONS)
+        self.server = grpc.aio.server(interceptors=[tracing, ErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.service_names = [*service_names, health.SERVICE_NAME]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -197,8 +197,6 @@ class Settings:
         """Refuse combinations FlickrHub cannot run with."""
         if self.environment not in {"demo", "production"}:
             raise SettingsError(f"FLICKRHUB_ENV: expected demo or production, got {self.environment!r}")
-        if self.environment == "production" and not (self.vault_master_key or self.vault_key_file):
-            raise SettingsError("VAULT_MASTER_KEY or VAULT_KEY_FILE: required when FLICKRHUB_ENV=production")
         if bool(self.flickr_api_key) != bool(self.flickr_api_secret):
             raise SettingsError("FLICKR_API_KEY and FLICKR_API_SECRET: set both or neither")
         if self.otel_traces_exporter not in {"otlp", "console", "none"}:

@@ -9,7 +9,7 @@ import logging
 from redis.exceptions import RedisError
 
 from cache.servicer import CacheServicer
-from cache.store import CacheStore
+from cache.store import MAX_IN_FLIGHT, CacheStore
 from common import redisio
 from common.service import GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
@@ -27,7 +27,7 @@ class CacheApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redisio.client(settings.cache_redis_url, decode=False)
+        self.redis = redisio.client(settings.cache_redis_url, max_connections=MAX_IN_FLIGHT, decode=False)
         self.store = CacheStore(self.redis, settings)
         self.grpc = GrpcServer(
             [cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name],

@@ -22,6 +22,7 @@ which would bring the invalidated entries back.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from common.flickr_methods import is_search, is_write
 from common.settings import Settings
 
 MAX_TTL_S = 24 * 3600
+# Redis calls in flight at once; the client's pool has as many connections. redis-py's
+# asyncio pool raises MaxConnectionsError past its size instead of waiting, so calls queue here.
+MAX_IN_FLIGHT = 64
 # A generation outlives every entry stored under it (each Put refreshes it), so
 # its expiry never drops a live entry; it only stops idle tokens' keys piling up.
 GENERATION_TTL_S = MAX_TTL_S + 3600
@@ -114,6 +118,7 @@ class CacheStore:
         self._put = redis.register_script(_PUT)
         self._invalidate = redis.register_script(_INVALIDATE)
         self._pending: Counter[str] = Counter()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def ttl_for(self, method: str, requested: int = 0) -> int:
         """Seconds an answer of `method` may be cached; 0 for methods that are never cached."""
@@ -163,8 +168,7 @@ class CacheStore:
         """Send the hit and miss counts still held by this replica."""
         if self._pending:
             pipe = self._redis.pipeline(transaction=False)
-            self._queue_stats(pipe, Counter())
-            await pipe.execute()
+            await self._execute(pipe, self._queue_stats(pipe, Counter()))
 
     async def stats(self) -> dict[str, int]:
         """Hits, misses and puts of every replica, plus Redis' own key count, memory and evictions."""
@@ -174,7 +178,10 @@ class CacheStore:
         pipe.info("memory")
         pipe.info("stats")
         flushed = self._queue_stats(pipe, Counter())
-        raw, dbsize, memory, stats, *_ = await self._execute(pipe, flushed)
+        results = await self._execute(pipe, flushed)
+        if errors := [r for r in results if isinstance(r, RedisError)]:
+            raise errors[0]
+        raw, dbsize, memory, stats, *_ = results
         counters = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
         return {
             # Our own unflushed counts were sent after HGETALL read the hash.
@@ -198,8 +205,9 @@ class CacheStore:
         taken = self._queue_stats(pipe, Counter(extra))
         result, *_ = await self._execute(pipe, taken)
         if isinstance(result, NoScriptError):
-            await self.load_scripts()
-            return await self._redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            async with self._slots:
+                await self.load_scripts()
+                return await self._redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
         if isinstance(result, Exception):
             raise result
         return result
@@ -213,7 +221,8 @@ class CacheStore:
 
     async def _execute(self, pipe: Any, taken: Counter[str]) -> list[Any]:
         try:
-            return list(await pipe.execute(raise_on_error=False))
+            async with self._slots:
+                return list(await pipe.execute(raise_on_error=False))
         except RedisError:
             self._pending.update(taken)  # those counts ride the next pipeline that gets through
             raise

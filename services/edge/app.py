@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram, start_http_server
 
+from common.service import CHANNEL_OPTIONS
 from common.settings import Settings
 from edge import routes, status, transcode
 from flickrhub.v1 import admin_pb2, jobs_pb2
@@ -410,7 +411,7 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
         if channel is not None:
             edge.bind(channel)
             return
-        owned = grpc.aio.insecure_channel(settings.gateway_addr)
+        owned = grpc.aio.insecure_channel(settings.gateway_addr, options=CHANNEL_OPTIONS)
         app[_CHANNEL] = owned
         edge.bind(owned)
 

@@ -10,7 +10,6 @@ from redis.exceptions import RedisError
 from common import keys, redisio
 from common.errors import FieldViolation, InvalidArgument, Unavailable
 from flickrhub.v1 import admin_pb2, admin_pb2_grpc
-from gateway import metrics
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -44,7 +43,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     pending = int(group.get("pending", 0))
                     lag = int(group.get("lag") or 0)
             stats.work_streams.add(target=target, length=length, pending=pending, lag=lag)
-            metrics.QUEUE_DEPTH.labels(queue=f"work:{target}").set(length)
         tokens = [str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS)]
         stats.active_tokens = len(tokens)
         pipe = self._redis.pipeline(transaction=False)
@@ -56,6 +54,4 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         stats.delayed = await self._redis.zcard(keys.DELAYED)
         stats.dead_letters = await self._redis.xlen(keys.DEAD_LETTERS)
         stats.pending_webhooks = await self._redis.xlen(keys.WEBHOOKS)
-        for name, value in (("delayed", stats.delayed), ("dead_letters", stats.dead_letters)):
-            metrics.QUEUE_DEPTH.labels(queue=name).set(value)
         return stats

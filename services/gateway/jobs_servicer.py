@@ -117,8 +117,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 enqueued_ms=int(time.time() * 1000),
                 trace=dict(telemetry.inject_fields({})),
             )
-            await self._record(request, entry, trace_id, context)
-            await self._enqueue(entry, idem_key)
+            try:
+                await self._record(request, entry, trace_id, context)
+                await self._enqueue(entry)
+            except Exception:
+                if idem_key:  # the key must not point at a job that was never accepted
+                    await self._release_idempotency(token.token_id_hash, idem_key, job_id)
+                raise
         metrics.SUBMITTED.labels(outcome="accepted").inc()
         log.info("job accepted", extra={"job_id": job_id, "method": request.method})
         return jobs_pb2.SubmitJobResponse(job_id=job_id, state=jobs_pb2.JOB_STATE_QUEUED, trace_id=trace_id)
@@ -186,7 +191,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             log.warning("job insert failed: %s", type(exc).__name__)
             raise Unavailable("job store unavailable; retry shortly") from exc
 
-    async def _enqueue(self, entry: jobs.JobEntry, idem_key: str) -> None:
+    async def _release_idempotency(self, token: str, idem_key: str, job_id: str) -> None:
+        key = keys.idempotency(token, hashlib.sha256(idem_key.encode()).hexdigest()[:32])
+        with contextlib.suppress(RedisError):
+            held = str(await self._redis.get(key) or "")
+            if held.startswith(f"{job_id}:"):
+                await self._redis.delete(key)
+
+    async def _enqueue(self, entry: jobs.JobEntry) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(keys.token_stream(entry.token), redisio.fields(entry.to_fields()))
         pipe.sadd(keys.ACTIVE_TOKENS, entry.token)

@@ -35,11 +35,14 @@ class MoverApp:
 
     async def stop(self, grace: float) -> None:
         """Finish the round in progress (it is short), then close."""
+        await self.grpc.health.enter_graceful_shutdown()
         self.mover.stop()
-        if self._task is not None:
-            await asyncio.wait_for(self._task, timeout=grace)
-        await self.grpc.stop(1.0)
-        await self.redis.aclose()
+        try:
+            if self._task is not None:
+                await asyncio.wait_for(self._task, timeout=grace)
+        finally:
+            await self.grpc.stop(1.0)
+            await self.redis.aclose()
 
 
 async def run(settings: Settings) -> None:

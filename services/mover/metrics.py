@@ -8,6 +8,7 @@ MOVED = Counter("flickrhub_mover_moved_total", "Entries moved from token queues 
 CLAIMED = Counter("flickrhub_mover_claimed_total", "Entries claimed back from dead movers")
 REQUEUED = Counter("flickrhub_mover_retries_requeued_total", "Due retries put back into token queues")
 MALFORMED = Counter("flickrhub_mover_malformed_total", "Entries that could not be parsed (sent to the DLQ)")
+QUEUE_DEPTH = Gauge("flickrhub_queue_depth", "Entries waiting in a queue", ["queue"])
 ACTIVE_TOKENS = Gauge("flickrhub_mover_active_tokens", "Tokens with queued work seen in the last round")
 ROUND_SECONDS = Histogram(
     "flickrhub_mover_round_seconds",

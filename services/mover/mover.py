@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 Read = tuple[str, str, dict[str, str]]  # (token, entry id, fields)
 PIPELINE_CHUNK = 200
 DELAYED_PUMP_S = 0.25
+GAUGES_S = 5.0
+
+# Take the lease if free, or renew it if we hold it: the holder keeps pumping, others wait for expiry.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class Mover:
@@ -43,6 +53,8 @@ class Mover:
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_pump = 0.0
+        self._last_gauges = 0.0
+        self._lease = redis.register_script(_LEASE)
 
     def stop(self) -> None:
         """Finish the current round, then return from run()."""
@@ -75,6 +87,9 @@ class Mover:
             await self.pump_delayed()
         tokens = sorted(str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS))
         metrics.ACTIVE_TOKENS.set(len(tokens))
+        if now - self._last_gauges >= GAUGES_S:
+            self._last_gauges = now
+            await self.export_depths()
         if not tokens:
             return 0
         self._offset = (self._offset + 1) % len(tokens)
@@ -154,7 +169,9 @@ class Mover:
                 log.error("malformed entry %s in token queue: %s", entry_id, exc)
                 pipe.xadd(
                     keys.DEAD_LETTERS,
-                    redisio.fields({**fields, "dlq_reason": "malformed", "dlq_source": "mover"}),
+                    maxlen=keys.DEAD_LETTERS_MAX,
+                    approximate=True,
+                    fields=redisio.fields({**fields, "dlq_reason": "malformed", "dlq_source": "mover"}),
                 )
                 continue
             with telemetry.tracer().start_as_current_span(
@@ -195,10 +212,22 @@ class Mover:
         if refill:
             await self._redis.sadd(keys.ACTIVE_TOKENS, *refill)
 
+    async def export_depths(self) -> None:
+        """Refresh the queue-depth gauges (every mover exports them; any replica's value is current)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for target in keys.TARGETS:
+            pipe.xlen(keys.work_stream(target))
+        pipe.zcard(keys.DELAYED)
+        pipe.xlen(keys.DEAD_LETTERS)
+        pipe.xlen(keys.WEBHOOKS)
+        names = [f"work:{t}" for t in keys.TARGETS] + ["delayed", "dead_letters", "webhooks"]
+        for name, depth in zip(names, await pipe.execute(), strict=True):
+            metrics.QUEUE_DEPTH.labels(queue=name).set(int(depth))
+
     async def pump_delayed(self) -> int:
         """Put due retries back into their token queues (one mover at a time holds the lease)."""
-        if not await self._redis.set(
-            keys.delayed_lock(), self.consumer, nx=True, px=int(DELAYED_PUMP_S * 4000)
+        if not await self._lease(
+            keys=[keys.delayed_lock()], args=[self.consumer, int(DELAYED_PUMP_S * 4000)]
         ):
             return 0
         due: list[Any] = await self._redis.zrangebyscore(

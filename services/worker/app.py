@@ -92,7 +92,8 @@ class WorkerApp:
         self.metrics_port = start_metrics(self.settings.worker_metrics_port)
 
     async def stop(self, grace: float) -> None:
-        """Stop reading, drain in-flight jobs within `grace`, hand back the rest, close clients."""
+        """NOT_SERVING, stop reading, drain within `grace`, hand back the rest, close clients."""
+        await self.grpc.health.enter_graceful_shutdown()
         await self.jobs.stop(grace)
         await self.hooks.stop(min(grace, 5.0))
         await self.grpc.stop(1.0)

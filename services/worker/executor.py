@@ -16,6 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from opentelemetry import trace
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
 from common.announce import announce
@@ -132,7 +134,12 @@ class Executor:
             state, owned = (
                 jobs.COMPLETED,
                 await self._store.finish(
-                    entry.job_id, self.worker_id, jobs.COMPLETED, result=outcome.body, from_cache=from_cache
+                    entry.job_id,
+                    self.worker_id,
+                    entry.attempt,
+                    jobs.COMPLETED,
+                    result=outcome.body,
+                    from_cache=from_cache,
                 ),
             )
         elif outcome.retryable and attempt < entry.max_attempts:
@@ -148,7 +155,9 @@ class Executor:
             )
             state, owned = (
                 jobs.RETRYING,
-                await self._store.schedule_retry(entry.job_id, self.worker_id, _error(outcome), due),
+                await self._store.schedule_retry(
+                    entry.job_id, self.worker_id, entry.attempt, _error(outcome), due
+                ),
             )
         else:
             error = _error(outcome)
@@ -163,7 +172,9 @@ class Executor:
                 )
             state, owned = (
                 jobs.FAILED,
-                await self._store.finish(entry.job_id, self.worker_id, jobs.FAILED, error=error),
+                await self._store.finish(
+                    entry.job_id, self.worker_id, entry.attempt, jobs.FAILED, error=error
+                ),
             )
         if not owned:
             log.warning("lost ownership of the job before recording %s", state)
@@ -182,8 +193,17 @@ class Executor:
         interval = self._lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            await self._store.extend_lease(job_id, self.worker_id, self._lease_s)
-            await self._redis.xclaim(stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True)
+            try:
+                if not await self._store.extend_lease(job_id, self.worker_id, self._lease_s):
+                    log.warning(
+                        "lease lost while the call runs; the outcome will not be recorded by this worker"
+                    )
+                await self._redis.xclaim(
+                    stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True
+                )
+            except (RedisError, PyMongoError) as exc:
+                # A store hiccup must not abort a call already sent to Flickr: the next beat tries again.
+                log.warning("heartbeat failed: %s", type(exc).__name__)
 
     async def _ack(self, stream: str, entry_id: str) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -197,7 +217,9 @@ class Executor:
         metrics.DEAD_LETTERS.labels(reason=reason).inc()
         await self._redis.xadd(
             keys.DEAD_LETTERS,
-            redisio.fields(
+            maxlen=keys.DEAD_LETTERS_MAX,
+            approximate=True,
+            fields=redisio.fields(
                 {
                     **fields,
                     "dlq_reason": reason,

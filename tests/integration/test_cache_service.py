@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from cache.app import CacheApp
 from cache.store import GENERATION_TTL_S
 from common import keys, redisio
 from common.settings import Settings
+from devstack.procs import Managed, free_port, python_module, wait_for_port
 from devstack.stores import redis_server
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
 
@@ -52,7 +54,9 @@ async def _get(stub: Stub, key: cache_pb2.CacheKey) -> cache_pb2.CacheGetRespons
     return await stub.Get(cache_pb2.CacheGetRequest(key=key))
 
 
-async def _put(stub: Stub, key: cache_pb2.CacheKey, value: bytes = b"{}", ttl: int = 0) -> cache_pb2.CachePutResponse:
+async def _put(
+    stub: Stub, key: cache_pb2.CacheKey, value: bytes = b"{}", ttl: int = 0
+) -> cache_pb2.CachePutResponse:
     return await stub.Put(cache_pb2.CachePutRequest(key=key, value=value, ttl_seconds=ttl))
 
 
@@ -127,7 +131,7 @@ async def test_param_order_does_not_matter(cache: Stub) -> None:
     assert not (await _get(cache, second)).hit
 
 
-async def test_one_tokens_entries_are_never_served_to_another(cache: Stub, cache_redis: redisio.Redis) -> None:
+async def test_one_tokens_entries_are_never_served_to_another(cache: Stub, cache_redis: Any) -> None:
     await _put(cache, _key(token=TOKEN_A, photo_id="1"), b"private to A")
     assert not (await _get(cache, _key(token=TOKEN_B, photo_id="1"))).hit
     # Crafted parameters cannot reach into A's scope: the token is in the key's hash tag and in the digest.
@@ -148,12 +152,19 @@ async def test_one_tokens_entries_are_never_served_to_another(cache: Stub, cache
 
 
 async def test_invalidating_a_token_costs_the_same_few_commands_for_one_entry_or_five_thousand(
-    cache: Stub, cache_redis: redisio.Redis
+    app: CacheApp, cache: Stub, cache_redis: redisio.Redis
 ) -> None:
     small, big = "c" * 32, TOKEN_A
     await _put(cache, _key(token=small), b"c")
-    for start in range(0, 5000, 500):
-        await asyncio.gather(*(_put(cache, _key(token=big, photo_id=str(i))) for i in range(start, start + 500)))
+    # 5,000 entries straight through the service's store (same keys as Put, without 5,000 gRPC calls).
+    for start in range(0, 5000, 1000):
+        await asyncio.gather(
+            *(
+                app.store.put("flickr.photos.getInfo", {"photo_id": str(i)}, big, b"a", READ_TTL)
+                for i in range(start, start + 1000)
+            )
+        )
+    assert (await _get(cache, _key(token=big, photo_id="4999"))).value == b"a"
     await _put(cache, _key(token=TOKEN_B, photo_id="1"), b"b")
     keys_before = await cache_redis.dbsize()
 
@@ -196,9 +207,13 @@ async def test_an_evicted_generation_never_brings_invalidated_entries_back(
     await _put(cache, _key(photo_id="1"), b"old")
     await _put(cache, _key("flickr.photos.getSizes"), b"old sizes")
     await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A))
-    await cache.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getSizes"))
+    await cache.Invalidate(
+        cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getSizes")
+    )
     # allkeys-lru may evict any key; the stale entries are still there.
-    await cache_redis.delete(keys.cache_generation(TOKEN_A), keys.cache_generation(TOKEN_A, "flickr.photos.getSizes"))
+    await cache_redis.delete(
+        keys.cache_generation(TOKEN_A), keys.cache_generation(TOKEN_A, "flickr.photos.getSizes")
+    )
     assert not (await _get(cache, _key(photo_id="1"))).hit
     assert not (await _get(cache, _key("flickr.photos.getSizes"))).hit
     await _put(cache, _key(photo_id="2"), b"new")  # seeds a fresh generation from the clock
@@ -238,7 +253,12 @@ async def test_bad_requests_get_invalid_argument_with_field_violations_and_chang
         "key.params[ok]",
     }
     assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest())) == {"key.method", "key.token_id_hash"}
-    for method in ("flickr.photos", "flickr.photos.get-info", "flickr.photos.getInfo\n", "flickr." + "a." * 70 + "b"):
+    for method in (
+        "flickr.photos",
+        "flickr.photos.get-info",
+        "flickr.photos.getInfo\n",
+        "flickr." + "a." * 70 + "b",
+    ):
         assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=_key(method)))) == {"key.method"}
     for token in ("a" * 15, "a" * 65, "g" * 32):
         assert await _bad_fields(cache.Get(cache_pb2.CacheGetRequest(key=_key(token=token)))) == {
@@ -296,7 +316,9 @@ async def test_stats_report_evictions_once_the_memory_cap_is_reached(cache: Stub
     assert stats.used_memory_bytes <= 17 * 1024 * 1024
 
 
-async def test_health_reports_serving_and_metrics_are_exported(cache_redis_url: str, cache_redis: Any) -> None:
+async def test_health_reports_serving_and_metrics_are_exported(
+    cache_redis_url: str, cache_redis: Any
+) -> None:
     app = CacheApp(_settings(cache_redis_url, cache_metrics_port=0))
     await app.start()
     try:
@@ -307,7 +329,10 @@ async def test_health_reports_serving_and_metrics_are_exported(cache_redis_url: 
                 resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
                 assert resp.status == health_pb2.HealthCheckResponse.SERVING
             await _get(cache_pb2_grpc.CacheServiceStub(channel), _key())
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.metrics_port}/metrics") as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{app.metrics_port}/metrics") as r,
+        ):
             text = await r.text()
         assert 'flickrhub_cache_requests_total{method_class="read",op="get",outcome="miss"}' in text
         assert 'flickrhub_cache_op_seconds_bucket{le="0.001",op="get"}' in text
@@ -375,3 +400,37 @@ async def test_a_cache_outage_reads_as_misses_and_refuses_writes(tmp_path: Path)
     finally:
         await app.stop(1.0)
         redis.stop()
+
+
+async def test_the_service_starts_without_its_redis_and_answers_misses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = CacheApp(_settings(f"redis://127.0.0.1:{free_port()}/0"))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert not (await _get(cache_pb2_grpc.CacheServiceStub(channel), _key())).hit
+    finally:
+        await app.stop(1.0)  # the last counts cannot be sent: logged, not raised
+    assert "cache redis unavailable at start" in caplog.text
+    assert "cache stats not flushed" in caplog.text
+
+
+async def test_python_m_cache_serves_until_sigterm_and_exits_cleanly(
+    cache_redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {"CACHE_PORT": str(port), "CACHE_METRICS_PORT": "-1", "CACHE_REDIS_URL": cache_redis_url}
+    proc = Managed("cache", python_module("cache"), port, tmp_path / "cache.log", env=env).start(wait=False)
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 20.0, proc.proc)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            assert (await _put(stub, _key(), b"v")).stored
+            assert (await _get(stub, _key())).value == b"v"
+        proc.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.stop, 10.0) == 0, proc.tail()
+    finally:
+        proc.kill()

@@ -58,7 +58,9 @@ def test_canonical_form_is_sorted_compact_utf8_json() -> None:
 def test_unicode_is_compared_as_given_not_normalised() -> None:
     # Flickr receives the exact characters, so NFC "é" and NFD "e + U+0301" are two different requests.
     nfc, nfd = "caf\u00e9", "cafe\u0301"
-    assert keys.cache_digest(METHOD, {"text": nfc}, TOKEN_A) != keys.cache_digest(METHOD, {"text": nfd}, TOKEN_A)
+    assert keys.cache_digest(METHOD, {"text": nfc}, TOKEN_A) != keys.cache_digest(
+        METHOD, {"text": nfd}, TOKEN_A
+    )
     assert keys.cache_digest(METHOD, {"text": nfc}, TOKEN_A) == keys.cache_digest(
         METHOD, {"text": "café"}, TOKEN_A
     )
