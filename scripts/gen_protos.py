@@ -48,7 +48,7 @@ def generate(out: Path) -> None:
 
 
 def _same_tree(a: Path, b: Path) -> bool:
-    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__", ".stamp"])
     if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
         return False
     return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)

@@ -56,9 +56,11 @@ class Mongo:
     @classmethod
     def connect(cls, url: str, db_name: str) -> Mongo:
         """Connect lazily (the first operation dials); datetimes come back timezone-aware."""
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=3000, appname="flickrhub"
-        )
+        defaults = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 3000}
+        options: dict[str, Any] = {
+            k: v for k, v in defaults.items() if k.lower() not in url.lower()
+        }  # URI wins
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(url, tz_aware=True, appname="flickrhub", **options)
         return cls(client, client[db_name])
 
     @property

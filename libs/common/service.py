@@ -17,7 +17,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 from prometheus_client import start_http_server
 
 from common.grpc_errors import ErrorInterceptor
@@ -58,7 +58,12 @@ class GrpcServer:
     """A grpc.aio server with health, reflection and FlickrHub's interceptors."""
 
     def __init__(self, service_names: Iterable[str], host: str, port: int) -> None:
-        tracing = aio_server_interceptor()  # type: ignore[no-untyped-call]
+        # Health and reflection are not traced: probes would drown the traces, and OTel's stream
+        # wrapper cannot drive the stock health Watch (written with context.write, not yield).
+        untraced = filters.any_of(
+            filters.service_name(health.SERVICE_NAME), filters.service_prefix("grpc.reflection")
+        )
+        tracing = aio_server_interceptor(filter_=filters.negate(untraced))  # type: ignore[no-untyped-call]
         self.server = grpc.aio.server(interceptors=[tracing, ErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.service_names = [*service_names, health.SERVICE_NAME]

@@ -53,7 +53,9 @@ class LocalKeyProvider:
             raw = Path(settings.vault_key_file).read_text().strip()
         if not raw:
             if settings.environment != "demo":
-                raise SettingsError("VAULT_MASTER_KEY or VAULT_KEY_FILE: required when FLICKRHUB_ENV=production")
+                raise SettingsError(
+                    "VAULT_MASTER_KEY or VAULT_KEY_FILE: required when FLICKRHUB_ENV=production"
+                )
             return cls({1: _DEMO_MASTER_KEY})
         try:
             key = base64.b64decode(raw, validate=True)

@@ -261,7 +261,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         """A user's jobs, newest first."""
         bad = []
-        if not validation.USER_ID_RE.match(request.user_id):
+        if not validation.USER_ID_RE.fullmatch(request.user_id):
             bad.append(FieldViolation("user_id", "required"))
         if not 0 <= request.page_size <= 100:
             bad.append(FieldViolation("page_size", "0..100"))

@@ -32,9 +32,9 @@ RESERVED_PARAMS = frozenset(
 def submit_violations(req: jobs_pb2.SubmitJobRequest) -> list[FieldViolation]:
     """Every problem with a SubmitJobRequest (empty when it is valid)."""
     bad: list[FieldViolation] = []
-    if not USER_ID_RE.match(req.user_id):
+    if not USER_ID_RE.fullmatch(req.user_id):
         bad.append(FieldViolation("user_id", "required; 1-128 of A-Z a-z 0-9 . _ : @ -"))
-    if len(req.method) > 128 or not METHOD_RE.match(req.method):
+    if len(req.method) > 128 or not METHOD_RE.fullmatch(req.method):
         bad.append(
             FieldViolation("method", "must look like flickr.<namespace>.<name>, e.g. flickr.photos.search")
         )
@@ -58,7 +58,7 @@ def _param_violations(params: Mapping[str, str]) -> list[FieldViolation]:
     if len(items) > MAX_PARAMS:
         bad.append(FieldViolation("params", f"at most {MAX_PARAMS} entries"))
     for key, value in items:
-        if not PARAM_KEY_RE.match(key):
+        if not PARAM_KEY_RE.fullmatch(key):
             bad.append(FieldViolation(f"params[{key[:64]}]", "keys are 1-64 of A-Z a-z 0-9 _"))
         elif key in RESERVED_PARAMS or key.startswith("oauth_"):
             bad.append(FieldViolation(f"params[{key}]", "reserved: FlickrHub sets this parameter itself"))
@@ -103,5 +103,5 @@ def validate_submit(req: jobs_pb2.SubmitJobRequest) -> None:
 
 def validate_job_id(job_id: str) -> None:
     """Raise InvalidArgument unless `job_id` has the form FlickrHub assigns."""
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise InvalidArgument("invalid job_id", [FieldViolation("job_id", "32 lowercase hex characters")])

@@ -10,9 +10,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from flickrhub.v1 import jobs_pb2
+from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
-from tests.helpers.rich import bad_fields, reason, result_of
+from tests.helpers.rich import bad_fields, reason, result_of, status_of
 
 FINAL = {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 
@@ -255,3 +255,58 @@ async def test_secrets_never_reach_mongo_in_clear(stack: Stack) -> None:
         dump += repr([doc async for doc in stack.mongo.db[name].find({})])
     for clear in (secret, DEMO_TOKEN, DEMO_TOKEN_SECRET):
         assert clear not in dump
+
+
+async def test_unreachable_stores_answer_unavailable_with_retry_info(
+    redis_url: str, cache_redis_url: str, redis: Any
+) -> None:
+    from devstack.procs import free_port
+    from gateway.app import GatewayApp
+
+    dead_mongo = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true&serverSelectionTimeoutMS=300"
+    settings = stack_settings(redis_url, cache_redis_url, dead_mongo, "nowhere")
+    app = GatewayApp(settings)
+    await app.grpc.start()  # serve without the start-up index check, which needs MongoDB
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = jobs_pb2_grpc.JobServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetJob(jobs_pb2.GetJobRequest(job_id="0" * 32))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert any(d.type_url.endswith("google.rpc.RetryInfo") for d in status_of(err.value).details)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo"))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await app.grpc.stop(0.5)
+        await app.redis.aclose()
+        await app.mongo.close()
+
+
+async def test_a_failed_submission_releases_its_idempotency_key(stack: Stack, redis: Any) -> None:
+    from common import keys
+
+    record = await stack.mongo.tokens.find_one({"user_id": DEMO_USER})
+    assert record is not None
+    token = record["token_id_hash"]
+    await redis.set(keys.token_stream(token), "not a stream")  # the append fails with WRONGTYPE
+    req = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", idempotency_key="retry-me")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.SubmitJob(req)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await stack.mongo.jobs.count_documents({}) == 0  # the refusal changed nothing
+    await redis.delete(keys.token_stream(token))
+    retried = await stack.jobs.SubmitJob(req)  # the key was released: a real job this time
+    assert (await wait_final(stack, retried.job_id)).state == jobs_pb2.JOB_STATE_COMPLETED
+
+
+async def test_health_check_and_watch_report_serving(stack: Stack) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(stack.channel)
+    check = await health.Check(health_pb2.HealthCheckRequest(service="flickrhub.v1.JobService"))
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await watch.read()
+    watch.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
