@@ -6,6 +6,7 @@ its additional_bindings, read once at start.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,8 @@ from google.protobuf import descriptor, message, message_factory
 from edge import templates
 
 _VERBS = ("get", "put", "post", "delete", "patch")
+
+log = logging.getLogger(__name__)
 
 
 class ProtoModule(Protocol):
@@ -66,7 +69,9 @@ def _method_routes(service: descriptor.ServiceDescriptor, method: descriptor.Met
     if not options.HasExtension(annotations_pb2.http):
         return []
     if method.client_streaming:
-        raise RouteError(f"{service.full_name}.{method.name}: client streaming has no REST mapping")
+        # Client-streaming uploads are served by the edge's multipart upload handler, not by JSON routes.
+        log.info("%s.%s: client streaming, left to the upload handler", service.full_name, method.name)
+        return []
     rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
     rules = [rule, *rule.additional_bindings]
     request_cls = message_factory.GetMessageClass(method.input_type)

@@ -296,9 +296,8 @@ def test_two_methods_on_one_route_fail_at_start() -> None:
         routes.build([_module([http_pb2.HttpRule(get="/a"), http_pb2.HttpRule(get="/a")])])
 
 
-def test_client_streaming_has_no_rest_mapping() -> None:
-    with pytest.raises(routes.RouteError, match="client streaming"):
-        routes.build([_module([http_pb2.HttpRule(post="/a", body="*")], client_streaming=True)])
+def test_client_streaming_gets_no_json_route() -> None:
+    assert routes.build([_module([http_pb2.HttpRule(post="/a", body="*")], client_streaming=True)]) == []
 
 
 # -- status mapping ------------------------------------------------------------------------------
