@@ -137,10 +137,13 @@ class JobStore:
         return outcome.modified_count == 1
 
     async def mark_webhook(self, job_id: str, status: str, attempts: int, http_status: int = 0) -> None:
-        """Remember what became of the job's webhook."""
+        """Remember what became of the job's webhook, and drop its secret: nothing will be signed again."""
         await self.jobs.update_one(
             {"job_id": job_id},
-            {"$set": {"webhook": {"status": status, "attempts": attempts, "http_status": http_status}}},
+            {
+                "$set": {"webhook": {"status": status, "attempts": attempts, "http_status": http_status}},
+                "$unset": {"callback_secret": ""},
+            },
         )
 
     async def list_for_user(

@@ -19,6 +19,7 @@ JOBS = "jobs"
 TOKENS = "tokens"
 API_KEYS = "api_keys"
 AUDIT_LOG = "audit_log"
+AUTH_REQUESTS = "auth_requests"
 
 AUDIT_RETENTION_S = 365 * 24 * 3600
 
@@ -32,14 +33,26 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("user_id", ASCENDING), ("created_at", DESCENDING), ("job_id", DESCENDING)], name="user_recent"
         ),
+        # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
+        IndexModel(
+            [("callback_secret.v", ASCENDING)],
+            name="callback_key_version",
+            partialFilterExpression={"callback_secret": {"$exists": True}},
+        ),
         # Each job gets expire_at from its final state; live jobs have none and never expire.
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
     TOKENS: [
         IndexModel([("user_id", ASCENDING)], unique=True, name="user_id_unique"),
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
+        IndexModel([("oauth_token.v", ASCENDING)], name="key_version"),
     ],
     API_KEYS: [IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique")],
+    # Pending OAuth authorizations, found by the hash of their request token; purged after expire_at.
+    AUTH_REQUESTS: [
+        IndexModel([("request_id_hash", ASCENDING)], unique=True, name="request_id_hash_unique"),
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ],
     AUDIT_LOG: [
         IndexModel([("created_at", ASCENDING)], expireAfterSeconds=AUDIT_RETENTION_S, name="retention_ttl")
     ],
@@ -72,6 +85,11 @@ class Mongo:
     def tokens(self) -> AsyncCollection[Doc]:
         """The `tokens` collection."""
         return self.db[TOKENS]
+
+    @property
+    def auth_requests(self) -> AsyncCollection[Doc]:
+        """The `auth_requests` collection (pending OAuth authorizations)."""
+        return self.db[AUTH_REQUESTS]
 
     async def ensure_indexes(self) -> None:
         """Create every declared index; a no-op when they exist."""

@@ -14,9 +14,13 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 SANDBOX_DEMO_CONSUMER_KEY = "demo-consumer-key"
 SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"
+# Flickr's OAuth endpoints (FLICKR-API.md §1.1); the sandbox serves the same paths.
+FLICKR_OAUTH_BASE = "https://www.flickr.com/services/oauth"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class SettingsError(ValueError):
@@ -96,16 +100,29 @@ class Settings:
         "FLICKR_REPLACE_URL", "https://up.flickr.com/services/replace/", "Flickr replace endpoint."
     )
     flickr_timeout_s: float = _env("FLICKR_TIMEOUT_S", 30.0, "Timeout of one Flickr HTTP call.")
+    flickr_oauth_callback_url: str = _env(
+        "FLICKR_OAUTH_CALLBACK_URL",
+        "",
+        "Empty: OAuth out-of-band mode (the user pastes Flickr's verifier). Else callback mode: the "
+        "edge's `/v1/auth/callback` URL Flickr redirects to (https; http://127.0.0.1… in demo).",
+    )
+    auth_request_ttl_s: int = _env(
+        "AUTH_REQUEST_TTL_S", 900, "Seconds a started OAuth authorization may wait for its completion."
+    )
 
     # Token vault
     vault_master_key: str = _env(
         "VAULT_MASTER_KEY",
         "",
-        "Base64 of 32 bytes: master key that encrypts OAuth tokens (demo mode has one).",
+        "Master keys that encrypt secrets at rest: `<base64 of 32 bytes>` (version 1) or "
+        "`<version>:<base64>,<version>:<base64>` during a rotation (demo mode has a built-in one).",
         secret=True,
     )
     vault_key_file: str = _env(
-        "VAULT_KEY_FILE", "", "File holding the base64 master key (instead of VAULT_MASTER_KEY)."
+        "VAULT_KEY_FILE", "", "File holding the master keys in VAULT_MASTER_KEY's format (one per line allowed)."
+    )
+    vault_key_version: int = _env(
+        "VAULT_KEY_VERSION", 0, "Master key version new secrets are encrypted with (0 = the highest present)."
     )
 
     # Gateway
@@ -203,7 +220,14 @@ class Settings:
             raise SettingsError(
                 f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}"
             )
-        for name in ("worker_concurrency", "worker_max_attempts", "mover_batch", "webhook_max_attempts"):
+        _check_callback_url(self.flickr_oauth_callback_url, self.environment)
+        for name in (
+            "worker_concurrency",
+            "worker_max_attempts",
+            "mover_batch",
+            "webhook_max_attempts",
+            "auth_request_ttl_s",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
 
@@ -228,6 +252,9 @@ class Settings:
                 replace=f"{base}/services/replace/",
                 consumer_key=SANDBOX_DEMO_CONSUMER_KEY,
                 consumer_secret=SANDBOX_DEMO_CONSUMER_SECRET,
+                request_token=f"{base}/services/oauth/request_token",
+                authorize=f"{base}/services/oauth/authorize",
+                access_token=f"{base}/services/oauth/access_token",
             )
         return FlickrEndpoints(
             rest=self.flickr_rest_url,
@@ -235,6 +262,9 @@ class Settings:
             replace=self.flickr_replace_url,
             consumer_key=self.flickr_api_key,
             consumer_secret=self.flickr_api_secret,
+            request_token=f"{FLICKR_OAUTH_BASE}/request_token",
+            authorize=f"{FLICKR_OAUTH_BASE}/authorize",
+            access_token=f"{FLICKR_OAUTH_BASE}/access_token",
         )
 
 
@@ -247,6 +277,22 @@ class FlickrEndpoints:
     replace: str
     consumer_key: str
     consumer_secret: str = field(repr=False)
+    request_token: str = ""  # OAuth: where a request token is fetched
+    authorize: str = ""  # OAuth: where the user's browser approves it
+    access_token: str = ""  # OAuth: where the approved request token becomes an access token
+
+
+def _check_callback_url(url: str, environment: str) -> None:
+    """FLICKR_OAUTH_CALLBACK_URL: empty (oob), https, or a loopback http URL in demo mode."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    loopback_http = parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS and environment == "demo"
+    if not parts.hostname or (parts.scheme != "https" and not loopback_http):
+        raise SettingsError(
+            "FLICKR_OAUTH_CALLBACK_URL: expected an https URL (or http://127.0.0.1… in demo mode), "
+            f"got {url!r}"
+        )
 
 
 def markdown_table() -> str:

@@ -33,6 +33,54 @@ class TokenRecord:
     perms: str = "read"
 
 
+@dataclass(frozen=True)
+class TokenSummary:
+    """A stored token as operators see it: who and what, never the token or its secret."""
+
+    user_id: str
+    token_id_hash: str
+    user_nsid: str
+    username: str
+    perms: str
+    revoked: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+    key_version: int
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> TokenSummary:
+        """The summary of a `tokens` document (only the key version of the ciphertext is read)."""
+        blob = doc.get("oauth_token")
+        return cls(
+            user_id=doc["user_id"],
+            token_id_hash=doc.get("token_id_hash", ""),
+            user_nsid=doc.get("user_nsid", ""),
+            username=doc.get("username", ""),
+            perms=doc.get("perms", ""),
+            revoked=bool(doc.get("revoked", False)),
+            created_at=doc.get("created_at"),
+            updated_at=doc.get("updated_at"),
+            key_version=int(blob.get("v", 0)) if isinstance(blob, dict) else 0,
+        )
+
+
+# Fields a summary needs; the secret's ciphertext is never read for it.
+_SUMMARY_FIELDS = {
+    name: 1
+    for name in (
+        "user_id",
+        "token_id_hash",
+        "user_nsid",
+        "username",
+        "perms",
+        "revoked",
+        "created_at",
+        "updated_at",
+        "oauth_token",
+    )
+}
+
+
 class TokenStore:
     """Reads and writes the `tokens` collection, with a short in-process cache of lookups."""
 
@@ -87,3 +135,25 @@ class TokenStore:
             self._cache.clear()
         self._cache[user_id] = (now + self._ttl, record)
         return record
+
+    async def summary(self, user_id: str) -> TokenSummary | None:
+        """The operator view of a user's token (revoked ones too), or None if the user is unknown."""
+        doc = await self._tokens.find_one({"user_id": user_id}, _SUMMARY_FIELDS)
+        return TokenSummary.from_doc(doc) if doc is not None else None
+
+    async def list(self, limit: int, after_user_id: str = "") -> list[TokenSummary]:
+        """Up to `limit` tokens ordered by user id, starting after `after_user_id` (keyset pagination)."""
+        query = {"user_id": {"$gt": after_user_id}} if after_user_id else {}
+        cursor = self._tokens.find(query, _SUMMARY_FIELDS).sort("user_id", 1).limit(limit)
+        return [TokenSummary.from_doc(doc) async for doc in cursor]
+
+    async def revoke(self, user_id: str) -> TokenSummary | None:
+        """Mark a user's token revoked (jobs for the user are then refused); None if the user is unknown."""
+        now = datetime.now(UTC)
+        result = await self._tokens.update_one(
+            {"user_id": user_id}, {"$set": {"revoked": True, "revoked_at": now, "updated_at": now}}
+        )
+        self._cache.pop(user_id, None)
+        if result.matched_count == 0:
+            return None
+        return await self.summary(user_id)

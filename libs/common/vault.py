@@ -31,39 +31,73 @@ class KeyProvider(Protocol):
     @property
     def current_version(self) -> int: ...
 
+    @property
+    def versions(self) -> list[int]: ...
+
     def master_key(self, version: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
 class LocalKeyProvider:
-    """Master keys held in memory, loaded from the environment or a key file."""
+    """Master keys held in memory, loaded from the environment or a key file.
+
+    Adapters for HashiCorp Vault (transit or KV) or a cloud KMS implement the same two
+    members: fetch (or unwrap) each version's 32-byte key once at start and keep the
+    current version; see docs/vault.md.
+    """
 
     keys: dict[int, bytes] = field(repr=False)
     current_version: int = 1
 
+    def __post_init__(self) -> None:
+        if self.current_version not in self.keys:
+            raise SettingsError(f"VAULT_KEY_VERSION: no master key of version {self.current_version}")
+
     def master_key(self, version: int) -> bytes:
-        """The master key of `version`; KeyError when retired."""
+        """The master key of `version`; KeyError when it was retired."""
         return self.keys[version]
+
+    @property
+    def versions(self) -> list[int]:
+        """Every version this provider can still decrypt."""
+        return sorted(self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKeyProvider:
         """VAULT_MASTER_KEY, else VAULT_KEY_FILE, else the demo key (demo mode only)."""
         raw = settings.vault_master_key
         if not raw and settings.vault_key_file:
-            raw = Path(settings.vault_key_file).read_text().strip()
-        if not raw:
+            raw = Path(settings.vault_key_file).read_text()
+        if not raw.strip():
             if settings.environment != "demo":
                 raise SettingsError(
                     "VAULT_MASTER_KEY or VAULT_KEY_FILE: required when FLICKRHUB_ENV=production"
                 )
             return cls({1: _DEMO_MASTER_KEY})
+        keys = parse_keys(raw)
+        return cls(keys, settings.vault_key_version or max(keys))
+
+
+def parse_keys(raw: str) -> dict[int, bytes]:
+    """`base64` (version 1) or `version:base64` entries separated by commas or newlines."""
+    keys: dict[int, bytes] = {}
+    for entry in (e.strip() for e in raw.replace("\n", ",").split(",")):
+        if not entry:
+            continue
+        version_text, _, encoded = entry.rpartition(":") if ":" in entry else ("1", "", entry)
         try:
-            key = base64.b64decode(raw, validate=True)
+            version = int(version_text)
+            key = base64.b64decode(encoded, validate=True)
         except ValueError:
-            raise SettingsError("VAULT_MASTER_KEY: not valid base64") from None
+            raise SettingsError("VAULT_MASTER_KEY: entries are <base64> or <version>:<base64>") from None
         if len(key) != 32:
-            raise SettingsError("VAULT_MASTER_KEY: must decode to 32 bytes")
-        return cls({1: key})
+            raise SettingsError(f"VAULT_MASTER_KEY: version {version} must decode to 32 bytes")
+        if version < 1 or version in keys:
+            raise SettingsError(f"VAULT_MASTER_KEY: version {version} is invalid or given twice")
+        keys[version] = key
+    if not keys:
+        raise SettingsError("VAULT_MASTER_KEY: no key found")
+    return keys
 
 
 class Vault:
@@ -88,6 +122,21 @@ class Vault:
         aad = f"{purpose}:{record_id}".encode()
         ct = AESGCM(self._data_key(version, purpose, record_id)).encrypt(nonce, plaintext.encode(), aad)
         return {"v": version, "n": base64.b64encode(nonce).decode(), "c": base64.b64encode(ct).decode()}
+
+    @property
+    def current_version(self) -> int:
+        """Version new secrets are encrypted with."""
+        return self._keys.current_version
+
+    def needs_rotation(self, blob: dict[str, Any]) -> bool:
+        """True when `blob` is encrypted with an older key version than the current one."""
+        return int(blob["v"]) != self._keys.current_version
+
+    def reencrypt(self, blob: dict[str, Any], *, purpose: str, record_id: str) -> dict[str, Any]:
+        """The same secret under the current key version."""
+        return self.encrypt(
+            self.decrypt(blob, purpose=purpose, record_id=record_id), purpose=purpose, record_id=record_id
+        )
 
     def decrypt(self, blob: dict[str, Any], *, purpose: str, record_id: str) -> str:
         """The plaintext of `blob`; raises cryptography's InvalidTag if it was tampered with."""
