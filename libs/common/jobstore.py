@@ -1,14 +1,19 @@
 """Job documents in MongoDB: the source of truth for every accepted job.
 
-Every transition is a guarded `update_one` (the filter names the state it
-leaves and, for a worker, the attempt it owns), never `find_one_and_update`:
-that scans the whole collection on SecantusDB. A transition that matches
-nothing means someone else moved the job; the caller decides from a re-read.
+Every transition is a compare-and-set: read the job by `job_id` (index), decide in
+Python whether the transition is allowed from what was read, then `update_one`
+filtered on `(job_id, rev)` — the exact fields of one compound index — and bump
+`rev`. Two writers that read the same revision cannot both win. Filters never mix
+in other fields: an index-only plan on every server (SecantusDB's planner scans the
+collection as soon as a filter has a field its index lacks), and never
+`find_one_and_update`, which scans there too. A transition that does not apply
+answers False; the caller decides from a re-read.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +24,7 @@ from common.mongo import Doc
 
 COMPLETED_RETENTION = timedelta(days=90)
 EXPIRED_RETENTION = timedelta(days=30)
+_STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token": 1, "lease_until": 1}
 
 
 def now() -> datetime:
@@ -38,26 +44,41 @@ class JobStore:
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self.jobs = collection
 
-    @staticmethod
-    def _owned(job_id: str, worker_id: str, attempt: int) -> dict[str, Any]:
-        """The filter that matches a job only while this worker's run of this attempt owns it."""
-        return {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id, "attempt_token": attempt}
-
     async def get(self, job_id: str) -> Doc | None:
         """The job document, or None."""
         return await self.jobs.find_one({"job_id": job_id}, {"_id": 0})
 
+    async def _transition(self, job_id: str, allowed: Callable[[Doc], bool], update: dict[str, Any]) -> bool:
+        """Apply `update` if `allowed(current state)`, as a compare-and-set on the revision."""
+        doc = await self.jobs.find_one({"job_id": job_id}, _STATE_FIELDS)
+        if doc is None or not allowed(doc):
+            return False
+        update = {**update, "$inc": {**update.get("$inc", {}), "rev": 1}}
+        result = await self.jobs.update_one({"job_id": job_id, "rev": doc.get("rev", 0)}, update)
+        return result.modified_count == 1
+
+    @staticmethod
+    def _owned_by(worker_id: str, attempt: int | None = None) -> Callable[[Doc], bool]:
+        """True while this worker's run (of this attempt) owns the job."""
+        return lambda d: (
+            d["status"] == jobs.RUNNING
+            and d.get("worker_id") == worker_id
+            and (attempt is None or d.get("attempt_token") == attempt)
+        )
+
     async def claim(self, job_id: str, worker_id: str, attempt: int, lease_s: float) -> bool:
         """Take a queued or retrying job (or one whose runner's lease ran out) for `attempt`."""
         t = now()
-        result = await self.jobs.update_one(
-            {
-                "job_id": job_id,
-                "$or": [
-                    {"status": {"$in": [jobs.QUEUED, jobs.RETRYING]}},
-                    {"status": jobs.RUNNING, "lease_until": {"$lt": t}},
-                ],
-            },
+
+        def claimable(d: Doc) -> bool:
+            if d["status"] in (jobs.QUEUED, jobs.RETRYING):
+                return True
+            lease = d.get("lease_until")
+            return d["status"] == jobs.RUNNING and lease is not None and lease < t
+
+        return await self._transition(
+            job_id,
+            claimable,
             {
                 "$set": {
                     "status": jobs.RUNNING,
@@ -70,16 +91,11 @@ class JobStore:
                 "$inc": {"attempts": 1},
             },
         )
-        return result.modified_count == 1
 
     async def extend_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
         """Keep a long call's lease alive; False if the job was taken away."""
-        t = now()
-        result = await self.jobs.update_one(
-            {"job_id": job_id, "status": jobs.RUNNING, "worker_id": worker_id},
-            {"$set": {"lease_until": t + timedelta(seconds=lease_s)}},
-        )
-        return result.modified_count == 1
+        update = {"$set": {"lease_until": now() + timedelta(seconds=lease_s)}}
+        return await self._transition(job_id, self._owned_by(worker_id), update)
 
     async def finish(
         self,
@@ -106,35 +122,30 @@ class JobStore:
             fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
         if error is not None:
             fields["error"] = error
-        outcome = await self.jobs.update_one(self._owned(job_id, worker_id, attempt), {"$set": fields})
-        return outcome.modified_count == 1
+        return await self._transition(job_id, self._owned_by(worker_id, attempt), {"$set": fields})
 
     async def schedule_retry(
         self, job_id: str, worker_id: str, attempt: int, error: dict[str, Any], due: datetime
     ) -> bool:
         """Record a transient failure; the job waits in RETRYING until `due`."""
-        outcome = await self.jobs.update_one(
-            self._owned(job_id, worker_id, attempt),
-            {"$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}},
-        )
-        return outcome.modified_count == 1
+        update = {
+            "$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}
+        }
+        return await self._transition(job_id, self._owned_by(worker_id, attempt), update)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not started (queued or retrying)."""
         t = now()
-        outcome = await self.jobs.update_one(
-            {"job_id": job_id, "status": {"$in": [jobs.QUEUED, jobs.RETRYING]}},
-            {
-                "$set": {
-                    "status": jobs.CANCELLED,
-                    "updated_at": t,
-                    "finished_at": t,
-                    "expire_at": retention_for(jobs.CANCELLED, t),
-                    "error": {"code": "CANCELLED", "message": "cancelled by the client"},
-                }
-            },
-        )
-        return outcome.modified_count == 1
+        update = {
+            "$set": {
+                "status": jobs.CANCELLED,
+                "updated_at": t,
+                "finished_at": t,
+                "expire_at": retention_for(jobs.CANCELLED, t),
+                "error": {"code": "CANCELLED", "message": "cancelled by the client"},
+            }
+        }
+        return await self._transition(job_id, lambda d: d["status"] in (jobs.QUEUED, jobs.RETRYING), update)
 
     async def mark_webhook(self, job_id: str, status: str, attempts: int, http_status: int = 0) -> None:
         """Remember what became of the job's webhook, and drop its secret: nothing will be signed again."""

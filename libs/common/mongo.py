@@ -26,6 +26,8 @@ AUDIT_RETENTION_S = 365 * 24 * 3600
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
         IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
+        # Every state transition is a compare-and-set filtered on exactly these two fields.
+        IndexModel([("job_id", ASCENDING), ("rev", ASCENDING)], name="job_revision"),
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
         IndexModel([("method", ASCENDING)], name="method"),

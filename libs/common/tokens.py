@@ -117,9 +117,9 @@ class TokenStore:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
-        doc = await self._tokens.find_one({"user_id": user_id, "revoked": False})
+        doc = await self._tokens.find_one({"user_id": user_id})  # one indexed field: an index-only plan
         record = None
-        if doc is not None:
+        if doc is not None and not doc.get("revoked", False):
             record = TokenRecord(
                 user_id=user_id,
                 token_id_hash=doc["token_id_hash"],

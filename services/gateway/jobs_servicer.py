@@ -173,6 +173,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             "priority": entry.priority,
             "cache_bypass": entry.cache_bypass,
             "status": jobs.QUEUED,
+            "rev": 0,
             "attempts": 0,
             "max_attempts": entry.max_attempts,
             "callback_url": request.callback_url,
@@ -206,7 +207,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await pipe.execute()
         except RedisError as exc:
             # Nothing was promised yet: undo the job document so the refusal changes nothing.
-            await self._store.jobs.delete_one({"job_id": entry.job_id, "status": jobs.QUEUED})
+            await self._store.jobs.delete_one({"job_id": entry.job_id})
             raise Unavailable("queue unavailable; retry shortly") from exc
 
     async def GetJob(
