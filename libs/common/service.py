@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
 import grpc
@@ -54,6 +54,12 @@ class Service(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
+# Health service names: "" answers liveness (SERVING while the process runs); READINESS (and
+# each RPC service) answers readiness: NOT_SERVING while a dependency the service needs is down.
+READINESS = "flickrhub.readiness"
+Check = Callable[[], Awaitable[object]]
+
+
 class GrpcServer:
     """A grpc.aio server with health, reflection and FlickrHub's interceptors."""
 
@@ -67,20 +73,47 @@ class GrpcServer:
         self.server = grpc.aio.server(interceptors=[tracing, ErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.service_names = [*service_names, health.SERVICE_NAME]
+        self.ready_names = [*service_names, READINESS]
+        self._watcher: asyncio.Task[None] | None = None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*self.service_names, reflection.SERVICE_NAME], self.server)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC port {host}:{port}")
 
-    async def start(self) -> None:
-        """Start serving and report SERVING for every service."""
+    async def start(self, checks: Mapping[str, Check] | None = None, interval_s: float = 5.0) -> None:
+        """Start serving; readiness then follows `checks` (name → coroutine that raises when down)."""
         await self.server.start()
-        for name in ("", *self.service_names):
+        for name in ("", *self.service_names, READINESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if checks:
+            self._watcher = asyncio.create_task(self._watch(checks, interval_s), name="readiness")
+
+    async def _watch(self, checks: Mapping[str, Check], interval_s: float) -> None:
+        ready = True
+        while True:
+            failed = []
+            for name, check in checks.items():
+                try:
+                    await asyncio.wait_for(check(), timeout=max(1.0, interval_s / 2))
+                except Exception as exc:  # any failure of a probe means "not ready"
+                    failed.append(f"{name} ({type(exc).__name__})")
+            if bool(failed) == ready:
+                ready = not failed
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in self.ready_names:
+                    await self.health.set(name, status)
+                log.warning("readiness: %s", "ready" if ready else "not ready: " + ", ".join(failed))
+            await asyncio.sleep(interval_s)
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first (load balancers stop routing), then stop with a grace period."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
 

@@ -65,6 +65,9 @@ class Settings:
     shutdown_grace_s: float = _env(
         "SHUTDOWN_GRACE_S", 20.0, "Seconds a service may drain in-flight work after SIGTERM."
     )
+    readiness_interval_s: float = _env(
+        "READINESS_INTERVAL_S", 5.0, "How often services probe Redis/MongoDB for their gRPC readiness status."
+    )
 
     # Stores
     redis_url: str = _env(

@@ -7,7 +7,7 @@ import os
 import socket
 
 from common import redisio
-from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
 from mover.mover import Mover
 
@@ -29,7 +29,8 @@ class MoverApp:
 
     async def start(self) -> None:
         """Serve health and start moving."""
-        await self.grpc.start()
+        checks: dict[str, Check] = {"redis": self.redis.ping}
+        await self.grpc.start(checks, self.settings.readiness_interval_s)
         self.metrics_port = start_metrics(self.settings.mover_metrics_port)
         self._task = asyncio.create_task(self.mover.run(), name="mover")
 

@@ -8,7 +8,7 @@ import socket
 from common import keys, redisio
 from common.jobstore import JobStore
 from common.mongo import Mongo
-from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import LocalKeyProvider, Vault
@@ -88,7 +88,8 @@ class WorkerApp:
         await self.webhooks.start()
         await self.jobs.start()
         await self.hooks.start()
-        await self.grpc.start()
+        checks: dict[str, Check] = {"redis": self.redis.ping, "mongo": lambda: self.mongo.db.command("ping")}
+        await self.grpc.start(checks, self.settings.readiness_interval_s)
         self.metrics_port = start_metrics(self.settings.worker_metrics_port)
 
     async def stop(self, grace: float) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest_asyncio
 
 from common import keys
@@ -175,3 +177,46 @@ async def test_metrics_endpoint_exposes_flickrhub_metrics(
             text = await resp.text()
     assert 'flickrhub_gateway_jobs_submitted_total{outcome="accepted"}' in text
     assert "flickrhub_mover_moved_total" in text
+
+
+async def test_readiness_follows_redis_while_liveness_stays_serving(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from common.service import READINESS
+    from common.settings import Settings
+    from devstack.stores import redis_server
+
+    redis = redis_server("queue", tmp_path / "r").start()
+    settings = Settings.from_env(
+        env={},
+        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        mover_port=0,
+        mover_metrics_port=-1,
+        readiness_interval_s=0.2,
+    )
+    mover = MoverApp(settings, consumer="probe")
+    await mover.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mover.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def status(name: str) -> int:
+                return int((await health.Check(health_pb2.HealthCheckRequest(service=name))).status)
+
+            assert await status(READINESS) == health_pb2.HealthCheckResponse.SERVING
+            redis.stop()
+            for _ in range(50):
+                if await status(READINESS) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert await status(READINESS) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await status("") == health_pb2.HealthCheckResponse.SERVING  # liveness: do not restart
+            redis.start()
+            for _ in range(80):
+                if await status(READINESS) == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert await status(READINESS) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await mover.stop(2.0)
+        redis.stop()
