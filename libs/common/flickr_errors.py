@@ -35,6 +35,8 @@ class Failure:
     http_status: int = 0
     # Counts toward the per-key breaker (429) or the Flickr-wide one (5xx, timeouts).
     breaker: str = ""
+    # Upload code 9 (dedup_check): the photo Flickr already has.
+    duplicate_photo_id: str = ""
 
 
 def from_envelope(code: int, message: str) -> Failure:
@@ -81,3 +83,48 @@ def bad_payload(detail: str) -> Failure:
     return Failure(
         FLICKR_BAD_RESPONSE, f"unreadable Flickr answer: {detail}", True, http_status=200, breaker="flickr"
     )
+
+
+# Upload and replace (up.flickr.com, XML answers; FLICKR-API.md §3). Code 3 "General upload failure"
+# and 105/106 are worth another attempt; the rest say the photo or the account is the problem
+# (2 no photo, 4 size zero, 5 unrecognised type, 6/7 upload limits, 8 too large, 9 duplicate)
+# or the credentials are (95-100). Codes outside both sets (0, 10-14, 116, …) are permanent too.
+TRANSIENT_UPLOAD_CODES = frozenset({3, 105, 106})
+PERMANENT_UPLOAD_CODES = frozenset({2, 4, 5, 6, 7, 8, 9, 95, 96, 97, 98, 99, 100})
+UPLOAD_TICKET_FAILED = "UPLOAD_TICKET_FAILED"
+UPLOAD_TICKET_TIMEOUT = "UPLOAD_TICKET_TIMEOUT"
+UPLOAD_BLOB_MISSING = "UPLOAD_BLOB_MISSING"
+
+
+def from_upload_envelope(code: int, message: str, duplicate_photo_id: str = "") -> Failure:
+    """An upload or replace `<rsp stat="fail"><err code msg/>` answer."""
+    retryable = code in TRANSIENT_UPLOAD_CODES
+    if duplicate_photo_id:
+        message = f"{message} (duplicate_photo_id={duplicate_photo_id})"
+    return Failure(
+        FLICKR_UNAVAILABLE if retryable else FLICKR_ERROR,
+        message,
+        retryable,
+        flickr_code=code,
+        breaker="flickr" if code == 105 else "",
+        duplicate_photo_id=duplicate_photo_id,
+    )
+
+
+def ticket_failed(ticket_id: str) -> Failure:
+    """checkTickets said complete=2 (or invalid=1): Flickr gave up on the async upload."""
+    return Failure(UPLOAD_TICKET_FAILED, f"Flickr could not process upload ticket {ticket_id}", False)
+
+
+def ticket_timeout(ticket_id: str, waited_s: float) -> Failure:
+    """The ticket did not complete in time; permanent, since retrying would upload the photo twice."""
+    return Failure(
+        UPLOAD_TICKET_TIMEOUT,
+        f"upload ticket {ticket_id} still pending after {waited_s:.0f}s; the photo may appear later",
+        False,
+    )
+
+
+def blob_missing(blob_id: str) -> Failure:
+    """The job's photo bytes are gone from the blob store."""
+    return Failure(UPLOAD_BLOB_MISSING, f"photo bytes {blob_id or '(none)'} are not in the blob store", False)

@@ -95,6 +95,8 @@ class JobEntry:
     has_callback: bool = False
     enqueued_ms: int = 0
     trace: dict[str, str] = field(default_factory=dict)
+    # Upload and replace jobs: the GridFS id of the photo bytes (the bytes never ride in Redis).
+    blob_id: str = ""
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for XADD (trace context under its W3C header names)."""
@@ -112,6 +114,8 @@ class JobEntry:
             "has_callback": "1" if self.has_callback else "0",
             "enqueued_ms": str(self.enqueued_ms),
         }
+        if self.blob_id:
+            fields["blob_id"] = self.blob_id
         fields.update(self.trace)
         return fields
 
@@ -133,6 +137,7 @@ class JobEntry:
                 has_callback=fields.get("has_callback") == "1",
                 enqueued_ms=int(fields.get("enqueued_ms", 0)),
                 trace={k: fields[k] for k in ("traceparent", "tracestate") if k in fields},
+                blob_id=fields.get("blob_id", ""),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc!r}") from exc

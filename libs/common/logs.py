@@ -6,6 +6,7 @@ import contextvars
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -40,7 +41,9 @@ class _ContextFilter(logging.Filter):
             record.trace_id = format(span.trace_id, "032x")
             record.span_id = format(span.span_id, "016x")
         record.msg = redact(str(record.msg))
-        if record.args:
+        if isinstance(record.args, Mapping):  # log.info("%(name)s", {...}): keep it a mapping
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        elif record.args:
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         return True
 

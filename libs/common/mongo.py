@@ -13,6 +13,8 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from common import blobs
+
 Doc = dict[str, Any]
 
 JOBS = "jobs"
@@ -59,6 +61,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("created_at", ASCENDING)], expireAfterSeconds=AUDIT_RETENTION_S, name="retention_ttl")
     ],
 }
+# The GridFS bucket holding upload photos until their job ends.
+INDEXES.update(blobs.INDEXES)
 
 
 @dataclass

@@ -122,7 +122,7 @@ class Settings:
         secret=True,
     )
     vault_key_file: str = _env(
-        "VAULT_KEY_FILE", "", "File holding the master keys in VAULT_MASTER_KEY's format (one per line allowed)."
+        "VAULT_KEY_FILE", "", "File with the master keys in VAULT_MASTER_KEY's format (one per line allowed)."
     )
     vault_key_version: int = _env(
         "VAULT_KEY_VERSION", 0, "Master key version new secrets are encrypted with (0 = the highest present)."
@@ -171,6 +171,11 @@ class Settings:
     worker_backoff_max_s: float = _env("WORKER_BACKOFF_MAX_S", 300.0, "Longest retry delay.")
     webhook_max_attempts: int = _env("WEBHOOK_MAX_ATTEMPTS", 8, "Delivery attempts of one webhook.")
     webhook_timeout_s: float = _env("WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook POST.")
+    upload_ticket_timeout_s: float = _env(
+        "UPLOAD_TICKET_TIMEOUT_S",
+        300.0,
+        "How long a worker follows an async upload's ticket (checkTickets) before failing the job.",
+    )
 
     # Cache
     cache_port: int = _env("CACHE_PORT", 50053, "Cache service gRPC port.")
@@ -186,6 +191,11 @@ class Settings:
     edge_host: str = _env("EDGE_HOST", "127.0.0.1", "Interface the REST edge binds.")
     edge_port: int = _env("EDGE_PORT", 8080, "REST edge HTTP port.")
     edge_metrics_port: int = _env("EDGE_METRICS_PORT", 9103, "REST edge Prometheus port.")
+    edge_upload_max_bytes: int = _env(
+        "EDGE_UPLOAD_MAX_BYTES",
+        101 * 1024 * 1024,
+        "Largest POST /v1/uploads body (413 above): a 100 MiB photo plus 1 MiB for the job part.",
+    )
 
     # Telemetry (the OpenTelemetry SDK also reads the standard OTEL_* variables itself)
     otel_traces_exporter: str = _env(

@@ -29,11 +29,11 @@ from prometheus_client import Counter, Histogram, start_http_server
 from common.service import CHANNEL_OPTIONS
 from common.settings import Settings
 from edge import routes, status, transcode
-from flickrhub.v1 import admin_pb2, jobs_pb2
+from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2
 
 log = logging.getLogger("edge")
 
-PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2)
+PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2)
 MAX_BODY_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
@@ -405,6 +405,10 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
     app[EDGE] = edge
     app.router.add_get("/healthz", edge.healthz)
     app.router.add_get("/readyz", edge.readyz)
+    # Imported here: edge.uploads (client-streaming routes as multipart) builds on this module's helpers.
+    from edge import uploads
+
+    uploads.install(app, edge, settings.edge_upload_max_bytes)
     app.router.add_route("*", "/{tail:.*}", edge.handle)
 
     async def open_channel(app: web.Application) -> None:

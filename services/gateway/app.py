@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 
 from common import redisio
+from common.auth_requests import AuthRequestStore
 from common.jobstore import JobStore
 from common.mongo import Mongo
-from common.service import GrpcServer, bootstrap, run_service, start_metrics
+from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import LocalKeyProvider, Vault
-from flickrhub.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from flickrhub.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from gateway.admin_servicer import AdminServicer
+from gateway.auth_servicer import AuthServicer
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 from gateway.jobs_servicer import JobServicer
@@ -38,6 +40,7 @@ class GatewayApp:
             [
                 jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
             ],
             settings.bind_host,
             settings.gateway_port,
@@ -47,6 +50,9 @@ class GatewayApp:
             self.grpc.server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.redis), self.grpc.server)
+        auth_requests = AuthRequestStore(self.mongo.auth_requests, self.vault)
+        self.auth = AuthServicer(settings, self.tokens, auth_requests)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(self.auth, self.grpc.server)
         self.port = self.grpc.port
         self.metrics_port = -1
 
@@ -54,7 +60,8 @@ class GatewayApp:
         """Indexes, event subscription, then serve."""
         await self.mongo.ensure_indexes()
         await self.events.start()
-        await self.grpc.start()
+        checks: dict[str, Check] = {"redis": self.redis.ping, "mongo": lambda: self.mongo.db.command("ping")}
+        await self.grpc.start(checks, self.settings.readiness_interval_s)
         self.metrics_port = start_metrics(self.settings.gateway_metrics_port)
         log.info("gateway listening on %d", self.port)
 
@@ -63,6 +70,7 @@ class GatewayApp:
         await self.grpc.stop(grace)
         await self.batcher.drain()
         await self.events.stop()
+        await self.auth.close()
         await self.redis.aclose()
         await self.mongo.close()
 

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from common import jobs, keys, redisio, telemetry
 from common.announce import announce
+from common.blobs import BlobStore
 from common.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -24,7 +25,6 @@ from common.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Unimplemented,
 )
 from common.jobstore import JobStore, now
 from common.logs import job_id_var
@@ -32,7 +32,7 @@ from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import Vault
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
-from gateway import convert, metrics, validation
+from gateway import convert, metrics, uploads, validation
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 
@@ -70,17 +70,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._vault = vault
         self._batcher = batcher
         self._events = events
+        self._blobs = BlobStore(store.jobs.database)
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.SubmitJobResponse:
         """Accept one job."""
+        if request.target in (jobs_pb2.TARGET_UPLOAD, jobs_pb2.TARGET_REPLACE):  # before the other checks
+            raise InvalidArgument(
+                "use UploadJob (or POST /v1/uploads) for uploads",
+                [FieldViolation("target", "upload and replace jobs carry a photo: use UploadJob")],
+            )
         validation.validate_submit(request)
         target = jobs.target_from_proto(request.target)
-        if target != "rest":
-            raise Unimplemented(
-                "upload and replace jobs need photo bytes, which this release does not accept yet"
-            )
         token = await self._tokens.get(request.user_id)
         if token is None:
             raise NotFound(f"no Flickr token for user_id {request.user_id!r}", reason="TOKEN_NOT_FOUND")
@@ -160,6 +162,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         entry: jobs.JobEntry,
         trace_id: str,
         context: grpc.aio.ServicerContext[Any, Any],
+        extra: dict[str, Any] | None = None,
     ) -> None:
         created = now()
         doc: dict[str, Any] = {
@@ -181,6 +184,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             "trace_id": trace_id,
             "created_at": created,
             "updated_at": created,
+            **(extra or {}),
         }
         if request.callback_secret:
             doc["callback_secret"] = self._vault.encrypt(
@@ -209,6 +213,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             # Nothing was promised yet: undo the job document so the refusal changes nothing.
             await self._store.jobs.delete_one({"job_id": entry.job_id})
             raise Unavailable("queue unavailable; retry shortly") from exc
+
+    async def UploadJob(
+        self,
+        request_iterator: AsyncIterator[jobs_pb2.UploadJobRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_pb2.SubmitJobResponse:
+        """Accept an upload or replace job whose photo streams in as chunks (see gateway.uploads)."""
+        return await uploads.accept(self, self._blobs, request_iterator, context)
 
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -248,6 +260,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         validation.validate_job_id(request.job_id)
         if await self._store.cancel(request.job_id):
             doc = await self._require(request.job_id)
+            if doc.get("blob_id"):  # a cancelled upload will never run: its photo goes now
+                await self._blobs.delete(doc["blob_id"])
             await announce(
                 self._redis, request.job_id, jobs.CANCELLED, has_callback=bool(doc.get("callback_url"))
             )

@@ -221,6 +221,14 @@ def create_app(state: SandboxState) -> web.Application:
         app.router.add_get(path, rest)
         app.router.add_post(path, rest)
     app.add_routes(control.routes())
+    # Imported here: sandbox.oauth builds on this module's read_request.
+    from sandbox import oauth
+
+    oauth.install(app)
+    # Imported here too: sandbox.uploads builds on this module's OAuth checks.
+    from sandbox import uploads
+
+    uploads.install(app)
     return app
 
 

@@ -212,6 +212,19 @@ def photos_delete(call: Call) -> Body:
     return {}
 
 
+def upload_check_tickets(call: Call) -> Body:
+    """Async upload tickets: complete 0 pending, 1 done (with photoid), 2 failed; invalid=1 if unknown."""
+    ids = [t.strip() for t in call.params.get("tickets", "").split(",") if t.strip()]
+    if not ids:
+        raise FlickrFault(1, "No tickets specified")  # Flickr requires the argument; the code is a guess
+    book, now = call.state.uploads, call.state.clock()
+    answers = []
+    for ticket_id in ids:
+        ticket = book.tickets.get(ticket_id)
+        answers.append(ticket.answer(now) if ticket is not None else {"id": ticket_id, "invalid": 1})
+    return {"uploader": {"ticket": answers}}
+
+
 # The methods the sandbox implements; their perms come from common.flickr_methods.METHOD_PERMS.
 METHODS: dict[str, Handler] = {
     "flickr.test.echo": echo,
@@ -224,6 +237,7 @@ METHODS: dict[str, Handler] = {
     "flickr.photos.getSizes": photos_get_sizes,
     "flickr.photos.setMeta": photos_set_meta,
     "flickr.photos.delete": photos_delete,
+    "flickr.photos.upload.checkTickets": upload_check_tickets,
 }
 # Methods that must be OAuth-signed even though they need no user permission.
 SIGNED_ONLY = frozenset({"flickr.auth.oauth.checkToken"})

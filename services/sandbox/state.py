@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sandbox.uploadbook import UploadBook
+
 # Fixed demo values of `--seed-demo`; FlickrHub's dev stack receives them by config, never by import.
 DEMO_CONSUMER_KEY: Final = "demo-consumer-key"
 DEMO_CONSUMER_SECRET: Final = "demo-consumer-secret"
@@ -118,6 +120,7 @@ class SandboxState:
     calls: list[CallRecord] = field(default_factory=list)
     photo_meta: dict[str, dict[str, str]] = field(default_factory=dict)
     deleted_photos: set[str] = field(default_factory=set)
+    uploads: UploadBook = field(default_factory=UploadBook)
     _nonces: set[tuple[str, str, str, str]] = field(default_factory=set)
     _nonce_order: deque[tuple[float, tuple[str, str, str, str]]] = field(default_factory=deque)
     _seed_apps: dict[str, App] = field(default_factory=dict)
@@ -151,6 +154,7 @@ class SandboxState:
         self.calls.clear()
         self.photo_meta.clear()
         self.deleted_photos.clear()
+        self.uploads.clear()
         self._nonces.clear()
         self._nonce_order.clear()
 

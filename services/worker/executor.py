@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
 from common.announce import announce
+from common.blobs import BlobStore
 from common.flickr_errors import Failure
 from common.flickr_methods import is_write
 from common.jobstore import JobStore, now
@@ -30,6 +31,7 @@ from common.tokens import TokenStore
 from worker import metrics
 from worker.cache_client import CacheClient
 from worker.flickr import FlickrClient, Success
+from worker.uploads import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class Executor:
         self._cache = cache
         self.worker_id = worker_id
         self._lease_s = settings.worker_visibility_timeout_s * 0.8
+        self._blobs = BlobStore(store.jobs.database)
+        self._uploads = Uploader(
+            flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
+        )
 
     async def execute(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
         """Run one entry to a recorded outcome and acknowledge it (or leave it pending for its owner)."""
@@ -95,8 +101,10 @@ class Executor:
         doc = await self._store.get(entry.job_id)
         if doc is None:
             log.warning("entry for unknown job; dropping it")
+            await self._discard_blob(entry.blob_id)
             await self._ack(stream, entry_id)
         elif doc["status"] in jobs.FINAL_STATES:
+            await self._discard_blob(entry.blob_id)
             # Already done (a duplicate move, or a crash after recording): make sure the webhook was queued.
             if entry.has_callback and doc["status"] != jobs.CANCELLED and "webhook" not in doc:
                 await announce(self._redis, entry.job_id, doc["status"], has_callback=True)
@@ -110,6 +118,11 @@ class Executor:
             return Failure(
                 flickr_errors.TOKEN_NOT_FOUND, "the user's Flickr token is gone or was replaced", False
             ), False
+        if entry.target != "rest":  # upload or replace: a write, never cached
+            outcome = await self._uploads.run(entry, token)
+            if isinstance(outcome, Success):
+                await self._cache.invalidate(entry.token)
+            return outcome, False
         cacheable = not entry.cache_bypass and not is_write(entry.method)
         if cacheable:
             with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_LOOKUP):
@@ -180,6 +193,8 @@ class Executor:
             log.warning("lost ownership of the job before recording %s", state)
             return False
         metrics.JOBS.labels(outcome=state).inc()
+        if state in jobs.FINAL_STATES:
+            await self._discard_blob(entry.blob_id)
         if state in jobs.FINAL_STATES and entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
         await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
@@ -187,6 +202,15 @@ class Executor:
             "job %s", state, extra={"job_id": entry.job_id, "attempt": attempt, "from_cache": from_cache}
         )
         return True
+
+    async def _discard_blob(self, blob_id: str) -> None:
+        """Remove a finished upload's photo bytes; a failure leaves an orphan blob, never a failed job."""
+        if not blob_id:
+            return
+        try:
+            await self._blobs.delete(blob_id)
+        except PyMongoError as exc:
+            log.warning("could not delete blob %s: %s", blob_id, type(exc).__name__)
 
     async def _heartbeat(self, stream: str, entry_id: str, job_id: str) -> None:
         """Keep the lease and the entry's idle time fresh while a call is slow."""
@@ -232,10 +256,13 @@ class Executor:
 
 
 def _error(failure: Failure) -> dict[str, Any]:
-    return {
+    error: dict[str, Any] = {
         "code": failure.code,
         "message": failure.message,
         "flickr_code": failure.flickr_code,
         "http_status": failure.http_status,
         "retryable": failure.retryable,
     }
+    if failure.duplicate_photo_id:
+        error["duplicate_photo_id"] = failure.duplicate_photo_id
+    return error

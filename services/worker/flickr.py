@@ -48,6 +48,17 @@ class FlickrClient:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (for the upload client); start() first."""
+        assert self._session is not None, "start() first"
+        return self._session
+
+    @property
+    def endpoints(self) -> FlickrEndpoints:
+        """Where calls go and the app credentials that sign them."""
+        return self._endpoints
+
     async def call_rest(self, method: str, params: dict[str, str], token: TokenRecord) -> Success | Failure:
         """POST one signed REST call (form-encoded, like flickrapi) and classify the answer."""
         assert self._session is not None, "start() first"

@@ -227,14 +227,16 @@ async def test_queue_stats_report_the_queues(stack: Stack) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_upload_targets_are_refused_until_photo_bytes_are_supported(stack: Stack) -> None:
+async def test_upload_targets_are_refused_with_a_pointer_to_upload_job(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.jobs.SubmitJob(
             jobs_pb2.SubmitJobRequest(
                 user_id=DEMO_USER, method="flickr.photos.upload", target=jobs_pb2.TARGET_UPLOAD
             )
         )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "use UploadJob (or POST /v1/uploads) for uploads"
+    assert bad_fields(err.value) == {"target"}
     assert await stack.mongo.jobs.count_documents({}) == 0
 
 

@@ -209,6 +209,14 @@ def test_route_table_comes_from_the_http_options() -> None:
         ("POST", "/v1/jobs/{job_id}:cancel"),
         ("GET", "/v1/jobs"),
         ("GET", "/v1/admin/queues"),
+        ("POST", "/v1/auth:start"),
+        ("POST", "/api/v1/auth/start"),
+        ("POST", "/v1/auth:complete"),
+        ("POST", "/api/v1/auth/complete"),
+        ("GET", "/v1/auth/callback"),
+        ("GET", "/api/v1/auth/callback"),
+        ("GET", "/v1/admin/tokens"),
+        ("POST", "/v1/admin/tokens/{user_id}:revoke"),
     }
     submit = table[("POST", "/v1/jobs")]
     assert submit.method_path == "/flickrhub.v1.JobService/SubmitJob"

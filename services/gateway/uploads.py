@@ -1,0 +1,230 @@
+"""UploadJob: an upload or replace job whose photo arrives as a client stream of chunks.
+
+Contract (jobs.proto `UploadJobRequest`): the first message carries `job`
+(validated like SubmitJob, plus: target TARGET_UPLOAD or TARGET_REPLACE; method
+`flickr.photos.upload` / `flickr.photos.replace`, filled in when empty; params
+only Flickr's upload fields, and `photo_id` is required for a replace); every
+later message carries a `chunk` of at most 1 MiB, 100 MiB in all. Each of those
+rules answers INVALID_ARGUMENT with a field violation (`job`, `chunk`,
+`params[...]`): an oversize photo is a bad request, not a quota.
+
+The photo is written to the blob store as it streams in, then the job document
+(with blob_id, blob_size, blob_sha256), then the token stream entry (carrying
+only the blob id). Any failure or refusal on the way removes what was written:
+a refused upload leaves no job, no blob and no stream entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from opentelemetry import trace
+from pymongo.errors import PyMongoError
+
+from common import jobs, telemetry
+from common.blobs import BlobInfo, BlobStore, BlobWriter
+from common.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from common.logs import job_id_var
+from flickrhub.v1 import jobs_pb2
+from gateway import metrics, validation
+
+if TYPE_CHECKING:
+    from gateway.jobs_servicer import JobServicer
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK_BYTES = 1024 * 1024
+MAX_PHOTO_BYTES = 100 * 1024 * 1024
+METHODS = {"upload": "flickr.photos.upload", "replace": "flickr.photos.replace"}
+_BINARY = frozenset({"0", "1"})
+# Flickr's upload and replace fields (FLICKR-API.md §3) and the values each takes.
+UPLOAD_PARAMS: dict[str, frozenset[str] | None] = {
+    "title": None,
+    "description": None,
+    "tags": None,
+    "is_public": _BINARY,
+    "is_friend": _BINARY,
+    "is_family": _BINARY,
+    "safety_level": frozenset({"1", "2", "3"}),
+    "content_type": frozenset({"1", "2", "3"}),
+    "hidden": frozenset({"1", "2"}),
+    "async": _BINARY,
+    "dedup_check": frozenset({"1", "2"}),
+}
+REPLACE_PARAMS: dict[str, frozenset[str] | None] = {"photo_id": None, "async": _BINARY}
+
+
+def prepare(job: jobs_pb2.SubmitJobRequest) -> tuple[jobs_pb2.SubmitJobRequest, str]:
+    """The job with its method filled in, and its target name; InvalidArgument listing every bad field."""
+    job = _copy(job)
+    target = jobs.target_from_proto(job.target) if job.target in jobs_pb2.Target.values() else ""
+    if target in METHODS and not job.method:
+        job.method = METHODS[target]
+    bad = validation.submit_violations(job)
+    bad += upload_violations(job, target)
+    if bad:
+        raise InvalidArgument("invalid upload job: " + "; ".join(v.field for v in bad), bad)
+    return job, target
+
+
+def upload_violations(job: jobs_pb2.SubmitJobRequest, target: str) -> list[FieldViolation]:
+    """What an upload or replace job needs beyond SubmitJob's rules."""
+    if target not in METHODS:
+        return [FieldViolation("target", "UploadJob takes TARGET_UPLOAD or TARGET_REPLACE")]
+    bad: list[FieldViolation] = []
+    if job.method != METHODS[target]:
+        bad.append(FieldViolation("method", f"must be {METHODS[target]} (or empty) for this target"))
+    allowed = UPLOAD_PARAMS if target == "upload" else REPLACE_PARAMS
+    for key, value in job.params.items():
+        if key not in allowed:
+            if validation.PARAM_KEY_RE.fullmatch(key) and key not in validation.RESERVED_PARAMS:
+                fields = ", ".join(sorted(allowed))
+                bad.append(FieldViolation(f"params[{key}]", f"not a Flickr {target} field ({fields})"))
+            continue  # submit_violations already reported it
+        values = allowed[key]
+        if values is not None and value not in values:
+            bad.append(FieldViolation(f"params[{key}]", f"one of {sorted(values)}"))
+    if target == "replace":
+        photo_id = job.params.get("photo_id", "")
+        if not (photo_id.isdigit() and len(photo_id) <= 32):
+            bad.append(FieldViolation("params[photo_id]", "required for a replace: a Flickr photo id"))
+    return bad
+
+
+def _copy(job: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobRequest:
+    out = jobs_pb2.SubmitJobRequest()
+    out.CopyFrom(job)
+    return out
+
+
+async def _receive(writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJobRequest]) -> BlobInfo:
+    async for message in messages:
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidArgument(
+                "only the first UploadJobRequest carries `job`; the rest carry `chunk`",
+                [FieldViolation("job", "only in the first message")],
+            )
+        size = len(message.chunk)
+        if size > MAX_CHUNK_BYTES:
+            raise InvalidArgument(
+                f"chunk of {size} bytes; at most {MAX_CHUNK_BYTES} per message",
+                [FieldViolation("chunk", f"at most {MAX_CHUNK_BYTES} bytes per message")],
+            )
+        if writer.size + size > MAX_PHOTO_BYTES:
+            raise InvalidArgument(
+                f"photo larger than {MAX_PHOTO_BYTES} bytes",
+                [FieldViolation("chunk", f"the photo is at most {MAX_PHOTO_BYTES} bytes in all")],
+            )
+        await writer.write(message.chunk)
+    if writer.size == 0:
+        raise InvalidArgument("the photo is empty", [FieldViolation("chunk", "the photo has no bytes")])
+    return await writer.close()
+
+
+async def accept(
+    servicer: JobServicer,
+    blobs: BlobStore,
+    messages: AsyncIterator[jobs_pb2.UploadJobRequest],
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> jobs_pb2.SubmitJobResponse:
+    """Validate the job, store the photo, record and enqueue the job; undo everything on failure."""
+    first = await anext(messages, None)
+    if first is None or first.WhichOneof("part") != "job":
+        raise InvalidArgument(
+            "the first UploadJobRequest must carry `job`",
+            [FieldViolation("job", "required in the first message")],
+        )
+    job, target = prepare(first.job)
+    token = await servicer._tokens.get(job.user_id)
+    if token is None:
+        raise NotFound(f"no Flickr token for user_id {job.user_id!r}", reason="TOKEN_NOT_FOUND")
+    job_id = uuid.uuid4().hex
+    job_id_var.set(job_id)
+    writer = blobs.writer(job_id, {"job_id": job_id, "user_id": job.user_id, "target": target})
+    try:
+        info = await _receive(writer, messages)
+    except BaseException as exc:  # refused, failed or cancelled mid-stream: nothing may remain
+        with contextlib.suppress(PyMongoError):
+            await writer.abort()
+        if isinstance(exc, PyMongoError):
+            raise Unavailable("blob store unavailable; retry shortly") from exc
+        raise
+    try:
+        return await _submit(servicer, job, target, token.token_id_hash, job_id, info, context)
+    except BaseException:
+        with contextlib.suppress(PyMongoError):
+            await blobs.delete(info.blob_id)
+        raise
+
+
+async def _submit(
+    servicer: JobServicer,
+    job: jobs_pb2.SubmitJobRequest,
+    target: str,
+    token: str,
+    job_id: str,
+    info: BlobInfo,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> jobs_pb2.SubmitJobResponse:
+    idem_key = job.idempotency_key or _metadata(context, "x-idempotency-key")
+    if idem_key:
+        # The photo's digest is part of the payload: the same key with other bytes is a different request.
+        keyed = _copy(job)
+        keyed.params["photo"] = info.sha256  # `photo` is reserved, so it cannot clash with a client param
+        existing = await servicer._reserve_idempotency(keyed, token, idem_key, job_id)
+        if existing is not None:
+            metrics.SUBMITTED.labels(outcome="deduplicated").inc()
+            await servicer._blobs.delete(info.blob_id)
+            doc = await servicer._store.get(existing)
+            state = jobs.state_to_proto(doc["status"]) if doc else jobs_pb2.JOB_STATE_QUEUED
+            return jobs_pb2.SubmitJobResponse(
+                job_id=existing, state=state, trace_id=doc.get("trace_id", "") if doc else ""
+            )
+    tracer = telemetry.tracer()
+    with tracer.start_as_current_span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
+        span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
+        span.set_attribute(telemetry.ATTR_METHOD, job.method)
+        span.set_attribute(telemetry.ATTR_TARGET, target)
+        span.set_attribute(telemetry.ATTR_TOKEN, token)
+        trace_id = telemetry.current_trace_id()
+        entry = jobs.JobEntry(
+            job_id=job_id,
+            token=token,
+            user_id=job.user_id,
+            method=job.method,
+            target=target,
+            params=dict(job.params),
+            max_attempts=servicer._settings.worker_max_attempts,
+            priority=jobs.priority_from_proto(job.priority),
+            cache_bypass=True,
+            has_callback=bool(job.callback_url),
+            enqueued_ms=int(time.time() * 1000),
+            trace=dict(telemetry.inject_fields({})),
+            blob_id=info.blob_id,
+        )
+        extra = {"blob_id": info.blob_id, "blob_size": info.size, "blob_sha256": info.sha256}
+        try:
+            await servicer._record(job, entry, trace_id, context, extra=extra)
+            await servicer._enqueue(entry)
+        except BaseException:
+            with contextlib.suppress(PyMongoError):  # _record may have written before failing
+                await servicer._store.jobs.delete_one({"job_id": job_id, "status": jobs.QUEUED})
+            if idem_key:
+                await servicer._release_idempotency(token, idem_key, job_id)
+            raise
+    metrics.SUBMITTED.labels(outcome="accepted").inc()
+    log.info("upload accepted", extra={"job_id": job_id, "method": job.method, "size": info.size})
+    return jobs_pb2.SubmitJobResponse(job_id=job_id, state=jobs_pb2.JOB_STATE_QUEUED, trace_id=trace_id)
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return ""
