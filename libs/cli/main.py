@@ -17,6 +17,7 @@ from typing import TextIO
 
 import grpc
 
+from common import rotation
 from common.settings import Settings, SettingsError
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc
 
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list stored tokens (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a user's token")
     revoke.add_argument("user_id")
+    vault = commands.add_parser("vault", help="the encryption keys of secrets at rest")
+    vault_actions = vault.add_subparsers(dest="action", required=True)
+    rotate = vault_actions.add_parser(
+        "rotate", help="re-encrypt every secret under VAULT_KEY_VERSION (talks to MongoDB directly)"
+    )
+    rotate.add_argument("--batch", type=int, default=200)
     return parser
 
 
@@ -124,6 +131,13 @@ def main(
     """Run one command; the exit status."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args = _parser().parse_args(argv)
+    if args.command == "vault":
+        # Rotation is an operator job against MongoDB with the master keys, not a gateway RPC.
+        try:
+            return rotation.main(["--batch", str(args.batch)])
+        except SettingsError as exc:
+            print(f"flickrhub: error: {exc}", file=stderr)
+            return 1
     try:
         target = args.gateway or Settings.from_env().gateway_addr
         with grpc.insecure_channel(target) as channel:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from common.mongo import AUDIT_LOG, JOBS, TOKENS, Doc, Mongo
+from common.mongo import AUDIT_LOG, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
 from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
 
@@ -42,6 +42,7 @@ class SecretFields:
 SECRETS: list[SecretFields] = [
     SecretFields(TOKENS, ("oauth_token", "oauth_token_secret"), "oauth-token", "user_id"),
     SecretFields(JOBS, ("callback_secret",), "callback-secret", "job_id"),
+    SecretFields(AUTH_REQUESTS, ("secret",), "request-token-secret", "request_id_hash"),
 ]
 
 

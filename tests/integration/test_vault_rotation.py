@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from common.auth_requests import AuthRequestStore
 from common.rotation import rotate
 from common.settings import Settings, SettingsError
 from common.vault import LocalKeyProvider, Vault, parse_keys
@@ -49,6 +50,15 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
         async with running_stack(old, movers=0, workers=0) as before:
             # Accepted while only the old key existed: their webhook secrets are on version 1.
             job_ids = [await _submit(before, receiver.url, i) for i in range(20)]
+            pending = AuthRequestStore(before.mongo.auth_requests, Vault(LocalKeyProvider.from_settings(old)))
+            await pending.create(
+                "72157600000000099-0123456789abcdef",
+                "req-secret-0001",
+                perms="read",
+                user_id="",
+                ttl_s=900,
+                mode="oob",
+            )
             assert await before.mongo.jobs.count_documents({"callback_secret.v": 1}) == 20
         async with running_stack(both, workers=2) as stack:
 
@@ -65,11 +75,12 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
             tokens = [doc async for doc in stack.mongo.tokens.find({})]
             secrets = [doc async for doc in stack.mongo.jobs.find({"callback_secret": {"$exists": True}})]
             audit = await stack.mongo.db.audit_log.find_one({"action": "vault.rotate"})
+            request = await stack.mongo.auth_requests.find_one({})
     finally:
         await receiver.stop()
     assert set(states) == {jobs_pb2.JOB_STATE_COMPLETED}
     assert report.rotated["tokens"] == 1
-    assert report.left_on_old_keys == {"tokens": 0, "jobs": 0}
+    assert report.left_on_old_keys == {"tokens": 0, "jobs": 0, "auth_requests": 0}
     only_new = Vault(LocalKeyProvider({2: b"2" * 32}, current_version=2))  # the old key is gone
     for doc in tokens:
         assert (
@@ -80,6 +91,10 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
             doc["oauth_token_secret"], purpose="oauth-token", record_id=doc["user_id"]
         ) == (DEMO_TOKEN_SECRET)
     assert all(doc["callback_secret"]["v"] == 2 for doc in secrets)
+    assert request is not None
+    assert only_new.decrypt(
+        request["secret"], purpose="request-token-secret", record_id=request["request_id_hash"]
+    ) == ("req-secret-0001")
     assert audit is not None
     assert audit["key_version"] == 2
     assert audit["outcome"] == "ok"
@@ -105,3 +120,23 @@ async def _final_state(stack: Any, job_id: str) -> int:
             return int(job.state)
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never finished")
+
+
+def test_cli_rotates_and_reports(mongo_url: str, mongo_db_name: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": mongo_db_name,
+        "VAULT_MASTER_KEY": f"1:{K1},2:{K2}",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "vault", "rotate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["key_version"] == 2
+    assert report["left_on_old_keys"] == {"tokens": 0, "jobs": 0, "auth_requests": 0}
