@@ -9,8 +9,8 @@ first, the file document last, exactly as the GridFS spec lays them out) instead
 of using `AsyncGridFSBucket.open_upload_stream`: PyMongo's AsyncGridIn buffers
 chunk documents until 48 MB (its insert_many batch) before writing any, so a
 photo under that size would sit whole in memory. Here each piece is written as
-it arrives, so a writer holds at most one GridFS chunk. Reads and deletes go
-through `AsyncGridFSBucket`, which proves the layout is the standard one.
+it arrives, so a writer holds at most the piece being written plus one partial
+chunk. Reads go through `AsyncGridFSBucket`, which proves the layout standard.
 A writer that never closes leaves chunks without a file document; they are
 invisible to readers, and `abort()` (or `delete`) removes them.
 """
@@ -176,10 +176,8 @@ class BlobStore:
         oid = _object_id(blob_id)
         if oid is None:
             return False
-        try:
-            await self._bucket.delete(oid)
-            return True
-        except NoFile:
-            # No file document: an unfinished write may still have left chunks behind.
-            result = await self._db[f"{self._bucket_name}.chunks"].delete_many({"files_id": oid})
-            return result.deleted_count > 0
+        # What AsyncGridFSBucket.delete does (file document first, so readers stop seeing it), except
+        # that chunks of an unfinished write (no file document) count as something deleted.
+        files = await self._db[f"{self._bucket_name}.files"].delete_one({"_id": oid})
+        chunks = await self._db[f"{self._bucket_name}.chunks"].delete_many({"files_id": oid})
+        return files.deleted_count + chunks.deleted_count > 0
