@@ -116,6 +116,20 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
         return self._answer(job, context)
 
+    async def UploadJob(self, request_iterator: Any, context: Any) -> jobs_pb2.SubmitJobResponse:
+        """Count the chunks of an upload stream and accept it as a job."""
+        chunks = 0
+        header = jobs_pb2.SubmitJobRequest()
+        async for part in request_iterator:
+            if part.HasField("job"):
+                header.CopyFrom(part.job)
+            else:
+                chunks += 1
+        job = jobs_pb2.Job(job_id=f"up{len(self.jobs)}", user_id=header.user_id, method=header.method)
+        job.params["chunks"] = str(chunks)
+        self.jobs[job.job_id] = job
+        return jobs_pb2.SubmitJobResponse(job_id=job.job_id, state=jobs_pb2.JOB_STATE_QUEUED)
+
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
