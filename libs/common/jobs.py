@@ -97,6 +97,8 @@ class JobEntry:
     trace: dict[str, str] = field(default_factory=dict)
     # Upload and replace jobs: the GridFS id of the photo bytes (the bytes never ride in Redis).
     blob_id: str = ""
+    # The job document's revision when this entry was produced (claim is then one compare-and-set).
+    rev: int = 0
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for XADD (trace context under its W3C header names)."""
@@ -113,6 +115,7 @@ class JobEntry:
             "cache_bypass": "1" if self.cache_bypass else "0",
             "has_callback": "1" if self.has_callback else "0",
             "enqueued_ms": str(self.enqueued_ms),
+            "rev": str(self.rev),
         }
         if self.blob_id:
             fields["blob_id"] = self.blob_id
@@ -138,6 +141,7 @@ class JobEntry:
                 enqueued_ms=int(fields.get("enqueued_ms", 0)),
                 trace={k: fields[k] for k in ("traceparent", "tracestate") if k in fields},
                 blob_id=fields.get("blob_id", ""),
+                rev=int(fields.get("rev", 0)),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc!r}") from exc
@@ -146,6 +150,6 @@ class JobEntry:
         """The same entry carrying another span's context."""
         return JobEntry(**{**self.__dict__, "trace": dict(trace)})
 
-    def next_attempt(self) -> JobEntry:
-        """The same entry, one attempt further."""
-        return JobEntry(**{**self.__dict__, "attempt": self.attempt + 1})
+    def next_attempt(self, rev: int) -> JobEntry:
+        """The same entry, one attempt further, for the job at revision `rev`."""
+        return JobEntry(**{**self.__dict__, "attempt": self.attempt + 1, "rev": rev})

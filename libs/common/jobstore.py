@@ -48,27 +48,49 @@ class JobStore:
         """The job document, or None."""
         return await self.jobs.find_one({"job_id": job_id}, {"_id": 0})
 
-    async def _transition(self, job_id: str, allowed: Callable[[Doc], bool], update: dict[str, Any]) -> bool:
-        """Apply `update` if `allowed(current state)`, as a compare-and-set on the revision."""
+    async def _transition(
+        self, job_id: str, allowed: Callable[[Doc], bool], update: dict[str, Any]
+    ) -> int | None:
+        """Apply `update` if `allowed(current state)`, as a compare-and-set; the new revision or None."""
         doc = await self.jobs.find_one({"job_id": job_id}, _STATE_FIELDS)
         if doc is None or not allowed(doc):
-            return False
-        update = {**update, "$inc": {**update.get("$inc", {}), "rev": 1}}
-        result = await self.jobs.update_one({"job_id": job_id, "rev": doc.get("rev", 0)}, update)
-        return result.modified_count == 1
+            return None
+        return await self._cas(job_id, int(doc.get("rev", 0)), update)
 
-    @staticmethod
-    def _owned_by(worker_id: str, attempt: int | None = None) -> Callable[[Doc], bool]:
-        """True while this worker's run (of this attempt) owns the job."""
-        return lambda d: (
-            d["status"] == jobs.RUNNING
-            and d.get("worker_id") == worker_id
-            and (attempt is None or d.get("attempt_token") == attempt)
-        )
+    async def _cas(self, job_id: str, rev: int, update: dict[str, Any], *, bump: bool = True) -> int | None:
+        """Apply `update` only at revision `rev`; the revision after it, or None if the job moved on."""
+        if bump:
+            update = {**update, "$inc": {**update.get("$inc", {}), "rev": 1}}
+        result = await self.jobs.update_one({"job_id": job_id, "rev": rev}, update)
+        if result.modified_count != 1:
+            return None
+        return rev + 1 if bump else rev
 
-    async def claim(self, job_id: str, worker_id: str, attempt: int, lease_s: float) -> bool:
-        """Take a queued or retrying job (or one whose runner's lease ran out) for `attempt`."""
+    async def claim(
+        self, job_id: str, worker_id: str, attempt: int, lease_s: float, expected_rev: int | None = None
+    ) -> int | None:
+        """Take a queued or retrying job (or one whose runner's lease ran out); the revision now owned.
+
+        An entry knows the revision its producer left the job at (queued by the gateway, retrying
+        by a worker), so the usual claim is one write with no read; only a stale entry (a
+        duplicate, a takeover after a crash) pays a read to learn the job's current state.
+        """
         t = now()
+        update = {
+            "$set": {
+                "status": jobs.RUNNING,
+                "worker_id": worker_id,
+                "attempt_token": attempt,
+                "lease_until": t + timedelta(seconds=lease_s),
+                "updated_at": t,
+            },
+            "$min": {"started_at": t},
+            "$inc": {"attempts": 1},
+        }
+        if expected_rev is not None:
+            owned = await self._cas(job_id, expected_rev, update)
+            if owned is not None:
+                return owned
 
         def claimable(d: Doc) -> bool:
             if d["status"] in (jobs.QUEUED, jobs.RETRYING):
@@ -76,39 +98,24 @@ class JobStore:
             lease = d.get("lease_until")
             return d["status"] == jobs.RUNNING and lease is not None and lease < t
 
-        return await self._transition(
-            job_id,
-            claimable,
-            {
-                "$set": {
-                    "status": jobs.RUNNING,
-                    "worker_id": worker_id,
-                    "attempt_token": attempt,
-                    "lease_until": t + timedelta(seconds=lease_s),
-                    "updated_at": t,
-                },
-                "$min": {"started_at": t},
-                "$inc": {"attempts": 1},
-            },
-        )
+        return await self._transition(job_id, claimable, update)
 
-    async def extend_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
-        """Keep a long call's lease alive; False if the job was taken away."""
+    async def extend_lease(self, job_id: str, rev: int, lease_s: float) -> bool:
+        """Keep a long call's lease alive while revision `rev` is still ours; False if it was taken."""
         update = {"$set": {"lease_until": now() + timedelta(seconds=lease_s)}}
-        return await self._transition(job_id, self._owned_by(worker_id), update)
+        return await self._cas(job_id, rev, update, bump=False) is not None
 
     async def finish(
         self,
         job_id: str,
-        worker_id: str,
-        attempt: int,
+        rev: int,
         state: str,
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         from_cache: bool = False,
     ) -> bool:
-        """Record a final outcome of the run (worker, attempt) owns; False if it no longer owns the job."""
+        """Record a final outcome of the run that owns revision `rev`; False if it no longer owns the job."""
         t = now()
         fields: dict[str, Any] = {
             "status": state,
@@ -122,16 +129,14 @@ class JobStore:
             fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
         if error is not None:
             fields["error"] = error
-        return await self._transition(job_id, self._owned_by(worker_id, attempt), {"$set": fields})
+        return await self._cas(job_id, rev, {"$set": fields}) is not None
 
-    async def schedule_retry(
-        self, job_id: str, worker_id: str, attempt: int, error: dict[str, Any], due: datetime
-    ) -> bool:
-        """Record a transient failure; the job waits in RETRYING until `due`."""
+    async def schedule_retry(self, job_id: str, rev: int, error: dict[str, Any], due: datetime) -> bool:
+        """Record a transient failure; the job waits in RETRYING (at revision rev + 1) until `due`."""
         update = {
             "$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}
         }
-        return await self._transition(job_id, self._owned_by(worker_id, attempt), update)
+        return await self._cas(job_id, rev, update) is not None
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not started (queued or retrying)."""
@@ -145,7 +150,10 @@ class JobStore:
                 "error": {"code": "CANCELLED", "message": "cancelled by the client"},
             }
         }
-        return await self._transition(job_id, lambda d: d["status"] in (jobs.QUEUED, jobs.RETRYING), update)
+        allowed = await self._transition(
+            job_id, lambda d: d["status"] in (jobs.QUEUED, jobs.RETRYING), update
+        )
+        return allowed is not None
 
     async def mark_webhook(self, job_id: str, status: str, attempts: int, http_status: int = 0) -> None:
         """Remember what became of the job's webhook, and drop its secret: nothing will be signed again."""

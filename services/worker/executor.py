@@ -80,12 +80,15 @@ class Executor:
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
             span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
-            if not await self._store.claim(entry.job_id, self.worker_id, entry.attempt, self._lease_s):
+            rev = await self._store.claim(
+                entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev
+            )
+            if rev is None:
                 await self._not_claimed(stream, entry_id, entry)
                 return
             await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
-            heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id))
+            heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id, rev))
             try:
                 outcome, from_cache = await self._run(entry)
             finally:
@@ -94,7 +97,7 @@ class Executor:
                     await heartbeat
                 metrics.IN_FLIGHT.dec()
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
-            if await self._record(stream, entry_id, entry, outcome, from_cache):
+            if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id)
 
     async def _not_claimed(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
@@ -139,7 +142,13 @@ class Executor:
         return outcome, False
 
     async def _record(
-        self, stream: str, entry_id: str, entry: jobs.JobEntry, outcome: Success | Failure, from_cache: bool
+        self,
+        stream: str,
+        entry_id: str,
+        entry: jobs.JobEntry,
+        rev: int,
+        outcome: Success | Failure,
+        from_cache: bool,
     ) -> bool:
         """Write the outcome to MongoDB and announce it; False when this worker no longer owns the job."""
         attempt = entry.attempt + 1
@@ -148,8 +157,7 @@ class Executor:
                 jobs.COMPLETED,
                 await self._store.finish(
                     entry.job_id,
-                    self.worker_id,
-                    entry.attempt,
+                    rev,
                     jobs.COMPLETED,
                     result=outcome.body,
                     from_cache=from_cache,
@@ -161,16 +169,14 @@ class Executor:
                     attempt, self._settings.worker_backoff_base_s, self._settings.worker_backoff_max_s
                 )
             )
-            retry = entry.next_attempt().with_trace(dict(telemetry.inject_fields({})))
+            retry = entry.next_attempt(rev + 1).with_trace(dict(telemetry.inject_fields({})))
             # Scheduled before the state says so: a crash in between repeats an attempt, never loses one.
             await self._redis.zadd(
                 keys.DELAYED, {json.dumps(retry.to_fields(), sort_keys=True): int(due.timestamp() * 1000)}
             )
             state, owned = (
                 jobs.RETRYING,
-                await self._store.schedule_retry(
-                    entry.job_id, self.worker_id, entry.attempt, _error(outcome), due
-                ),
+                await self._store.schedule_retry(entry.job_id, rev, _error(outcome), due),
             )
         else:
             error = _error(outcome)
@@ -185,9 +191,7 @@ class Executor:
                 )
             state, owned = (
                 jobs.FAILED,
-                await self._store.finish(
-                    entry.job_id, self.worker_id, entry.attempt, jobs.FAILED, error=error
-                ),
+                await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error),
             )
         if not owned:
             log.warning("lost ownership of the job before recording %s", state)
@@ -212,13 +216,13 @@ class Executor:
         except PyMongoError as exc:
             log.warning("could not delete blob %s: %s", blob_id, type(exc).__name__)
 
-    async def _heartbeat(self, stream: str, entry_id: str, job_id: str) -> None:
+    async def _heartbeat(self, stream: str, entry_id: str, job_id: str, rev: int) -> None:
         """Keep the lease and the entry's idle time fresh while a call is slow."""
         interval = self._lease_s / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                if not await self._store.extend_lease(job_id, self.worker_id, self._lease_s):
+                if not await self._store.extend_lease(job_id, rev, self._lease_s):
                     log.warning(
                         "lease lost while the call runs; the outcome will not be recorded by this worker"
                     )

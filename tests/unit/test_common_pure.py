@@ -37,7 +37,7 @@ def test_job_entry_round_trips_through_stream_fields() -> None:
     fields = entry.to_fields()
     assert all(isinstance(v, str) for v in fields.values())
     assert jobs.JobEntry.from_fields(fields) == entry
-    assert entry.next_attempt().attempt == 3
+    assert (entry.next_attempt(7).attempt, entry.next_attempt(7).rev) == (3, 7)
     assert entry.with_trace({}).trace == {}
 
 
