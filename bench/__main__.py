@@ -13,6 +13,7 @@ import json
 import platform
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import cache_latency, edge_overhead
 from bench.load import run_load
+from common.mongo import Mongo
 from devstack.seed import DEMO_USER
 from devstack.stack import Ports, ProcessStack
 from devstack.stores import redis_server
@@ -45,6 +47,28 @@ async def bare_unary_rate(target: str, n: int, concurrency: int) -> float:
         return per * concurrency / (time.perf_counter() - t0)
 
 
+async def store_write_rate(mongo_url: str, db_name: str, n: int = 300) -> dict[str, float]:
+    """Baseline: sequential job-shaped inserts and revision-guarded updates per second on the same MongoDB."""
+    mongo = Mongo.connect(mongo_url, db_name)
+    try:
+        await mongo.ensure_indexes()
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        t0 = time.perf_counter()
+        for job_id in ids:
+            await mongo.jobs.insert_one({"job_id": job_id, "rev": 0, "status": "queued", "user_id": "bench"})
+        inserts = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for job_id in ids:
+            await mongo.jobs.update_one(
+                {"job_id": job_id, "rev": 0}, {"$set": {"status": "running"}, "$inc": {"rev": 1}}
+            )
+        updates = n / (time.perf_counter() - t0)
+        await mongo.client.drop_database(db_name)
+    finally:
+        await mongo.close()
+    return {"inserts_per_s": round(inserts, 1), "updates_per_s": round(updates, 1)}
+
+
 def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
     """End-to-end throughput of the process stack against the bare gRPC baseline."""
     with tempfile.TemporaryDirectory(prefix="flickrhub-bench-") as tmp:
@@ -54,6 +78,7 @@ def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
             target = f"127.0.0.1:{stack.ports.gateway}"
             asyncio.run(run_load(target, 200, concurrency, DEMO_USER))  # warm-up
             baseline = asyncio.run(bare_unary_rate(target, 4000, concurrency))
+            store = asyncio.run(store_write_rate(stack.settings.mongo_url, "bench_store_baseline"))
             load = asyncio.run(run_load(target, jobs, concurrency, DEMO_USER))
         finally:
             stack.stop()
@@ -61,6 +86,11 @@ def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
         "baseline_bare_unary_per_s": round(baseline, 1),
         **asdict(load),
         "submit_vs_bare_unary": round(load.submits_per_s / baseline, 3),
+        "baseline_store": store,
+        # A job costs one insert and two guarded updates (claim, outcome) in MongoDB.
+        "completed_vs_store_bound": round(
+            load.completed_per_s / (1 / (1 / store["inserts_per_s"] + 2 / store["updates_per_s"])), 3
+        ),
     }
 
 
