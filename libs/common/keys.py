@@ -87,3 +87,13 @@ CACHE_STATS = f"{PREFIX}c:stats"
 def idempotency(token_id_hash: str, key_digest: str) -> str:
     """Reservation of an idempotency key within a token's scope (24 h)."""
     return f"{PREFIX}:idem:{{{token_id_hash}}}:{key_digest}"
+
+
+def flickr_budget(api_key_hash: str) -> str:
+    """GCRA state of one Flickr API key's hourly budget (shared by every mover)."""
+    return f"{PREFIX}:budget:{{{api_key_hash}}}"
+
+
+def breaker(name: str) -> str:
+    """State of one circuit breaker (`key:<api key hash>` or `flickr`)."""
+    return f"{PREFIX}:breaker:{{{name}}}"
