@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 GEN = ROOT / "gen"
+DESCRIPTOR_SET = Path("flickrhub/v1/descriptor_set.binpb")
 
 
 def _include_dirs() -> list[str]:
@@ -40,6 +41,11 @@ def generate(out: Path) -> None:
     args += [f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}", f"--mypy_out={out}"]
     args += [f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}"]
     args += [f"--mypy_grpc_out={out}"]
+    # The descriptors with their comments (Python's run-time descriptors drop source info): the edge's
+    # OpenAPI document takes its descriptions from this file.
+    descriptor_set = out / DESCRIPTOR_SET
+    descriptor_set.parent.mkdir(parents=True, exist_ok=True)
+    args += [f"--descriptor_set_out={descriptor_set}", "--include_source_info", "--include_imports"]
     if protoc.main([*args, *sources]) != 0:
         raise SystemExit("protoc failed")
     for folder in {out / Path(s).parent for s in sources} | {out / "flickrhub"}:

@@ -123,6 +123,11 @@ class Breaker:
         """Close the breaker and forget its failures."""
         await self._success(keys=[self._key])
 
+    async def redis_time_ms(self) -> int:
+        """The Redis clock every replica agrees on, in milliseconds."""
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def snapshot(self) -> dict[str, str]:
         """The raw state (for metrics and the admin view)."""
         raw = await self._redis.hgetall(self._key)

@@ -150,6 +150,25 @@ class Settings:
     mover_claim_idle_s: float = _env(
         "MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed."
     )
+    flickr_budget_per_hour: int = _env(
+        "FLICKR_BUDGET_PER_HOUR",
+        3500,
+        "Flickr calls per hour per API key, smoothed and shared by every mover (Flickr allows 3,600).",
+    )
+    flickr_budget_burst: int = _env(
+        "FLICKR_BUDGET_BURST", 5, "Calls that may go early within the hourly budget."
+    )
+    breaker_key_open_s: float = _env(
+        "BREAKER_KEY_OPEN_S",
+        300.0,
+        "Pause of an API key after 3 consecutive Flickr 429s (doubles when repeated).",
+    )
+    breaker_flickr_threshold: int = _env(
+        "BREAKER_FLICKR_THRESHOLD", 10, "Consecutive 5xx/timeouts/connection errors that pause all moving."
+    )
+    breaker_flickr_open_s: float = _env(
+        "BREAKER_FLICKR_OPEN_S", 30.0, "Pause after a Flickr-wide outage is detected (doubles when repeated)."
+    )
 
     # Worker
     worker_port: int = _env("WORKER_PORT", 50054, "Worker gRPC port (health only).")
@@ -171,6 +190,20 @@ class Settings:
     worker_backoff_max_s: float = _env("WORKER_BACKOFF_MAX_S", 300.0, "Longest retry delay.")
     webhook_max_attempts: int = _env("WEBHOOK_MAX_ATTEMPTS", 8, "Delivery attempts of one webhook.")
     webhook_timeout_s: float = _env("WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook POST.")
+    webhook_allowed_hosts: str = _env(
+        "WEBHOOK_ALLOWED_HOSTS",
+        "",
+        "Comma list of host names and CIDRs webhooks may reach although they are loopback, private, "
+        "link-local or metadata addresses (e.g. `127.0.0.1,hooks.internal,10.1.0.0/16`).",
+    )
+    webhook_host_overrides: str = _env(
+        "WEBHOOK_HOST_OVERRIDES",
+        "",
+        "Static DNS answers for webhook hosts, `name=ip|ip,other=ip` (like /etc/hosts; still checked).",
+    )
+    webhook_resolve_timeout_s: float = _env(
+        "WEBHOOK_RESOLVE_TIMEOUT_S", 2.0, "Timeout of the DNS lookup that checks a webhook host."
+    )
     upload_ticket_timeout_s: float = _env(
         "UPLOAD_TICKET_TIMEOUT_S",
         300.0,
@@ -195,6 +228,11 @@ class Settings:
         "EDGE_UPLOAD_MAX_BYTES",
         101 * 1024 * 1024,
         "Largest POST /v1/uploads body (413 above): a 100 MiB photo plus 1 MiB for the job part.",
+    )
+    cors_allowed_origins: str = _env(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        "Comma list of browser origins (`https://app.example.com`) that get CORS headers; empty = no CORS.",
     )
 
     # Telemetry (the OpenTelemetry SDK also reads the standard OTEL_* variables itself)
@@ -234,6 +272,8 @@ class Settings:
                 f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}"
             )
         _check_callback_url(self.flickr_oauth_callback_url, self.environment)
+        _check_webhook_hosts(self.webhook_allowed_hosts, self.webhook_host_overrides)
+        _check_origins(self.cors_allowed_origins)
         for name in (
             "worker_concurrency",
             "worker_max_attempts",
@@ -243,6 +283,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+        if self.flickr_budget_burst < 1 or self.flickr_budget_per_hour <= self.flickr_budget_burst:
+            raise SettingsError("FLICKR_BUDGET_PER_HOUR: must exceed FLICKR_BUDGET_BURST (at least 1)")
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -306,6 +348,31 @@ def _check_callback_url(url: str, environment: str) -> None:
             "FLICKR_OAUTH_CALLBACK_URL: expected an https URL (or http://127.0.0.1… in demo mode), "
             f"got {url!r}"
         )
+
+
+def _check_webhook_hosts(allowed: str, overrides: str) -> None:
+    from common import urlguard  # imported here: settings stays import-light for every process
+
+    for name, raw, parse in (
+        ("WEBHOOK_ALLOWED_HOSTS", allowed, urlguard.parse_allow_list),
+        ("WEBHOOK_HOST_OVERRIDES", overrides, urlguard.parse_overrides),
+    ):
+        try:
+            parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+
+
+def cors_origins(raw: str) -> frozenset[str]:
+    """CORS_ALLOWED_ORIGINS as a set of `scheme://host[:port]` origins."""
+    return frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+def _check_origins(raw: str) -> None:
+    for origin in cors_origins(raw):
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path or parts.query:
+            raise SettingsError(f"CORS_ALLOWED_ORIGINS: expected scheme://host[:port] origins, got {origin!r}")
 
 
 def markdown_table() -> str:

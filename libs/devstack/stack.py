@@ -110,6 +110,10 @@ class ProcessStack:
             "EDGE_PORT": str(p.edge),
             "MOVER_PORT": "0",
             "WORKER_PORT": "0",
+            # The local sandbox is not Flickr: a roomy budget so the load driver measures FlickrHub.
+            "FLICKR_BUDGET_PER_HOUR": "36000000",
+            # Demo webhook receivers run on this machine: the local stack lets webhooks reach loopback.
+            "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,::1,localhost",
         }
         for service in ("gateway", "mover", "worker", "cache", "edge"):
             env[f"{service.upper()}_METRICS_PORT"] = str(p.metrics.get(service, -1))

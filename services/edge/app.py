@@ -409,6 +409,10 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
     from edge import uploads
 
     uploads.install(app, edge, settings.edge_upload_max_bytes)
+    # /openapi.json and the Swagger UI at /docs, generated from the same PROTO_MODULES as the routes.
+    from edge import docs
+
+    docs.install(app, PROTO_MODULES)
     app.router.add_route("*", "/{tail:.*}", edge.handle)
 
     async def open_channel(app: web.Application) -> None:

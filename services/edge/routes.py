@@ -15,6 +15,7 @@ from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped,
 from google.protobuf import descriptor, message, message_factory
 
 from edge import templates
+from flickrhub.v1 import http_options_pb2
 
 _VERBS = ("get", "put", "post", "delete", "patch")
 
@@ -43,6 +44,8 @@ class Route:
     request_cls: type[message.Message]
     response_cls: type[message.Message]
     server_streaming: bool
+    # HTTP status of a successful answer: the (flickrhub.v1.http_success_status) option, else 200.
+    success_status: int = 200
 
     @property
     def name(self) -> str:
@@ -76,6 +79,7 @@ def _method_routes(service: descriptor.ServiceDescriptor, method: descriptor.Met
     rules = [rule, *rule.additional_bindings]
     request_cls = message_factory.GetMessageClass(method.input_type)
     response_cls = message_factory.GetMessageClass(method.output_type)
+    success_status = options.Extensions[http_options_pb2.http_success_status] or 200
     out = []
     for binding in rules:
         verb, path = _pattern(binding, method)
@@ -91,6 +95,7 @@ def _method_routes(service: descriptor.ServiceDescriptor, method: descriptor.Met
                 request_cls=request_cls,
                 response_cls=response_cls,
                 server_streaming=method.server_streaming,
+                success_status=success_status,
             )
         )
     return out

@@ -9,14 +9,16 @@ from redis.exceptions import RedisError
 
 from common import keys, redisio
 from common.errors import FieldViolation, InvalidArgument, Unavailable
+from common.flickr_guard import FlickrGuard
 from flickrhub.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operator views of the queues."""
 
-    def __init__(self, redis: redisio.Redis) -> None:
+    def __init__(self, redis: redisio.Redis, guard: FlickrGuard | None = None) -> None:
         self._redis = redis
+        self._guard = guard
 
     async def GetQueueStats(
         self, request: admin_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -54,4 +56,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         stats.delayed = await self._redis.zcard(keys.DELAYED)
         stats.dead_letters = await self._redis.xlen(keys.DEAD_LETTERS)
         stats.pending_webhooks = await self._redis.xlen(keys.WEBHOOKS)
+        if self._guard is not None:
+            now_ms = await self._guard.flickr_breaker.redis_time_ms()
+            for breaker in (self._guard.flickr_breaker, self._guard.key_breaker):
+                raw = await breaker.snapshot()
+                state = raw.get("state", "closed")
+                retry = max(0, int(float(raw.get("until", "0")) - now_ms)) if state == "open" else 0
+                stats.breakers.add(
+                    name=breaker.name,
+                    state=state,
+                    retry_after_ms=retry,
+                    opened_total=int(raw.get("opened_total", 0)),
+                )
+                stats.paused = stats.paused or state == "open"
         return stats

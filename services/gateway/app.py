@@ -6,18 +6,29 @@ import logging
 
 from common import redisio
 from common.auth_requests import AuthRequestStore
+from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import LocalKeyProvider, Vault
-from flickrhub.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from flickrhub.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    legacy_pb2,
+    legacy_pb2_grpc,
+)
 from gateway.admin_servicer import AdminServicer
 from gateway.auth_servicer import AuthServicer
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 from gateway.jobs_servicer import JobServicer
+from gateway.legacy_servicer import LegacyServicer
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +47,24 @@ class GatewayApp:
         self.store = JobStore(self.mongo.jobs)
         self.batcher = InsertBatcher(self.mongo.jobs, settings.insert_batch_ms)
         self.events = EventHub(settings.redis_url)
+        self.guard = FlickrGuard(self.redis, settings)
         self.grpc = GrpcServer(
             [
                 jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                legacy_pb2.DESCRIPTOR.services_by_name["LegacyService"].full_name,
             ],
             settings.bind_host,
             settings.gateway_port,
         )
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(settings, self.redis, self.store, self.tokens, self.vault, self.batcher, self.events),
-            self.grpc.server,
+        job_servicer = JobServicer(
+            settings, self.redis, self.store, self.tokens, self.vault, self.batcher, self.events
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.redis), self.grpc.server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, self.grpc.server)
+        legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(job_servicer), self.grpc.server)
+        admin = AdminServicer(self.redis, self.guard)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.grpc.server)
         auth_requests = AuthRequestStore(self.mongo.auth_requests, self.vault)
         self.auth = AuthServicer(settings, self.tokens, auth_requests)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.auth, self.grpc.server)

@@ -15,7 +15,7 @@ import grpc
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from common import jobs, keys, redisio, telemetry
+from common import jobs, keys, redisio, telemetry, urlguard
 from common.announce import announce
 from common.blobs import BlobStore
 from common.errors import (
@@ -71,17 +71,34 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._batcher = batcher
         self._events = events
         self._blobs = BlobStore(store.jobs.database)
+        self.url_guard = urlguard.UrlGuard.from_config(
+            settings.webhook_allowed_hosts, settings.webhook_host_overrides, settings.webhook_resolve_timeout_s
+        )
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.SubmitJobResponse:
         """Accept one job."""
+        return await self.submit(request, context)
+
+    async def check_callback(self, url: str) -> None:
+        """INVALID_ARGUMENT unless webhooks may be sent to `url` (resolved and checked now)."""
+        await validation.check_callback_target(self.url_guard, url)
+
+    async def submit(
+        self,
+        request: jobs_pb2.SubmitJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> jobs_pb2.SubmitJobResponse:
+        """SubmitJob's work; `extra` fields go into the job document (e.g. the original API's marker)."""
         if request.target in (jobs_pb2.TARGET_UPLOAD, jobs_pb2.TARGET_REPLACE):  # before the other checks
             raise InvalidArgument(
                 "use UploadJob (or POST /v1/uploads) for uploads",
                 [FieldViolation("target", "upload and replace jobs carry a photo: use UploadJob")],
             )
         validation.validate_submit(request)
+        await self.check_callback(request.callback_url)
         target = jobs.target_from_proto(request.target)
         token = await self._tokens.get(request.user_id)
         if token is None:
@@ -120,7 +137,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 trace=dict(telemetry.inject_fields({})),
             )
             try:
-                await self._record(request, entry, trace_id, context)
+                await self._record(request, entry, trace_id, context, extra)
                 await self._enqueue(entry)
             except Exception:
                 if idem_key:  # the key must not point at a job that was never accepted

@@ -141,6 +141,7 @@ async def accept(
             [FieldViolation("job", "required in the first message")],
         )
     job, target = prepare(first.job)
+    await servicer.check_callback(job.callback_url)
     token = await servicer._tokens.get(job.user_id)
     if token is None:
         raise NotFound(f"no Flickr token for user_id {job.user_id!r}", reason="TOKEN_NOT_FOUND")

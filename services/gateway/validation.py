@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from common import urlguard
 from common.errors import FieldViolation, InvalidArgument
 from flickrhub.v1 import jobs_pb2
 
@@ -105,3 +106,15 @@ def validate_job_id(job_id: str) -> None:
     """Raise InvalidArgument unless `job_id` has the form FlickrHub assigns."""
     if not JOB_ID_RE.fullmatch(job_id):
         raise InvalidArgument("invalid job_id", [FieldViolation("job_id", "32 lowercase hex characters")])
+
+
+async def check_callback_target(guard: urlguard.UrlGuard, url: str) -> None:
+    """INVALID_ARGUMENT (callback_url) unless the webhook URL resolves to addresses webhooks may reach."""
+    if not url:
+        return
+    try:
+        await guard.check_url(url)
+    except urlguard.UrlRefused as exc:
+        raise InvalidArgument(
+            f"callback_url refused: {exc}", [FieldViolation("callback_url", str(exc))]
+        ) from None

@@ -9,6 +9,8 @@ CLAIMED = Counter("flickrhub_mover_claimed_total", "Entries claimed back from de
 REQUEUED = Counter("flickrhub_mover_retries_requeued_total", "Due retries put back into token queues")
 MALFORMED = Counter("flickrhub_mover_malformed_total", "Entries that could not be parsed (sent to the DLQ)")
 QUEUE_DEPTH = Gauge("flickrhub_queue_depth", "Entries waiting in a queue", ["queue"])
+PAUSED = Gauge("flickrhub_mover_paused", "1 while a circuit breaker pauses moving")
+BUDGET_WAITS = Counter("flickrhub_mover_budget_waits_total", "Rounds that found the Flickr budget spent")
 ACTIVE_TOKENS = Gauge("flickrhub_mover_active_tokens", "Tokens with queued work seen in the last round")
 ROUND_SECONDS = Histogram(
     "flickrhub_mover_round_seconds",

@@ -21,6 +21,8 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from common import keys, redisio, telemetry
+from common.breaker import PROBE
+from common.flickr_guard import FlickrGuard
 from common.jobs import JobEntry
 from common.settings import Settings
 from mover import metrics
@@ -55,6 +57,8 @@ class Mover:
         self._last_pump = 0.0
         self._last_gauges = 0.0
         self._lease = redis.register_script(_LEASE)
+        self._guard = FlickrGuard(redis, settings)
+        self.wait_s = 0.0
 
     def stop(self) -> None:
         """Finish the current round, then return from run()."""
@@ -73,8 +77,10 @@ class Mover:
             if moved:
                 idle = 0.005
                 continue
+            # Paused by a breaker or out of budget: wait as long as it said (at most a second).
+            pause, self.wait_s = max(idle, self.wait_s), 0.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=idle)
+                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
             idle = min(idle * 2, 0.05)
 
     async def run_round(self) -> int:
@@ -94,11 +100,14 @@ class Mover:
             return 0
         self._offset = (self._offset + 1) % len(tokens)
         order = tokens[self._offset :] + tokens[: self._offset]
+        shares = await self._budgeted_shares(order)
+        if not shares:
+            return 0
         claim = now - self._last_claim >= self._settings.mover_claim_idle_s / 2
         if claim:
             self._last_claim = now
         for chunk in _chunks(order, PIPELINE_CHUNK):
-            reads, empty = await self._read(chunk)
+            reads, empty = await self._read(chunk, shares)
             if claim:
                 reads += await self._claim(chunk)
             moved += await self.move(reads)
@@ -106,19 +115,44 @@ class Mover:
         metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
         return moved
 
-    async def _read(self, tokens: Sequence[str]) -> tuple[list[Read], list[str]]:
+    async def _budgeted_shares(self, order: list[str]) -> dict[str, int]:
+        """How many entries each token may move this round: breakers first, then the Flickr budget.
+
+        The budget granted is split round-robin over the tokens, capped by what each holds, so a
+        flood on one token cannot take a small token's share (the remainder goes round again).
+        """
+        decision = await self._guard.may_move()
+        metrics.PAUSED.set(0 if decision.allowed else 1)
+        if not decision.allowed:
+            self.wait_s = min(1.0, decision.retry_after_ms / 1000)
+            return {}
         pipe = self._redis.pipeline(transaction=False)
-        for token in tokens:
+        for token in order:
+            pipe.xlen(keys.token_stream(token))
+        caps = {
+            t: min(self._settings.mover_batch, int(n))
+            for t, n in zip(order, await pipe.execute(), strict=True)
+        }
+        await self._deactivate([t for t, n in caps.items() if n == 0])
+        wanted = 1 if decision.state == PROBE else sum(caps.values())
+        grant = await self._guard.budget.take(wanted)
+        if grant.granted == 0:
+            metrics.BUDGET_WAITS.inc()
+            self.wait_s = min(1.0, max(0.005, grant.wait_ms / 1000))
+            return {}
+        return share(grant.granted, order, caps)
+
+    async def _read(self, tokens: Sequence[str], shares: dict[str, int]) -> tuple[list[Read], list[str]]:
+        pipe = self._redis.pipeline(transaction=False)
+        asked = [t for t in tokens if shares.get(t, 0) > 0]
+        for token in asked:
             pipe.xreadgroup(
-                keys.MOVER_GROUP,
-                self.consumer,
-                {keys.token_stream(token): ">"},
-                count=self._settings.mover_batch,
+                keys.MOVER_GROUP, self.consumer, {keys.token_stream(token): ">"}, count=shares[token]
             )
         results = await pipe.execute(raise_on_error=False)
         reads: list[Read] = []
         empty: list[str] = []
-        for token, result in zip(tokens, results, strict=True):
+        for token, result in zip(asked, results, strict=True):
             if isinstance(result, Exception):
                 if redisio.is_nogroup(result):
                     await redisio.ensure_group(self._redis, keys.token_stream(token), keys.MOVER_GROUP)
@@ -244,6 +278,26 @@ class Mover:
         await self._redis.zrem(keys.DELAYED, *due)
         metrics.REQUEUED.inc(len(due))
         return len(due)
+
+
+def share(granted: int, order: Sequence[str], caps: dict[str, int]) -> dict[str, int]:
+    """Split `granted` moves over `order` round-robin, never above a token's cap (pure)."""
+    shares = dict.fromkeys(order, 0)
+    left = granted
+    open_tokens = [t for t in order if caps.get(t, 0) > 0]
+    while left > 0 and open_tokens:
+        each = max(1, left // len(open_tokens))
+        still_open = []
+        for token in open_tokens:
+            if left == 0:
+                break
+            give = min(each, caps[token] - shares[token], left)
+            shares[token] += give
+            left -= give
+            if shares[token] < caps[token]:
+                still_open.append(token)
+        open_tokens = still_open
+    return {t: n for t, n in shares.items() if n > 0}
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

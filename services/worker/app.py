@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from common import keys, redisio
+from common import keys, redisio, urlguard
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
@@ -58,7 +58,13 @@ class WorkerApp:
             on_claim=metrics.CLAIMED.inc,
         )
         self.webhooks = WebhookSender(
-            self.store, self.vault, settings.webhook_max_attempts, settings.webhook_timeout_s
+            self.store,
+            self.vault,
+            settings.webhook_max_attempts,
+            settings.webhook_timeout_s,
+            guard=urlguard.UrlGuard.from_config(
+                settings.webhook_allowed_hosts, settings.webhook_host_overrides, settings.webhook_resolve_timeout_s
+            ),
         )
         self.hooks = StreamConsumer(
             self.redis,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
 from common.announce import announce
 from common.blobs import BlobStore
 from common.flickr_errors import Failure
+from common.flickr_guard import FlickrGuard
 from common.flickr_methods import is_write
 from common.jobstore import JobStore, now
 from common.logs import job_id_var
@@ -57,6 +59,7 @@ class Executor:
         self._cache = cache
         self.worker_id = worker_id
         self._lease_s = settings.worker_visibility_timeout_s * 0.8
+        self._guard = FlickrGuard(redis, settings)
         self._blobs = BlobStore(store.jobs.database)
         self._uploads = Uploader(
             flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
@@ -80,6 +83,10 @@ class Executor:
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
             span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
+            paused_ms = await self._guard.flickr_paused_ms()
+            if paused_ms:
+                await self._defer(stream, entry_id, entry, paused_ms)
+                return
             rev = await self._store.claim(
                 entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev
             )
@@ -99,6 +106,13 @@ class Executor:
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
             if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id)
+
+    async def _defer(self, stream: str, entry_id: str, entry: jobs.JobEntry, paused_ms: int) -> None:
+        """Flickr is paused: put the entry back for after the pause, untouched (no attempt spent)."""
+        due_ms = int(time.time() * 1000) + paused_ms + random.randint(0, 1000)
+        await self._redis.zadd(keys.DELAYED, {json.dumps(entry.to_fields(), sort_keys=True): due_ms})
+        await self._ack(stream, entry_id)
+        metrics.JOBS.labels(outcome="deferred").inc()
 
     async def _not_claimed(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
         doc = await self._store.get(entry.job_id)
@@ -123,6 +137,7 @@ class Executor:
             ), False
         if entry.target != "rest":  # upload or replace: a write, never cached
             outcome = await self._uploads.run(entry, token)
+            await self._guard.report(None if isinstance(outcome, Success) else outcome)
             if isinstance(outcome, Success):
                 await self._cache.invalidate(entry.token)
             return outcome, False
@@ -133,6 +148,7 @@ class Executor:
             if cached is not None:
                 return Success(cached), True
         outcome = await self._flickr.call_rest(entry.method, entry.params, token)
+        await self._guard.report(None if isinstance(outcome, Success) else outcome)
         if isinstance(outcome, Success):
             if cacheable:
                 with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_STORE):

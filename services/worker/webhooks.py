@@ -5,6 +5,10 @@ the final state's announcement), so a worker crash mid-delivery hands the
 delivery to another worker instead of losing it. Receivers verify
 `X-FlickrHub-Signature: sha256=<hex HMAC-SHA256 of the body under callback_secret>`
 and should deduplicate on (job_id, state): delivery is at least once.
+
+Before every attempt the URL's host is resolved and checked again (`common.urlguard`),
+and the POST connects to exactly the checked addresses (a pinned resolver), so a
+host that turned private after submission (DNS rebinding) is refused, not called.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from common import backoff, telemetry, webhook
+from common import backoff, legacy, telemetry, urlguard, webhook
 from common.jobstore import JobStore
 from common.mongo import Doc
 from common.vault import Vault
@@ -30,7 +34,14 @@ CALLBACK_PURPOSE = "callback-secret"
 
 
 def payload(doc: Doc) -> dict[str, Any]:
-    """The JSON a receiver gets (the secret never appears)."""
+    """The JSON a receiver gets: the original API's fields for jobs submitted through its routes."""
+    if legacy.is_legacy(doc):
+        return legacy.webhook_payload(doc)
+    return v1_payload(doc)
+
+
+def v1_payload(doc: Doc) -> dict[str, Any]:
+    """The v1 webhook JSON (the secret never appears)."""
     result = json.loads(doc["result_json"]) if doc.get("result_json") else None
     meta = json.loads(doc["meta_json"]) if doc.get("meta_json") else None
     error = doc.get("error") if doc["status"] != "completed" else None
@@ -54,8 +65,15 @@ class WebhookSender:
     """Delivers the webhook of one finished job."""
 
     def __init__(
-        self, store: JobStore, vault: Vault, max_attempts: int, timeout_s: float, base_delay_s: float = 1.0
+        self,
+        store: JobStore,
+        vault: Vault,
+        max_attempts: int,
+        timeout_s: float,
+        base_delay_s: float = 1.0,
+        guard: urlguard.UrlGuard | None = None,
     ) -> None:
+        self.guard = guard or urlguard.UrlGuard()
         self._store = store
         self._vault = vault
         self._max_attempts = max_attempts
@@ -65,8 +83,10 @@ class WebhookSender:
 
     async def start(self) -> None:
         """Open the HTTP client."""
+        # No DNS cache and a pinned resolver: every attempt connects to the addresses it just checked.
+        connector = aiohttp.TCPConnector(resolver=urlguard.PinnedResolver(self.guard), use_dns_cache=False)
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers={"User-Agent": "FlickrHub-Webhooks/0.1"}
+            connector=connector, timeout=self._timeout, headers={"User-Agent": "FlickrHub-Webhooks/0.1"}
         )
 
     async def close(self) -> None:
@@ -91,7 +111,13 @@ class WebhookSender:
         telemetry.inject_fields(headers)
         status = 0
         for attempt in range(1, self._max_attempts + 1):
-            status = await self._post(doc["callback_url"], body, headers)
+            try:
+                status = await self._post(doc["callback_url"], body, headers)
+            except urlguard.UrlRefused as exc:
+                metrics.WEBHOOKS.labels(result="refused").inc()
+                await self._store.mark_webhook(job_id, "refused", attempt, 0)
+                log.warning("webhook refused: %s", exc, extra={"job_id": job_id})
+                return "refused"
             if 200 <= status < 300:
                 metrics.WEBHOOKS.labels(result="delivered").inc()
                 await self._store.mark_webhook(job_id, "delivered", attempt, status)
@@ -107,8 +133,16 @@ class WebhookSender:
         return "failed"
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST to the checked addresses of the URL's host; 0 when unreachable; UrlRefused when not allowed."""
         assert self._session is not None, "start() first"
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_WEBHOOK):
+            host, port = urlguard.split_url(url)
+            try:
+                addresses = await self.guard.resolve(host, port)
+            except urlguard.UrlUnresolved as exc:  # DNS trouble may pass: retry like a network error
+                log.info("webhook host unresolved: %s", exc)
+                return 0
+            pinned = urlguard.pin(host, addresses)
             try:
                 async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                     await resp.read()
@@ -116,3 +150,5 @@ class WebhookSender:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 log.info("webhook POST failed: %s", type(exc).__name__)
                 return 0
+            finally:
+                urlguard.unpin(pinned)

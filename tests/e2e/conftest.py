@@ -17,7 +17,10 @@ FAST_ENV = {
     "WORKER_BACKOFF_MAX_S": "0.2",
     "MOVER_CLAIM_IDLE_S": "2",
     "SHUTDOWN_GRACE_S": "3",
+    "FLICKR_BUDGET_PER_HOUR": "100000000",
     "LOG_LEVEL": "INFO",
+    # Test webhook receivers listen on 127.0.0.1, which webhooks may only reach when allow-listed.
+    "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
 }
 
 
