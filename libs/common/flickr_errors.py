@@ -21,6 +21,9 @@ FLICKR_RATE_LIMITED = "FLICKR_RATE_LIMITED"
 FLICKR_AUTH_REJECTED = "FLICKR_AUTH_REJECTED"
 FLICKR_BAD_RESPONSE = "FLICKR_BAD_RESPONSE"
 ATTEMPTS_EXHAUSTED = "ATTEMPTS_EXHAUSTED"
+# A write whose outcome FlickrHub cannot know (its worker died mid-call, or the call timed out
+# after it was sent): never resent; the client decides (docs/delivery.md).
+WRITE_OUTCOME_UNKNOWN = "WRITE_OUTCOME_UNKNOWN"
 TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
 
 
@@ -37,6 +40,16 @@ class Failure:
     breaker: str = ""
     # Upload code 9 (dedup_check): the photo Flickr already has.
     duplicate_photo_id: str = ""
+
+    @property
+    def ambiguous(self) -> bool:
+        """True when the call may have reached Flickr but no answer came back (timeout, lost connection)."""
+        return (
+            self.retryable
+            and self.http_status == 0
+            and self.flickr_code == 0
+            and self.code == FLICKR_UNAVAILABLE
+        )
 
 
 def from_envelope(code: int, message: str) -> Failure:

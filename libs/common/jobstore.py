@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,14 @@ def now() -> datetime:
 def retention_for(state: str, at: datetime) -> datetime:
     """When a job in final `state` leaves the collection (the TTL index reads this)."""
     return at + (EXPIRED_RETENTION if state == jobs.EXPIRED else COMPLETED_RETENTION)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed job: the revision now owned, and whether a dead worker's run was taken over."""
+
+    rev: int
+    taken_over: bool
 
 
 class JobStore:
@@ -68,7 +77,7 @@ class JobStore:
 
     async def claim(
         self, job_id: str, worker_id: str, attempt: int, lease_s: float, expected_rev: int | None = None
-    ) -> int | None:
+    ) -> Claim | None:
         """Take a queued or retrying job (or one whose runner's lease ran out); the revision now owned.
 
         An entry knows the revision its producer left the job at (queued by the gateway, retrying
@@ -90,15 +99,17 @@ class JobStore:
         if expected_rev is not None:
             owned = await self._cas(job_id, expected_rev, update)
             if owned is not None:
-                return owned
-
-        def claimable(d: Doc) -> bool:
-            if d["status"] in (jobs.QUEUED, jobs.RETRYING):
-                return True
-            lease = d.get("lease_until")
-            return d["status"] == jobs.RUNNING and lease is not None and lease < t
-
-        return await self._transition(job_id, claimable, update)
+                return Claim(owned, taken_over=False)
+        doc = await self.jobs.find_one({"job_id": job_id}, _STATE_FIELDS)
+        if doc is None:
+            return None
+        lease = doc.get("lease_until")
+        abandoned = doc["status"] == jobs.RUNNING and lease is not None and lease < t
+        if doc["status"] not in (jobs.QUEUED, jobs.RETRYING) and not abandoned:
+            return None
+        owned = await self._cas(job_id, int(doc.get("rev", 0)), update)
+        # Taking over a run whose worker died mid-call: the caller must not repeat a write blindly.
+        return None if owned is None else Claim(owned, taken_over=abandoned)
 
     async def extend_lease(self, job_id: str, rev: int, lease_s: float) -> bool:
         """Keep a long call's lease alive while revision `rev` is still ours; False if it was taken."""
@@ -137,6 +148,25 @@ class JobStore:
             "$set": {"status": jobs.RETRYING, "error": error, "next_attempt_at": due, "updated_at": now()}
         }
         return await self._cas(job_id, rev, update) is not None
+
+    async def expire(self, job_id: str, rev: int) -> bool:
+        """Mark a job that was never started within its maximum age as expired."""
+        t = now()
+        update = {
+            "$set": {
+                "status": jobs.EXPIRED,
+                "updated_at": t,
+                "finished_at": t,
+                "expire_at": retention_for(jobs.EXPIRED, t),
+                "error": {"code": "EXPIRED", "message": "not started within the maximum job age"},
+            }
+        }
+        if await self._cas(job_id, rev, update) is not None:
+            return True
+        allowed = await self._transition(
+            job_id, lambda d: d["status"] in (jobs.QUEUED, jobs.RETRYING), update
+        )
+        return allowed is not None
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not started (queued or retrying)."""

@@ -97,3 +97,22 @@ def flickr_budget(api_key_hash: str) -> str:
 def breaker(name: str) -> str:
     """State of one circuit breaker (`key:<api key hash>` or `flickr`)."""
     return f"{PREFIX}:breaker:{{{name}}}"
+
+
+# API keys (queue Redis). Each key's entries carry the hash tag `{k:<key_id>}` so its rate-limit
+# buckets share one slot and the one Lua step that checks them stays cluster-legal.
+
+
+def _api_key_tag(key_id: str) -> str:
+    return f"{{k:{key_id}}}"
+
+
+def api_key_rate(key_id: str, bucket: str) -> str:
+    """GCRA state (theoretical arrival time, ms) of one API key's bucket: `all` or a method class."""
+    return f"{PREFIX}:krl:{_api_key_tag(key_id)}:{bucket}"
+
+
+def api_key_nonce(key_id: str, nonce: str) -> str:
+    """Marker of a signed request's nonce, kept for the clock-skew window so a replay is refused."""
+    digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]
+    return f"{PREFIX}:nonce:{_api_key_tag(key_id)}:{digest}"

@@ -9,6 +9,7 @@ variable's name in the message.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -235,6 +236,34 @@ class Settings:
         "Comma list of browser origins (`https://app.example.com`) that get CORS headers; empty = no CORS.",
     )
 
+    # Client authentication (API keys, HMAC signing, per-key limits, audit)
+    api_key_cache_s: float = _env(
+        "API_KEY_CACHE_S",
+        60.0,
+        "Seconds a verified API key (bcrypt check and key record) is reused from memory; also how long "
+        "another gateway replica may still honour a key revoked elsewhere (0 = check every request).",
+    )
+    api_key_default_rate_per_min: int = _env(
+        "API_KEY_DEFAULT_RATE_PER_MIN", 1000, "Requests per minute of a key that sets no limit of its own."
+    )
+    auth_clock_skew_s: int = _env(
+        "AUTH_CLOCK_SKEW_S", 300, "Largest difference between a signed request's x-timestamp and our clock."
+    )
+    trusted_proxies: str = _env(
+        "TRUSTED_PROXIES",
+        "127.0.0.1/32,::1/128",
+        "Comma-separated CIDRs of proxies (the REST edge) whose x-forwarded-for and x-fh-http-* metadata "
+        "the gateway believes; every other peer is the client itself.",
+    )
+    audit_queue_max: int = _env(
+        "AUDIT_QUEUE_MAX",
+        10000,
+        "Audit entries buffered for the background writer; beyond that they are dropped (counted).",
+    )
+    audit_batch_ms: float = _env(
+        "AUDIT_BATCH_MS", 200.0, "Window in which audit entries share one insert_many."
+    )
+
     # Telemetry (the OpenTelemetry SDK also reads the standard OTEL_* variables itself)
     otel_traces_exporter: str = _env(
         "OTEL_TRACES_EXPORTER", "none", "`otlp` (OTEL_EXPORTER_OTLP_ENDPOINT), `console` or `none`."
@@ -272,6 +301,10 @@ class Settings:
                 f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {self.otel_traces_exporter!r}"
             )
         _check_callback_url(self.flickr_oauth_callback_url, self.environment)
+        try:
+            self.trusted_proxy_networks  # noqa: B018 - parsed once here so a bad value fails at start
+        except ValueError as exc:
+            raise SettingsError(f"TRUSTED_PROXIES: {exc}") from None
         _check_webhook_hosts(self.webhook_allowed_hosts, self.webhook_host_overrides)
         _check_origins(self.cors_allowed_origins)
         for name in (
@@ -280,6 +313,8 @@ class Settings:
             "mover_batch",
             "webhook_max_attempts",
             "auth_request_ttl_s",
+            "api_key_default_rate_per_min",
+            "audit_queue_max",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
@@ -290,6 +325,15 @@ class Settings:
     def env_name(cls, field_name: str) -> str:
         """Environment variable of a field."""
         return str(next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == field_name))
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TRUSTED_PROXIES as networks."""
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.trusted_proxies.split(",")
+            if part.strip()
+        )
 
     @property
     def uses_sandbox(self) -> bool:
@@ -372,7 +416,9 @@ def _check_origins(raw: str) -> None:
     for origin in cors_origins(raw):
         parts = urlsplit(origin)
         if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path or parts.query:
-            raise SettingsError(f"CORS_ALLOWED_ORIGINS: expected scheme://host[:port] origins, got {origin!r}")
+            raise SettingsError(
+                f"CORS_ALLOWED_ORIGINS: expected scheme://host[:port] origins, got {origin!r}"
+            )
 
 
 def markdown_table() -> str:

@@ -21,10 +21,13 @@ import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -148,7 +151,18 @@ class UrlGuard:
     timeout_s: float = _RESOLVE_TIMEOUT_S
 
     @classmethod
-    def from_config(cls, allowed: str, overrides: str = "", timeout_s: float = _RESOLVE_TIMEOUT_S) -> UrlGuard:
+    def from_settings(cls, settings: Settings) -> UrlGuard:
+        """The guard WEBHOOK_ALLOWED_HOSTS, WEBHOOK_HOST_OVERRIDES and WEBHOOK_RESOLVE_TIMEOUT_S describe."""
+        return cls.from_config(
+            settings.webhook_allowed_hosts,
+            settings.webhook_host_overrides,
+            settings.webhook_resolve_timeout_s,
+        )
+
+    @classmethod
+    def from_config(
+        cls, allowed: str, overrides: str = "", timeout_s: float = _RESOLVE_TIMEOUT_S
+    ) -> UrlGuard:
         """A guard from the WEBHOOK_ALLOWED_HOSTS / WEBHOOK_HOST_OVERRIDES strings."""
         names, networks = parse_allow_list(allowed)
         return cls(names, networks, parse_overrides(overrides), timeout_s)

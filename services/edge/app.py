@@ -27,13 +27,13 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram, start_http_server
 
 from common.service import CHANNEL_OPTIONS
-from common.settings import Settings
-from edge import routes, status, transcode
-from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2
+from common.settings import Settings, cors_origins
+from edge import envelope, hardening, routes, status, transcode
+from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, legacy_pb2
 
 log = logging.getLogger("edge")
 
-PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2)
+PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2, legacy_pb2)
 MAX_BODY_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
@@ -87,6 +87,8 @@ class _Bound:
     route: routes.Route
     builder: transcode.RequestBuilder[message.Message]
     call: Callable[..., Any] | None = None
+    # The answer shape of this route's path (edge.envelope decides, in one place).
+    envelope: envelope.Envelope = envelope.GOOGLE_RPC
 
 
 def parse_grpc_timeout(value: str) -> float:
@@ -102,7 +104,11 @@ class Edge:
 
     def __init__(self, route_table: Sequence[routes.Route]) -> None:
         self.bound = [
-            _Bound(r, transcode.RequestBuilder(r.request_cls, r.body, r.template.field_paths))
+            _Bound(
+                r,
+                transcode.RequestBuilder(r.request_cls, r.body, r.template.field_paths),
+                envelope=envelope.for_path(r.template.source),
+            )
             for r in route_table
         ]
         self.channel: grpc.aio.Channel | None = None
@@ -157,7 +163,7 @@ class Edge:
         try:
             bound, variables = self.match(request.method, raw_path)
         except _Reject as rejected:
-            unmatched = _error_response(rejected.error, request_id)
+            unmatched = envelope.for_path(raw_path).error(rejected.error, request_id)
             self._observe(_UNMATCHED, unmatched.status, started)
             return unmatched
         route = bound.route
@@ -176,12 +182,12 @@ class Edge:
                 else:
                     response = await self._unary(bound, msg, metadata, timeout, request_id)
             except _Reject as rejected:
-                response = _error_response(rejected.error, request_id)
+                response = bound.envelope.error(rejected.error, request_id)
             except Exception:
-                # A bug in the edge: log it with its trace, answer JSON, never a stack trace.
-                log.exception("edge failed on %s", route.name)
-                err = status.error(grpc.StatusCode.INTERNAL, "internal error in the REST edge")
-                response = _error_response(err, request_id)
+                # A bug in the edge: log it with its trace and error id, answer JSON, never a stack trace.
+                err = envelope.internal_error("internal error in the REST edge")
+                log.exception("edge failed on %s (error id %s)", route.name, err.body["error_id"])
+                response = bound.envelope.error(err, request_id)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
@@ -211,12 +217,8 @@ class Edge:
         try:
             reply = await bound.call(msg, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            return _error_response(self._rpc_error(exc), request_id)
-        return web.Response(
-            body=transcode.response_json(reply, bound.route.response_body),
-            content_type=_JSON,
-            headers={"X-Request-Id": request_id},
-        )
+            return bound.envelope.error(self._rpc_error(exc), request_id)
+        return bound.envelope.success(reply, bound.route, request_id)
 
     async def _stream(
         self,
@@ -387,12 +389,7 @@ def _json_response(http: int, body: Mapping[str, Any], request_id: str) -> web.R
 
 
 def _error_response(error: status.HttpError, request_id: str) -> web.Response:
-    return web.Response(
-        status=error.status,
-        body=error.json(),
-        content_type=_JSON,
-        headers={**error.headers, "X-Request-Id": request_id},
-    )
+    return envelope.GOOGLE_RPC.error(error, request_id)
 
 
 EDGE = web.AppKey("edge", Edge)
@@ -403,6 +400,7 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
     edge = Edge(routes.build(PROTO_MODULES))
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[EDGE] = edge
+    hardening.install(app, cors_origins(settings.cors_allowed_origins))
     app.router.add_get("/healthz", edge.healthz)
     app.router.add_get("/readyz", edge.readyz)
     # Imported here: edge.uploads (client-streaming routes as multipart) builds on this module's helpers.

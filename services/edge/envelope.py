@@ -127,7 +127,7 @@ class LegacyEnvelope(Envelope):
     def success(self, reply: message.Message, route: routes.Route, request_id: str) -> web.Response:
         """`data` is the reply with every declared field present (unset → null), as the original sent."""
         data = transcode.message_to_dict(reply)
-        fields: Any = reply.DESCRIPTOR.fields  # type: ignore[union-attr]
+        fields: Any = reply.DESCRIPTOR.fields
         for field in fields:
             if isinstance(field, descriptor.FieldDescriptor):
                 data.setdefault(field.name, None)
@@ -144,7 +144,9 @@ class LegacyEnvelope(Envelope):
         info = _detail(err, _ERROR_INFO) or {}
         code = LEGACY_CODES_BY_REASON.get(str(info.get("reason", "")))
         if code is None:
-            code = LEGACY_CODES_BY_STATUS.get(err.status, "ERR_INTERNAL" if err.status >= 500 else "ERR_REQUEST")
+            code = LEGACY_CODES_BY_STATUS.get(
+                err.status, "ERR_INTERNAL" if err.status >= 500 else "ERR_REQUEST"
+            )
         error: dict[str, Any] = {"code": code, "message": err.body.get("message", "")}
         bad = _detail(err, _BAD_REQUEST)
         if bad and bad.get("field_violations"):

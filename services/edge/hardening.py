@@ -134,7 +134,9 @@ class Hardening:
             return envelope.for_path(request.path).error(err, _request_id(request))
         except Exception:
             err = envelope.internal_error("internal error in the REST edge")
-            log.exception("edge failed on %s %s (error id %s)", request.method, request.path, err.body["error_id"])
+            log.exception(
+                "edge failed on %s %s (error id %s)", request.method, request.path, err.body["error_id"]
+            )
             return envelope.for_path(request.path).error(err, _request_id(request))
 
     def _preflight(self, origin: str, request: web.Request) -> web.StreamResponse:

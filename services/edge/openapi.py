@@ -296,6 +296,7 @@ def _multipart_body(builder: SchemaBuilder, method: descriptor.MethodDescriptor)
     schema = {
         "type": "object",
         "required": [uploads.JOB_PART, uploads.PHOTO_PART],
+        "additionalProperties": False,  # the edge refuses any other part
         "properties": {
             uploads.JOB_PART: builder.message(job_type),
             uploads.PHOTO_PART: {"type": "string", "format": "binary"},

@@ -71,9 +71,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._batcher = batcher
         self._events = events
         self._blobs = BlobStore(store.jobs.database)
-        self.url_guard = urlguard.UrlGuard.from_config(
-            settings.webhook_allowed_hosts, settings.webhook_host_overrides, settings.webhook_resolve_timeout_s
-        )
+        self.url_guard = urlguard.UrlGuard.from_settings(settings)
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -121,4 +121,3 @@ class LegacyServicer(legacy_pb2_grpc.LegacyServiceServicer):
         if job.user_id != request.user_id:  # as the original: not found, not "forbidden"
             raise NotFound(f"job {request.job_id} not found", reason="JOB_NOT_FOUND")
         return to_status(job)
-

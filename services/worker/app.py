@@ -62,9 +62,7 @@ class WorkerApp:
             self.vault,
             settings.webhook_max_attempts,
             settings.webhook_timeout_s,
-            guard=urlguard.UrlGuard.from_config(
-                settings.webhook_allowed_hosts, settings.webhook_host_overrides, settings.webhook_resolve_timeout_s
-            ),
+            guard=urlguard.UrlGuard.from_settings(settings),
         )
         self.hooks = StreamConsumer(
             self.redis,

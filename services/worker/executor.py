@@ -87,11 +87,19 @@ class Executor:
             if paused_ms:
                 await self._defer(stream, entry_id, entry, paused_ms)
                 return
-            rev = await self._store.claim(
+            if self._too_old(entry):
+                await self._expire(stream, entry_id, entry)
+                return
+            claim = await self._store.claim(
                 entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev
             )
-            if rev is None:
+            if claim is None:
                 await self._not_claimed(stream, entry_id, entry)
+                return
+            rev = claim.rev
+            if claim.taken_over and _is_write(entry):
+                # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly.
+                await self._finish_unknown(stream, entry_id, entry, rev)
                 return
             await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
@@ -106,6 +114,34 @@ class Executor:
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
             if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id)
+
+    def _too_old(self, entry: jobs.JobEntry) -> bool:
+        """A job never started within its maximum age expires instead of running."""
+        if entry.attempt or not entry.enqueued_ms:
+            return False
+        return time.time() - entry.enqueued_ms / 1000 > self._settings.job_max_age_s
+
+    async def _expire(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
+        if not await self._store.expire(entry.job_id, entry.rev):
+            await self._not_claimed(stream, entry_id, entry)
+            return
+        metrics.JOBS.labels(outcome=jobs.EXPIRED).inc()
+        await self._discard_blob(entry.blob_id)
+        await announce(self._redis, entry.job_id, jobs.EXPIRED, has_callback=entry.has_callback)
+        await self._ack(stream, entry_id)
+
+    async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
+        error = {
+            "code": flickr_errors.WRITE_OUTCOME_UNKNOWN,
+            "message": "the worker stopped while this write was in flight; FlickrHub does not resend writes. "
+            "Check the result on Flickr and resubmit if it did not happen.",
+            "retryable": False,
+        }
+        if await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error):
+            metrics.JOBS.labels(outcome="write_unknown").inc()
+            await self._discard_blob(entry.blob_id)
+            await announce(self._redis, entry.job_id, jobs.FAILED, has_callback=entry.has_callback)
+            await self._ack(stream, entry_id)
 
     async def _defer(self, stream: str, entry_id: str, entry: jobs.JobEntry, paused_ms: int) -> None:
         """Flickr is paused: put the entry back for after the pause, untouched (no attempt spent)."""
@@ -179,7 +215,11 @@ class Executor:
                     from_cache=from_cache,
                 ),
             )
-        elif outcome.retryable and attempt < entry.max_attempts:
+        elif (
+            outcome.retryable
+            and attempt < entry.max_attempts
+            and not (outcome.ambiguous and _is_write(entry))
+        ):
             due = now() + timedelta(
                 seconds=backoff.delay(
                     attempt, self._settings.worker_backoff_base_s, self._settings.worker_backoff_max_s
@@ -273,6 +313,11 @@ class Executor:
                 }
             ),
         )
+
+
+def _is_write(entry: jobs.JobEntry) -> bool:
+    """Uploads, replaces and Flickr write methods: their effect must happen at most once."""
+    return entry.target != "rest" or is_write(entry.method)
 
 
 def _error(failure: Failure) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class WebhookSender:
         return "failed"
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """POST to the checked addresses of the URL's host; 0 when unreachable; UrlRefused when not allowed."""
+        """POST to the URL's checked addresses; 0 when unreachable; UrlRefused when not allowed."""
         assert self._session is not None, "start() first"
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_WEBHOOK):
             host, port = urlguard.split_url(url)

@@ -220,3 +220,66 @@ async def test_readiness_follows_redis_while_liveness_stays_serving(tmp_path: Pa
     finally:
         await mover.stop(2.0)
         redis.stop()
+
+
+async def test_a_job_not_started_within_its_maximum_age_expires_without_calling_flickr(
+    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+) -> None:
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, job_max_age_s=0.3)
+    await seed_demo_token(settings)
+    async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
+        job_id = (
+            await stack.jobs.SubmitJob(
+                jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"late": "1"})
+            )
+        ).job_id
+        await asyncio.sleep(0.6)  # nobody moved it in time
+        mover, worker = MoverApp(stack.settings, consumer="m"), WorkerApp(stack.settings, consumer="w")
+        await mover.start()
+        await worker.start()
+        try:
+            for _ in range(100):
+                job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id))
+                if job.state == jobs_pb2.JOB_STATE_EXPIRED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop(2.0)
+            await mover.stop(2.0)
+    assert job.state == jobs_pb2.JOB_STATE_EXPIRED
+    assert job.error.code == "EXPIRED"
+    assert job.attempts == 0
+    assert not [c for c in stack.sandbox.calls if c.params.get("late") == "1"]
+
+
+async def test_a_write_whose_worker_died_mid_call_is_never_sent_twice(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    stack.sandbox.faults.append(
+        Fault(id="slow", method="flickr.photos.setMeta", kind="latency", latency_ms=1500, times=1)
+    )
+    mover = MoverApp(stack.settings, consumer="m")
+    first = WorkerApp(stack.settings, consumer="first")
+    await mover.start()
+    await first.start()
+    req = jobs_pb2.SubmitJobRequest(
+        user_id=DEMO_USER, method="flickr.photos.setMeta", params={"photo_id": "123", "title": "once"}
+    )
+    job_id = (await stack.jobs.SubmitJob(req)).job_id
+    for _ in range(200):
+        doc = await stack.store.get(job_id)
+        if doc and doc["status"] == "running":
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the request is on the wire
+    await first.stop(0.1)  # dies mid-write: its entry and its lease are left behind
+    await asyncio.sleep(2.0)  # the slow call would have finished by now
+    second = WorkerApp(stack.settings, consumer="second")
+    await second.start()
+    try:
+        job = await _final(stack, job_id, timeout=20)
+    finally:
+        await second.stop(2.0)
+        await mover.stop(2.0)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.error.code == "WRITE_OUTCOME_UNKNOWN"
+    assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) <= 1
