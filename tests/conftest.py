@@ -7,6 +7,10 @@ test gets its own MongoDB database, dropped afterwards.
 from __future__ import annotations
 
 import os
+
+# The e2e tests start and kill processes while gRPC calls are in flight; gRPC's fork handlers would
+# cancel those calls in this process. Nothing here forks to run gRPC in a child, so turn them off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import shutil
 import tempfile
 import uuid

@@ -97,6 +97,16 @@ class Mongo:
         """The `auth_requests` collection (pending OAuth authorizations)."""
         return self.db[AUTH_REQUESTS]
 
+    @property
+    def api_keys(self) -> AsyncCollection[Doc]:
+        """The `api_keys` collection (bcrypt hashes and vault blobs, never a clear secret)."""
+        return self.db[API_KEYS]
+
+    @property
+    def audit_log(self) -> AsyncCollection[Doc]:
+        """The `audit_log` collection (one entry per call, kept 1 year)."""
+        return self.db[AUDIT_LOG]
+
     async def ensure_indexes(self) -> None:
         """Create every declared index; a no-op when they exist."""
         for name, models in INDEXES.items():

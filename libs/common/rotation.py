@@ -21,7 +21,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from common.mongo import AUDIT_LOG, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
+from common.mongo import API_KEYS, AUDIT_LOG, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
 from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
 
@@ -43,6 +43,8 @@ SECRETS: list[SecretFields] = [
     SecretFields(TOKENS, ("oauth_token", "oauth_token_secret"), "oauth-token", "user_id"),
     SecretFields(JOBS, ("callback_secret",), "callback-secret", "job_id"),
     SecretFields(AUTH_REQUESTS, ("secret",), "request-token-secret", "request_id_hash"),
+    # API keys' HMAC signing secrets (common.apikeys.SIGNING_PURPOSE); their bearer secrets are bcrypt.
+    SecretFields(API_KEYS, ("signing_secret",), "api-key-signing", "key_id"),
 ]
 
 

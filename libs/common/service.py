@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import grpc
@@ -63,14 +63,24 @@ Check = Callable[[], Awaitable[object]]
 class GrpcServer:
     """A grpc.aio server with health, reflection and FlickrHub's interceptors."""
 
-    def __init__(self, service_names: Iterable[str], host: str, port: int) -> None:
+    def __init__(
+        self,
+        service_names: Iterable[str],
+        host: str,
+        port: int,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         # Health and reflection are not traced: probes would drown the traces, and OTel's stream
         # wrapper cannot drive the stock health Watch (written with context.write, not yield).
         untraced = filters.any_of(
             filters.service_name(health.SERVICE_NAME), filters.service_prefix("grpc.reflection")
         )
         tracing = aio_server_interceptor(filter_=filters.negate(untraced))  # type: ignore[no-untyped-call]
-        self.server = grpc.aio.server(interceptors=[tracing, ErrorInterceptor()], options=SERVER_OPTIONS)
+        # `interceptors` (e.g. the gateway's authentication) run inside ErrorInterceptor, so their
+        # FlickrHubErrors become rich status like any servicer's.
+        self.server = grpc.aio.server(
+            interceptors=[tracing, ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
+        )
         self.health = health.aio.HealthServicer()
         self.service_names = [*service_names, health.SERVICE_NAME]
         self.ready_names = [*service_names, READINESS]

@@ -1,7 +1,12 @@
-"""Seeding the demo user: the sandbox's demo token stored (encrypted) for a FlickrHub user id."""
+"""Seeding the demo user (the sandbox's demo token, encrypted, for a FlickrHub user id) and demo API keys."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.apikeys import ALL_USERS, ApiKeyStore
 from common.mongo import Mongo
 from common.settings import Settings
 from common.tokens import TokenRecord, TokenStore, token_id_hash
@@ -37,3 +42,44 @@ async def seed_demo_token(
     finally:
         await mongo.close()
     return record
+
+
+DEMO_CLIENT_KEY_ID = "democlient"
+DEMO_ADMIN_KEY_ID = "demoadmin"
+ADMIN_RATE_PER_MIN = 1_000_000
+
+
+@dataclass(frozen=True)
+class DemoKeys:
+    """The API keys `make run` and the test stacks seed: a client bound to the demo user, an admin."""
+
+    client_key: str
+    client_key_id: str
+    client_signing_secret: str
+    admin_key: str
+    admin_key_id: str
+
+
+async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER,)) -> DemoKeys:
+    """(Re)create the demo client and admin keys with fresh secrets (the old ones stop working)."""
+    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    try:
+        await mongo.ensure_indexes()
+        store = ApiKeyStore(mongo.api_keys, Vault(LocalKeyProvider.from_settings(settings)))
+        await mongo.api_keys.delete_many({"key_id": {"$in": [DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID]}})
+        client, admin = await asyncio.gather(
+            store.create("demo client", list(user_ids), key_id=DEMO_CLIENT_KEY_ID),
+            # An internal operator key: a limit high enough for the load driver and the test suite.
+            store.create(
+                "demo admin",
+                [ALL_USERS],
+                admin=True,
+                rate_limit_per_min=ADMIN_RATE_PER_MIN,
+                key_id=DEMO_ADMIN_KEY_ID,
+            ),
+        )
+    finally:
+        await mongo.close()
+    return DemoKeys(
+        client.api_key, DEMO_CLIENT_KEY_ID, client.signing_secret, admin.api_key, DEMO_ADMIN_KEY_ID
+    )

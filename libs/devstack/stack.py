@@ -92,6 +92,8 @@ class ProcessStack:
         self.n_workers = workers
         self.n_movers = movers
         self.procs: dict[str, Managed] = {}
+        # The demo API keys seeded by start() (a client bound to the demo user, an admin).
+        self.keys: seed.DemoKeys | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -131,7 +133,7 @@ class ProcessStack:
         )
 
     def start(self) -> ProcessStack:
-        """Start everything in dependency order and seed the demo user."""
+        """Start everything in dependency order and seed the demo user and demo API keys."""
         p = self.ports
         self.procs["redis"] = redis_server("queue", self.data_dir / "redis-queue", p.redis).start()
         self.procs["cache-redis"] = redis_server(
@@ -155,6 +157,7 @@ class ProcessStack:
         # A thread of its own: start() may be called from code that already runs an event loop.
         with ThreadPoolExecutor(max_workers=1) as pool:
             pool.submit(asyncio.run, seed.seed_demo_token(self.settings)).result()
+            self.keys = pool.submit(asyncio.run, seed.seed_api_keys(self.settings)).result()
         return self
 
     def add_worker(self) -> Managed:

@@ -9,6 +9,7 @@ rich status is rendered as JSON. Everything per route is worked out at start.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import signal
@@ -29,11 +30,11 @@ from prometheus_client import Counter, Histogram, start_http_server
 from common.service import CHANNEL_OPTIONS
 from common.settings import Settings, cors_origins
 from edge import envelope, hardening, routes, status, transcode
-from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, legacy_pb2
+from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
 
 log = logging.getLogger("edge")
 
-PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2, legacy_pb2)
+PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2, legacy_pb2, keys_pb2)
 MAX_BODY_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
@@ -48,6 +49,7 @@ FORWARDED_HEADERS: tuple[str, ...] = (
     "x-signature",
     "x-timestamp",
     "x-nonce",
+    "x-api-key-id",
 )
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -203,6 +205,8 @@ class Edge:
         except transcode.TranscodeError as exc:
             raise _invalid(str(exc)) from None
         metadata, timeout = _metadata(request, request_id)
+        # What a signed request covers (common.signing): the gateway trusts this only from the edge.
+        metadata.append(("x-fh-body-sha256", hashlib.sha256(body or b"").hexdigest()))
         return msg, metadata, timeout
 
     async def _unary(
@@ -341,6 +345,10 @@ def _metadata(request: web.Request, request_id: str) -> tuple[list[tuple[str, st
     remote = request.remote or ""
     carrier["x-forwarded-for"] = f"{forwarded}, {remote}" if forwarded else remote
     carrier["x-request-id"] = request_id
+    # The HTTP request a client may have signed (common.signing); set here, never copied from headers.
+    carrier["x-fh-http-method"] = request.method
+    carrier["x-fh-http-path"] = request.raw_path.partition("?")[0]
+    carrier["x-fh-http-query"] = request.rel_url.raw_query_string
     for name, value in carrier.items():
         if not (value.isascii() and value.isprintable()):
             raise _invalid(f"header {name} must be printable ASCII")

@@ -109,14 +109,14 @@ class Docs:
         """One allow-listed Swagger UI file, or the page's start-up script."""
         name = request.match_info["name"]
         if name == INIT_SCRIPT:
-            return web.Response(text=INIT_JS, content_type="text/javascript", headers={"Cache-Control": "no-cache"})
+            return web.Response(
+                text=INIT_JS, content_type="text/javascript", headers={"Cache-Control": "no-cache"}
+            )
         path = self._files.get(name)
         if path is None:
             err = status.error(grpc.StatusCode.NOT_FOUND, f"no docs file {name!r}")
             return web.Response(status=err.status, body=err.json(), content_type="application/json")
-        return web.FileResponse(
-            path, headers={"Content-Type": _TYPES[path.suffix], "Cache-Control": _CACHE}
-        )
+        return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix], "Cache-Control": _CACHE})
 
 
 def install(

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0.3 document of the REST edge, generated from the protos (pure: no I/O but the comments file).
+"""The OpenAPI 3.0.3 document of the REST edge, generated from the protos (pure but for reading comments).
 
 Nothing is written twice: operations come from each method's google.api.http rule
 and its additional_bindings through the edge's own route builders
@@ -29,12 +29,13 @@ from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ig
 from google.protobuf import descriptor
 from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from edge import routes, status, uploads
+from edge import envelope, routes, status, uploads
 from edge.openapi_schemas import Schema, SchemaBuilder, is_map, is_well_known, ref
 from edge.proto_comments import DESCRIPTOR_SET_NAME, Comments
 
 OPENAPI_VERSION = "3.0.3"
 STATUS_SCHEMA = "google.rpc.Status"
+LEGACY_ERROR_SCHEMA = "LegacyError"
 # Paths the edge serves outside the protos; they need no credential.
 PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs")
 NDJSON = "application/x-ndjson"
@@ -163,7 +164,9 @@ def _method_operations(
     builder: SchemaBuilder, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor
 ) -> list[tuple[str, str, dict[str, Any]]]:
     options = method.GetOptions()
-    if not options.HasExtension(annotations_pb2.http) or (method.client_streaming and method.server_streaming):
+    if not options.HasExtension(annotations_pb2.http) or (
+        method.client_streaming and method.server_streaming
+    ):
         return []
     comment = builder.comments.get(method.full_name)
     base_id = f"{service.name}_{method.name}"
@@ -188,7 +191,15 @@ def _method_operations(
             operation["parameters"] = parameters
         if route.body:
             operation["requestBody"] = _json_body(builder, method.input_type, route.body, fields)
-        operation["responses"] = _responses(builder, method, route.response_body, with_body=bool(route.body))
+        shape = envelope.for_path(route.template.source)  # the edge's one rule for the answer shape
+        operation["responses"] = _responses(
+            builder,
+            method,
+            route.response_body,
+            with_body=bool(route.body),
+            legacy=shape is envelope.LEGACY,
+            success=route.success_status,
+        )
         out.append((route.verb, _openapi_path(route.template.source, fields), operation))
     return out
 
@@ -235,7 +246,12 @@ def _resolve(message_type: descriptor.Descriptor, path: str) -> descriptor.Field
 
 def _path_parameter(builder: SchemaBuilder, message_type: descriptor.Descriptor, path: str) -> dict[str, Any]:
     field = _resolve(message_type, path)
-    parameter: dict[str, Any] = {"name": path, "in": "path", "required": True, "schema": builder.scalar(field)}
+    parameter: dict[str, Any] = {
+        "name": path,
+        "in": "path",
+        "required": True,
+        "schema": builder.scalar(field),
+    }
     text = builder.comments.get(field.full_name)
     if text:
         parameter["description"] = text
@@ -293,6 +309,7 @@ def _json_body(
 
 def _multipart_body(builder: SchemaBuilder, method: descriptor.MethodDescriptor) -> dict[str, Any]:
     job_type = method.input_type.fields_by_name[uploads.JOB_PART].message_type
+    assert job_type is not None  # uploads._method_routes checked the `oneof {job, chunk}` form
     schema = {
         "type": "object",
         "required": [uploads.JOB_PART, uploads.PHOTO_PART],
@@ -306,31 +323,48 @@ def _multipart_body(builder: SchemaBuilder, method: descriptor.MethodDescriptor)
     content = {"multipart/form-data": {"schema": schema, "encoding": encoding}}
     return {
         "required": True,
-        "description": f"The `{uploads.JOB_PART}` part (JSON) first, then the `{uploads.PHOTO_PART}` file part.",
+        "description": f"The `{uploads.JOB_PART}` part (JSON), then the `{uploads.PHOTO_PART}` file part.",
         "content": content,
     }
 
 
 def _responses(
-    builder: SchemaBuilder, method: descriptor.MethodDescriptor, response_body: str, *, with_body: bool
+    builder: SchemaBuilder,
+    method: descriptor.MethodDescriptor,
+    response_body: str,
+    *,
+    with_body: bool,
+    legacy: bool = False,
+    success: int = 200,
 ) -> dict[str, Any]:
     output = method.output_type
-    if response_body:
-        schema = builder.field(output.fields_by_name[response_body])
-    else:
-        schema = builder.message(output)
+    body_field = output.fields_by_name[response_body] if response_body else None
+    schema = builder.field(body_field) if body_field is not None else builder.message(output)
+    statuses = sorted({*_ERROR_STATUSES, *((413, 415) if with_body else ())})
+    if legacy and not method.server_streaming:
+        ok = {
+            "description": "OK (the original API's envelope)",
+            "content": {_JSON: {"schema": _legacy_success(builder, output)}},
+        }
+        return {
+            str(success): ok,
+            **{str(code): {"$ref": f"#/components/responses/LegacyError{code}"} for code in statuses},
+            "default": {"$ref": "#/components/responses/LegacyError"},
+        }
     if method.server_streaming:
         line = {
             "type": "object",
             "properties": {"result": schema, "error": ref(STATUS_SCHEMA)},
-            "description": 'One JSON object per line: `{"result": …}` per message, `{"error": …}` last on failure.',
+            "description": 'One object per line: `{"result": …}` per message, `{"error": …}` on failure.',
         }
-        ok = {"description": "A stream of messages, one per line (NDJSON).", "content": {NDJSON: {"schema": line}}}
+        ok = {
+            "description": "A stream of messages, one per line (NDJSON).",
+            "content": {NDJSON: {"schema": line}},
+        }
     else:
         ok = {"description": "OK", "content": {_JSON: {"schema": schema}}}
-    statuses = sorted({*_ERROR_STATUSES, *((413, 415) if with_body else ())})
     return {
-        "200": ok,
+        str(success): ok,
         **{str(code): {"$ref": f"#/components/responses/Error{code}"} for code in statuses},
         "default": {"$ref": "#/components/responses/Error"},
     }
@@ -344,20 +378,27 @@ def _error_responses() -> dict[str, Any]:
     for code in grpc.StatusCode:
         if code != grpc.StatusCode.OK:
             codes_by_http[status.http_status(code)].append(code.name)
-    content = {_JSON: {"schema": ref(STATUS_SCHEMA)}}
+    out: dict[str, Any] = {}
+    for prefix, schema_name in (("Error", STATUS_SCHEMA), ("LegacyError", LEGACY_ERROR_SCHEMA)):
+        out.update(_error_responses_of(prefix, schema_name, codes_by_http))
+    return out
+
+
+def _error_responses_of(prefix: str, schema_name: str, codes_by_http: dict[int, list[str]]) -> dict[str, Any]:
+    content = {_JSON: {"schema": ref(schema_name)}}
     retry_after = {
         "Retry-After": {
             "description": "Seconds to wait before retrying (set when the error carries a RetryInfo).",
             "schema": {"type": "integer", "minimum": 0},
         }
     }
-    out: dict[str, Any] = {"Error": {"description": "An error (google.rpc.Status).", "content": content}}
+    out: dict[str, Any] = {prefix: {"description": "An error.", "content": content}}
     for code in sorted({*_ERROR_STATUSES, *_EDGE_ONLY}):
         text = _EDGE_ONLY.get(code) or "gRPC " + " or ".join(codes_by_http[code]) + "."
         response: dict[str, Any] = {"description": text, "content": content}
         if code in _RETRY_AFTER_STATUSES:
             response["headers"] = retry_after
-        out[f"Error{code}"] = response
+        out[f"{prefix}{code}"] = response
     return out
 
 
@@ -369,8 +410,13 @@ def _error_components(builder: SchemaBuilder) -> None:
         "type": "object",
         "required": ["code", "message", "details"],
         "properties": {
-            "code": {"type": "integer", "format": "int32", "description": f"The gRPC status code: {grpc_codes}."},
+            "code": {
+                "type": "integer",
+                "format": "int32",
+                "description": f"The gRPC status code: {grpc_codes}.",
+            },
             "message": {"type": "string", "description": "What went wrong, for a developer."},
+            "error_id": _ERROR_ID,
             "details": {
                 "type": "array",
                 "items": {
@@ -384,7 +430,77 @@ def _error_components(builder: SchemaBuilder) -> None:
                 },
             },
         },
-        "description": "The error body of every failed call.",
+        "description": "The error body of every failed call (v1 API).",
+    }
+    builder.components[LEGACY_ERROR_SCHEMA] = _legacy_error()
+
+
+_ERROR_ID: Schema = {
+    "type": "string",
+    "description": "Set on 5xx answers: the same id is in the server's log.",
+}
+
+
+def _legacy_error() -> Schema:
+    codes = sorted(
+        {*envelope.LEGACY_CODES_BY_REASON.values(), *envelope.LEGACY_CODES_BY_STATUS.values()}
+        | {"ERR_INTERNAL", "ERR_REQUEST"}
+    )
+    violation = {
+        "type": "object",
+        "properties": {"field": {"type": "string"}, "description": {"type": "string"}},
+    }
+    error = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "The original API's code: " + ", ".join(codes) + "."},
+            "message": {"type": "string"},
+            "details": {
+                "type": "array",
+                "items": violation,
+                "description": "Field violations of an invalid request.",
+            },
+            "error_id": _ERROR_ID,
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["request_id", "data", "error"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "data": {"description": "Always null on errors."},
+            "error": error,
+        },
+        "description": "The error body of the original FlickrHub API's routes (under /api/).",
+    }
+
+
+def _legacy_success(builder: SchemaBuilder, output: descriptor.Descriptor) -> Schema:
+    """`{"request_id", "data": <reply, every field present, unset ones null>, "error": null}`."""
+    properties = {}
+    for field in output.fields:
+        schema = builder.field(field)
+        if (field.message_type is not None and not field.is_repeated) or field.containing_oneof is not None:
+            # Unset message and oneof fields print as null here (edge.envelope.LegacyEnvelope).
+            schema = (
+                {"allOf": [schema], "nullable": True}
+                if "$ref" in schema or "allOf" in schema
+                else {**schema, "nullable": True}
+            )
+        properties[field.name] = schema
+    data = {"type": "object", "required": [f.name for f in output.fields], "properties": properties}
+    text = builder.comments.get(output.full_name)
+    if text:
+        data["description"] = text
+    return {
+        "type": "object",
+        "required": ["request_id", "data", "error"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "data": data,
+            "error": {"description": "Always null on success."},
+        },
     }
 
 
@@ -395,17 +511,34 @@ def _public_paths() -> dict[str, dict[str, Any]]:
         "properties": {"status": {"type": "string", "description": "ok, SERVING, draining or why not."}},
     }
 
-    def operation(op_id: str, summary: str, content: dict[str, Any], *, ready: bool = False) -> dict[str, Any]:
+    def operation(
+        op_id: str, summary: str, content: dict[str, Any], *, ready: bool = False
+    ) -> dict[str, Any]:
         responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
         if ready:
-            responses["503"] = {"description": "Not ready (draining, or the gateway is not serving).", "content": content}
-        return {"get": {"tags": ["Edge"], "operationId": op_id, "summary": summary, "security": [], "responses": responses}}
+            responses["503"] = {
+                "description": "Not ready (draining, or the gateway is not serving).",
+                "content": content,
+            }
+        return {
+            "get": {
+                "tags": ["Edge"],
+                "operationId": op_id,
+                "summary": summary,
+                "security": [],
+                "responses": responses,
+            }
+        }
 
     return {
-        "/healthz": operation("Edge_Healthz", "Liveness: the edge process answers.", {_JSON: {"schema": health}}),
+        "/healthz": operation(
+            "Edge_Healthz", "Liveness: the edge process answers.", {_JSON: {"schema": health}}
+        ),
         "/readyz": operation(
             "Edge_Readyz", "Readiness: the gateway says SERVING.", {_JSON: {"schema": health}}, ready=True
         ),
         "/openapi.json": operation("Edge_OpenApi", "This document.", {_JSON: {"schema": {"type": "object"}}}),
-        "/docs": operation("Edge_Docs", "Swagger UI for this document.", {"text/html": {"schema": {"type": "string"}}}),
+        "/docs": operation(
+            "Edge_Docs", "Swagger UI for this document.", {"text/html": {"schema": {"type": "string"}}}
+        ),
     }

@@ -110,7 +110,9 @@ class SchemaBuilder:
         self.comments = comments
         self.components: dict[str, Schema] = {}
 
-    def message(self, message_type: descriptor.Descriptor, *, exclude: frozenset[str] = frozenset()) -> Schema:
+    def message(
+        self, message_type: descriptor.Descriptor, *, exclude: frozenset[str] = frozenset()
+    ) -> Schema:
         """A reference to the message's component; inline without the `exclude`d fields."""
         if message_type.full_name in _WELL_KNOWN or message_type.full_name in _WRAPPERS:
             return self._well_known(message_type)
@@ -124,6 +126,7 @@ class SchemaBuilder:
     def field(self, field: descriptor.FieldDescriptor) -> Schema:
         """The schema of a field's JSON value, with its comment as description."""
         if is_map(field):
+            assert field.message_type is not None  # is_map checked it
             value_field = field.message_type.fields_by_name["value"]
             schema: Schema = {"type": "object", "additionalProperties": self._single(value_field)}
         elif field.is_repeated:
@@ -137,9 +140,9 @@ class SchemaBuilder:
         return self._single(field)
 
     def _single(self, field: descriptor.FieldDescriptor) -> Schema:
-        if field.type == _FD.TYPE_MESSAGE or field.type == _FD.TYPE_GROUP:
+        if field.message_type is not None:
             return self.message(field.message_type)
-        if field.type == _FD.TYPE_ENUM:
+        if field.enum_type is not None:
             return self.enum(field.enum_type)
         return dict(_SCALARS[field.type])
 

@@ -116,6 +116,8 @@ class RequestBuilder(Generic[M]):
             value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise TranscodeError(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:  # hostile nesting: a clear 400, not a crash
+            raise TranscodeError("request body is nested too deeply") from None
         if self.body == "*":
             if not isinstance(value, dict):
                 raise TranscodeError("request body must be a JSON object")
@@ -201,3 +203,5 @@ def _parse_into(value: dict[str, Any], msg: message.Message) -> None:
         json_format.ParseDict(value, msg, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as exc:
         raise TranscodeError(str(exc)) from None
+    except RecursionError:
+        raise TranscodeError("request nested too deeply") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from common import redisio
+from common.apikeys import ApiKeyStore
 from common.auth_requests import AuthRequestStore
 from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
@@ -20,15 +21,22 @@ from flickrhub.v1 import (
     auth_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     legacy_pb2,
     legacy_pb2_grpc,
 )
 from gateway.admin_servicer import AdminServicer
+from gateway.audit import AuditWriter
+from gateway.auth_interceptor import AuthInterceptor
 from gateway.auth_servicer import AuthServicer
+from gateway.authn import Authenticator
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 from gateway.jobs_servicer import JobServicer
+from gateway.keys_servicer import ApiKeyServicer
 from gateway.legacy_servicer import LegacyServicer
+from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +56,33 @@ class GatewayApp:
         self.batcher = InsertBatcher(self.mongo.jobs, settings.insert_batch_ms)
         self.events = EventHub(settings.redis_url)
         self.guard = FlickrGuard(self.redis, settings)
+        # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
+        self.api_keys = ApiKeyStore(self.mongo.api_keys, self.vault)
+        self.authenticator = Authenticator(
+            self.api_keys,
+            self.redis,
+            cache_s=settings.api_key_cache_s,
+            skew_s=settings.auth_clock_skew_s,
+            trusted_proxies=settings.trusted_proxy_networks,
+        )
+        self.audit = AuditWriter(
+            self.mongo.audit_log,
+            settings.audit_queue_max,
+            settings.audit_batch_ms,
+            on_flush=self.authenticator.flush_last_used,
+        )
+        self.limiter = RateLimiter(self.redis, settings.api_key_default_rate_per_min)
         self.grpc = GrpcServer(
             [
                 jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
                 legacy_pb2.DESCRIPTOR.services_by_name["LegacyService"].full_name,
+                keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
             ],
             settings.bind_host,
             settings.gateway_port,
+            interceptors=[AuthInterceptor(self.authenticator, self.limiter, self.audit)],
         )
         job_servicer = JobServicer(
             settings, self.redis, self.store, self.tokens, self.vault, self.batcher, self.events
@@ -68,6 +94,9 @@ class GatewayApp:
         auth_requests = AuthRequestStore(self.mongo.auth_requests, self.vault)
         self.auth = AuthServicer(settings, self.tokens, auth_requests)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.auth, self.grpc.server)
+        keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(self.api_keys, self.authenticator), self.grpc.server
+        )
         self.port = self.grpc.port
         self.metrics_port = -1
 
@@ -75,6 +104,7 @@ class GatewayApp:
         """Indexes, event subscription, then serve."""
         await self.mongo.ensure_indexes()
         await self.events.start()
+        self.audit.start()
         checks: dict[str, Check] = {"redis": self.redis.ping, "mongo": lambda: self.mongo.db.command("ping")}
         await self.grpc.start(checks, self.settings.readiness_interval_s)
         self.metrics_port = start_metrics(self.settings.gateway_metrics_port)
@@ -84,6 +114,7 @@ class GatewayApp:
         """Stop taking calls, let in-flight calls finish, flush pending inserts, close clients."""
         await self.grpc.stop(grace)
         await self.batcher.drain()
+        await self.audit.stop()
         await self.events.stop()
         await self.auth.close()
         await self.redis.aclose()

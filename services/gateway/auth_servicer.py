@@ -26,6 +26,7 @@ from common.errors import FailedPrecondition, FieldViolation, FlickrHubError, In
 from common.settings import Settings
 from common.tokens import TokenRecord, TokenStore, TokenSummary, token_id_hash
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc
+from gateway import identity
 from gateway.validation import USER_ID_RE
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if request.perms not in flickr_oauth.PERMS:
             bad.insert(0, FieldViolation("perms", "required; one of read, write, delete"))
         _raise_if(bad, "StartAuthorizationRequest")
+        if request.user_id:
+            identity.require_user(request.user_id)  # re-authorizing a user is acting for them
         if request.user_id and await self._tokens.summary(request.user_id) is None:
             raise NotFound(f"unknown user_id {request.user_id!r}", reason="USER_NOT_FOUND")
         endpoints = self._settings.flickr_endpoints

@@ -32,7 +32,7 @@ from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import Vault
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
-from gateway import convert, metrics, uploads, validation
+from gateway import convert, identity, metrics, uploads, validation
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 
@@ -96,6 +96,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 [FieldViolation("target", "upload and replace jobs carry a photo: use UploadJob")],
             )
         validation.validate_submit(request)
+        identity.require_user(request.user_id)
         await self.check_callback(request.callback_url)
         target = jobs.target_from_proto(request.target)
         token = await self._tokens.get(request.user_id)
@@ -182,7 +183,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         created = now()
         doc: dict[str, Any] = {
             "job_id": entry.job_id,
-            "client_id": _metadata(context, "x-client-id") or "anonymous",
+            "client_id": identity.client_id(),  # the API key that submitted it
             "user_id": entry.user_id,
             "token_id_hash": entry.token,
             "method": entry.method,
@@ -248,6 +249,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         doc = await self._store.get(job_id)
         if doc is None:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+        identity.require_user(str(doc.get("user_id", "")))
         return doc
 
     async def WatchJob(
@@ -273,6 +275,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         """Cancel a job that has not started."""
         validation.validate_job_id(request.job_id)
+        if not identity.acts_for_every_user():
+            await self._require(request.job_id)  # the user check comes before the change
         if await self._store.cancel(request.job_id):
             doc = await self._require(request.job_id)
             if doc.get("blob_id"):  # a cancelled upload will never run: its photo goes now
@@ -299,6 +303,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             bad.append(FieldViolation("state", "unknown state"))
         if bad:
             raise InvalidArgument("invalid ListJobsRequest", bad)
+        identity.require_user(request.user_id)
         size = request.page_size or 20
         after = convert.decode_cursor(request.page_token) if request.page_token else None
         docs = await self._store.list_for_user(

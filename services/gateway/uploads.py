@@ -32,7 +32,7 @@ from common.blobs import BlobInfo, BlobStore, BlobWriter
 from common.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from common.logs import job_id_var
 from flickrhub.v1 import jobs_pb2
-from gateway import metrics, validation
+from gateway import identity, metrics, validation
 
 if TYPE_CHECKING:
     from gateway.jobs_servicer import JobServicer
@@ -141,6 +141,7 @@ async def accept(
             [FieldViolation("job", "required in the first message")],
         )
     job, target = prepare(first.job)
+    identity.require_user(job.user_id)
     await servicer.check_callback(job.callback_url)
     token = await servicer._tokens.get(job.user_id)
     if token is None:

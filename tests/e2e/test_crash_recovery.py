@@ -117,3 +117,42 @@ async def test_mover_killed_while_moving_loses_nothing_and_runs_nothing_twice() 
     assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}
     executed = sorted(int(c["params"]["m"]) for c in calls if "m" in c["params"])
     assert executed == list(range(300))
+
+
+async def test_three_movers_and_three_workers_under_random_sigkills_finish_every_job_once() -> None:
+    import random
+
+    rng = random.Random(20261129)
+    with process_stack(workers=3, movers=3) as stack:
+        channel, stub = grpc_stub(stack)
+        async with channel, aiohttp.ClientSession() as http:
+            job_ids: list[str] = []
+
+            async def submit_all(start: int) -> None:
+                for i in range(start, 1500, 10):
+                    req = jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER, method="flickr.test.echo", params={"k": str(i)}
+                    )
+                    job_ids.append((await stub.SubmitJob(req)).job_id)
+
+            submitting = asyncio.gather(*(submit_all(k) for k in range(10)))
+            kills = 0
+            while not submitting.done() or kills < 6:
+                await asyncio.sleep(1.0)
+                pool = [p for p in stack.workers + stack.movers if p.alive]
+                victim = rng.choice(pool)
+                victim.kill()
+                kills += 1
+                if victim in stack.workers:
+                    stack.add_worker()
+                else:
+                    stack.add_mover()
+            await submitting
+            done = await asyncio.gather(*(wait_final_grpc(stub, j, timeout=180) for j in job_ids))
+            calls = await sandbox_calls(http, stack, "flickr.test.echo")
+    assert len(done) == 1500
+    assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}
+    executed = {int(c["params"]["k"]) for c in calls if "k" in c["params"]}
+    assert executed == set(range(1500))
+    # A read may run again when its worker died mid-call; that is the only way to a second call.
+    assert len([c for c in calls if "k" in c["params"]]) - 1500 <= kills * 32

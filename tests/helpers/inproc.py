@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from cache.app import CacheApp
+from common import credentials
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.settings import Settings
@@ -80,6 +81,19 @@ class Stack:
     workers: list[WorkerApp]
     channel: grpc.aio.Channel
     mongo: Mongo
+    # The seeded API keys; `channel` presents the admin key (bound to every user) on each call
+    # that carries no credentials of its own, so tests act as a trusted internal client.
+    keys: devstack_seed.DemoKeys | None = None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """HTTP headers presenting the admin key (REST calls through an edge)."""
+        assert self.keys is not None
+        return {"Authorization": f"Bearer {self.keys.admin_key}"}
+
+    def unauthenticated_channel(self) -> grpc.aio.Channel:
+        """A channel to the gateway with no credentials (the caller closes it)."""
+        return grpc.aio.insecure_channel(f"127.0.0.1:{self.gateway.port}")
 
     @property
     def jobs(self) -> jobs_pb2_grpc.JobServiceAsyncStub:
@@ -121,10 +135,13 @@ async def running_stack(
         for app in apps:
             await app.start()
             started.append(app)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+        demo_keys = await devstack_seed.seed_api_keys(settings)
+        channel = credentials.authenticated_channel(f"127.0.0.1:{gateway.port}", demo_keys.admin_key)
         mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
         try:
-            yield Stack(settings, state, sandbox_url, gateway, mover_apps, worker_apps, channel, mongo)
+            yield Stack(
+                settings, state, sandbox_url, gateway, mover_apps, worker_apps, channel, mongo, demo_keys
+            )
         finally:
             await channel.close()
             await mongo.close()

@@ -17,12 +17,14 @@ from typing import Any
 
 import aiohttp
 import hypothesis
+import hypothesis.errors
 import pytest_asyncio
 import requests
 import schemathesis
 from aiohttp import web
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from common.settings import Settings
@@ -30,7 +32,10 @@ from edge.app import create_app
 from tests.helpers.inproc import Stack, running_stack, seed_demo_token, stack_settings
 
 # Examples per operation and generation mode: ~20 operations x 2 modes stay well under a minute.
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 10
+# Failures found here in code outside the OpenAPI work, by `<operation> [<mode>]`, with where they are.
+# The test fails both on a new failure and when a listed one no longer happens (then remove it).
+KNOWN_BUGS: dict[str, str] = {}
 _URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 
 
@@ -106,6 +111,9 @@ def _fuzz(document: dict[str, Any], base_url: str, headers: dict[str, str]) -> d
     failures: dict[str, str] = {}
     with requests.Session() as session:
         for result in schema.get_all_operations():
+            if not isinstance(result, Ok):
+                failures[f"schema [{result.err()}]"] = "schemathesis cannot load an operation"
+                continue
             operation = result.ok()
             for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
@@ -117,13 +125,15 @@ def _fuzz(document: dict[str, Any], base_url: str, headers: dict[str, str]) -> d
                     suppress_health_check=list(hypothesis.HealthCheck),
                 )
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-                def run(case: schemathesis.Case) -> None:
+                def run(case: schemathesis.Case[Any]) -> None:
                     case.call_and_validate(
                         base_url=base_url, session=session, headers=headers, checks=checks, timeout=10
                     )
 
                 try:
                     run()
+                except hypothesis.errors.Unsatisfiable:
+                    continue  # no invalid input exists (an operation without parameters or body)
                 except Exception as exc:  # every failure is reported, not only the first
                     failures[f"{operation.label} [{mode.value}]"] = str(exc)
     return failures

@@ -262,6 +262,7 @@ async def test_secrets_never_reach_mongo_in_clear(stack: Stack) -> None:
 async def test_unreachable_stores_answer_unavailable_with_retry_info(
     redis_url: str, cache_redis_url: str, redis: Any
 ) -> None:
+    from common import credentials
     from devstack.procs import free_port
     from gateway.app import GatewayApp
 
@@ -270,7 +271,9 @@ async def test_unreachable_stores_answer_unavailable_with_retry_info(
     app = GatewayApp(settings)
     await app.grpc.start()  # serve without the start-up index check, which needs MongoDB
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        # A well-formed key: checking it needs MongoDB too, so the answer is still UNAVAILABLE.
+        any_key = credentials.authenticated_channel(f"127.0.0.1:{app.port}", "fhk_somekey_" + "s" * 43)
+        async with any_key as channel:
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetJob(jobs_pb2.GetJobRequest(job_id="0" * 32))

@@ -1,0 +1,249 @@
+"""Authentication of a call: a bearer API key or an HMAC-signed request, and the client's address.
+
+Bearer: `authorization: Bearer fhk_<id>_<secret>` or `x-api-key: fhk_…`. One
+indexed lookup by key id, then bcrypt (in a thread) — unless the same key and
+secret were verified within API_KEY_CACHE_S, when neither is paid again.
+Signed: `x-api-key-id`, `x-timestamp`, `x-nonce`, `x-signature` over the canonical
+string of common.signing; the nonce is remembered (SET NX) for twice the skew
+window, after the signature checked out, so a replay is refused.
+
+Every refusal of a key says only "invalid credentials": never which part was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from common import keys, redisio, signing
+from common.apikeys import ApiKeyRecord, ApiKeyStore, check_secret, parse_key
+from common.errors import FlickrHubError, Unavailable
+from gateway.identity import Caller, PermissionDenied
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+BCRYPT_CHECKS = Counter("flickrhub_api_key_bcrypt_checks_total", "bcrypt verifications of presented keys.")
+AUTH_FAILURES = Counter("flickrhub_auth_failures_total", "Calls refused by authentication.", ["reason"])
+
+# Metadata the REST edge adds (it is a trusted proxy): the HTTP request that was signed.
+EDGE_METHOD = "x-fh-http-method"
+EDGE_PATH = "x-fh-http-path"
+EDGE_QUERY = "x-fh-http-query"
+EDGE_BODY_SHA256 = "x-fh-body-sha256"
+# bcrypt is ~0.2 s of CPU: at most this many run at once, so a flood of bad keys cannot take every thread.
+BCRYPT_CONCURRENCY = 4
+_MISSING_HELP = (
+    "missing credentials: send 'authorization: Bearer <api key>' or 'x-api-key', or sign the request "
+    "(x-api-key-id, x-timestamp, x-nonce, x-signature; see docs/auth.md)"
+)
+
+
+class Unauthenticated(FlickrHubError):
+    """No usable credential; the message never says which part of a key was wrong."""
+
+    def __init__(self, message: str = "invalid credentials", reason: str = "INVALID_CREDENTIALS") -> None:
+        super().__init__(message, reason, grpc.StatusCode.UNAUTHENTICATED)
+
+
+@dataclass
+class _Cached:
+    record: ApiKeyRecord
+    doc: dict[str, Any]
+    expires: float
+    verified: set[str] = field(default_factory=set)
+    signing_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What authentication needs to know about one call."""
+
+    method_path: str
+    metadata: dict[str, str]
+    peer: str
+    body_sha256: str  # of the serialized request (empty-bytes hash for client streams)
+
+
+def peer_ip(peer: str) -> str:
+    """The address in a gRPC peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`); "" for others."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
+def _in(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_ip(peer: str, forwarded_for: str, trusted: Sequence[Network]) -> tuple[str, bool]:
+    """(client address, whether the peer is a trusted proxy).
+
+    x-forwarded-for counts only when the peer is a trusted proxy, and then the client is
+    the rightmost hop that is not itself trusted: hops further left were written by
+    the client and prove nothing.
+    """
+    address = peer_ip(peer)
+    if not _in(address, trusted):
+        return address, False
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop, True
+    return (hops[0] if hops else address), True
+
+
+class Authenticator:
+    """Turns a call's metadata into a Caller, or raises UNAUTHENTICATED / PERMISSION_DENIED."""
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        redis: redisio.Redis,
+        *,
+        cache_s: float,
+        skew_s: int,
+        trusted_proxies: Sequence[Network],
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._cache_s = cache_s
+        self._skew_s = skew_s
+        self._trusted = tuple(trusted_proxies)
+        self._cache: dict[str, _Cached] = {}
+        self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+        self.used: set[str] = set()  # key ids seen since the last last_used_at flush
+        self.bcrypt_checks = 0
+        self.lookups = 0
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget a key's cached verification (after rotate or revoke on this replica)."""
+        self._cache.pop(key_id, None)
+
+    async def flush_last_used(self) -> None:
+        """Write last_used_at of the keys used since the last flush (off the request path)."""
+        used, self.used = self.used, set()
+        await self._store.touch(used)
+
+    def client_address(self, peer: str, metadata: dict[str, str]) -> tuple[str, bool]:
+        """(client address, peer is a trusted proxy)."""
+        return client_ip(peer, metadata.get("x-forwarded-for", ""), self._trusted)
+
+    async def authenticate(self, call: Request, address: str, trusted_peer: bool) -> Caller:
+        """The caller of `call`; raises Unauthenticated or PermissionDenied."""
+        md = call.metadata
+        bearer = md.get("authorization", "")
+        presented = md.get("x-api-key", "")
+        if bearer:
+            scheme, _, token = bearer.partition(" ")
+            if scheme.lower() != "bearer":
+                raise Unauthenticated("unsupported authorization scheme: use 'Bearer <api key>'")
+            presented = token.strip()
+        if presented:
+            record = await self._bearer(presented)
+            caller = Caller(record, address, "bearer")
+        elif md.get(signing.HEADER_SIGNATURE) or md.get(signing.HEADER_KEY_ID):
+            record = await self._signed(call, trusted_peer)
+            caller = Caller(record, address, "hmac")
+        else:
+            raise Unauthenticated(_MISSING_HELP, "MISSING_CREDENTIALS")
+        if not record.allows_ip(address):
+            raise PermissionDenied("this API key is not allowed from this address", "IP_NOT_ALLOWED")
+        self.used.add(record.key_id)
+        return caller
+
+    async def _entry(self, key_id: str) -> _Cached:
+        cached = self._cache.get(key_id)
+        now = time.monotonic()
+        if cached is not None and cached.expires > now:
+            return cached
+        self.lookups += 1
+        doc = await self._store.find(key_id)
+        if doc is None or doc.get("revoked"):
+            self._cache.pop(key_id, None)
+            raise Unauthenticated()
+        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, now + self._cache_s)
+        if self._cache_s > 0:
+            self._cache[key_id] = entry
+        return entry
+
+    async def _bearer(self, presented: str) -> ApiKeyRecord:
+        parsed = parse_key(presented)
+        if parsed is None:
+            raise Unauthenticated()
+        key_id, secret = parsed
+        entry = await self._entry(key_id)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        if digest in entry.verified:
+            return entry.record
+        async with self._bcrypt:
+            self.bcrypt_checks += 1
+            BCRYPT_CHECKS.inc()
+            ok = await asyncio.to_thread(check_secret, secret, str(entry.doc.get("secret_hash", "")))
+        if not ok:
+            raise Unauthenticated()
+        entry.verified.add(digest)
+        return entry.record
+
+    async def _signed(self, call: Request, trusted_peer: bool) -> ApiKeyRecord:
+        md = call.metadata
+        key_id = md.get(signing.HEADER_KEY_ID, "")
+        timestamp = md.get(signing.HEADER_TIMESTAMP, "")
+        nonce = md.get(signing.HEADER_NONCE, "")
+        presented = md.get(signing.HEADER_SIGNATURE, "")
+        if not (key_id and timestamp and nonce and presented):
+            raise Unauthenticated(
+                "a signed request needs x-api-key-id, x-timestamp, x-nonce and x-signature",
+                "MISSING_CREDENTIALS",
+            )
+        if not (timestamp.isdigit() and len(timestamp) <= 12) or not signing.NONCE_RE.fullmatch(nonce):
+            raise Unauthenticated()
+        if abs(time.time() - int(timestamp)) > self._skew_s:
+            raise Unauthenticated(
+                f"x-timestamp is more than {self._skew_s} s away from the server's clock", "TIMESTAMP_SKEW"
+            )
+        entry = await self._entry(key_id) if len(key_id) <= 32 else None
+        if entry is None:
+            raise Unauthenticated()
+        if entry.signing_secret is None:
+            entry.signing_secret = self._store.signing_secret(entry.doc)
+        if trusted_peer and EDGE_METHOD in md:
+            # Through the edge: the HTTP request the client signed (the edge computed the body hash).
+            canonical = signing.canonical_string(
+                md[EDGE_METHOD],
+                md.get(EDGE_PATH, ""),
+                md.get(EDGE_QUERY, ""),
+                md.get(EDGE_BODY_SHA256, signing.EMPTY_SHA256),
+                timestamp,
+                nonce,
+            )
+        else:
+            canonical = signing.canonical_string(
+                "POST", call.method_path, "", call.body_sha256, timestamp, nonce
+            )
+        if not signing.matches(entry.signing_secret, canonical, presented):
+            raise Unauthenticated()
+        try:
+            fresh = await self._redis.set(
+                keys.api_key_nonce(key_id, nonce), "1", nx=True, ex=2 * self._skew_s
+            )
+        except RedisError as exc:
+            raise Unavailable("nonce store unavailable; retry shortly") from exc
+        if not fresh:
+            raise Unauthenticated("this signed request was already used (nonce replayed)", "REPLAYED")
+        return entry.record
