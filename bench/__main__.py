@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import cache_latency, edge_overhead
+from bench import auth_cost, cache_latency, edge_overhead
 from bench.load import run_load
 from common.mongo import Mongo
 from devstack.seed import DEMO_USER
@@ -76,10 +76,12 @@ def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
         try:
             stack.start()
             target = f"127.0.0.1:{stack.ports.gateway}"
-            asyncio.run(run_load(target, 200, concurrency, DEMO_USER))  # warm-up
+            assert stack.keys is not None
+            key = stack.keys.admin_key
+            asyncio.run(run_load(target, 200, concurrency, DEMO_USER, api_key=key))  # warm-up
             baseline = asyncio.run(bare_unary_rate(target, 4000, concurrency))
             store = asyncio.run(store_write_rate(stack.settings.mongo_url, "bench_store_baseline"))
-            load = asyncio.run(run_load(target, jobs, concurrency, DEMO_USER))
+            load = asyncio.run(run_load(target, jobs, concurrency, DEMO_USER, api_key=key))
         finally:
             stack.stop()
     return {
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--edge-requests", type=int, default=2000)
+    parser.add_argument("--auth-requests", type=int, default=2000)
     opts = parser.parse_args()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -111,6 +114,9 @@ def main() -> None:
     print("edge: CPU per request through the REST edge vs direct gRPC …", flush=True)
     results["edge"] = edge_overhead.run(opts.edge_requests)
     print(json.dumps(results["edge"], indent=2), flush=True)
+    print("auth: bcrypt check vs cached verification of an API key …", flush=True)
+    results["auth"] = auth_cost.run(opts.auth_requests)
+    print(json.dumps(results["auth"], indent=2), flush=True)
     print("cache: gRPC Get hit latency vs a bare Redis GET …", flush=True)
     results["cache"] = _run_cache_bench()
     print(json.dumps(results["cache"], indent=2), flush=True)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
+from common import credentials
+from common.settings import Settings
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 
 FINAL = {
@@ -50,10 +52,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run_load(
-    target: str, n: int, concurrency: int, user_id: str, method: str = "flickr.test.echo"
+    target: str,
+    n: int,
+    concurrency: int,
+    user_id: str,
+    method: str = "flickr.test.echo",
+    api_key: str = "",
 ) -> LoadResult:
     """Submit `n` jobs with `concurrency` callers, then poll until every one is final."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel_cm = (
+        credentials.authenticated_channel(target, api_key) if api_key else grpc.aio.insecure_channel(target)
+    )
+    async with channel_cm as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         latencies: list[float] = []
         job_ids: list[str] = []
@@ -121,8 +131,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--user-id", default="demo-user")
     parser.add_argument("--method", default="flickr.test.echo")
+    parser.add_argument(
+        "--api-key", default=Settings.from_env().flickrhub_api_key, help="default: FLICKRHUB_API_KEY"
+    )
     opts = parser.parse_args()
-    result = asyncio.run(run_load(opts.target, opts.jobs, opts.concurrency, opts.user_id, opts.method))
+    result = asyncio.run(
+        run_load(opts.target, opts.jobs, opts.concurrency, opts.user_id, opts.method, opts.api_key)
+    )
     print(json.dumps(asdict(result), indent=2))
 
 

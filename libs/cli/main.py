@@ -3,8 +3,10 @@
     flickrhub auth [--perms read|write|delete] [--user-id U]   authorize a Flickr user interactively
     flickrhub tokens list                                        stored tokens (never a secret)
     flickrhub tokens revoke USER_ID                              revoke a user's token
+    flickrhub keys create|list|rotate|revoke|bootstrap-admin     API keys (see cli.keys)
 
-The gateway is GATEWAY_ADDR (or --gateway). Exit status: 0 done, 1 the gateway
+The gateway is GATEWAY_ADDR (or --gateway); calls present the API key FLICKRHUB_API_KEY
+(or --api-key). Exit status: 0 done, 1 the gateway
 refused or could not be reached (one line on stderr says why), 2 bad usage.
 """
 
@@ -17,9 +19,10 @@ from typing import TextIO
 
 import grpc
 
-from common import rotation
+from cli import keys
+from common import credentials, rotation
 from common.settings import Settings, SettingsError
-from flickrhub.v1 import auth_pb2, auth_pb2_grpc
+from flickrhub.v1 import auth_pb2, auth_pb2_grpc, keys_pb2_grpc
 
 # The exchange with Flickr happens inside CompleteAuthorization: allow it Flickr's own timeout and some.
 CALL_TIMEOUT_S = 60.0
@@ -33,6 +36,7 @@ class CliError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flickrhub", description="FlickrHub operator commands.")
     parser.add_argument("--gateway", help="gateway gRPC address host:port (default: GATEWAY_ADDR)")
+    parser.add_argument("--api-key", default="", help="API key to present (default: FLICKRHUB_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     auth = commands.add_parser("auth", help="authorize FlickrHub to act for a Flickr user")
     auth.add_argument("--perms", choices=("read", "write", "delete"), default="write", help="default: write")
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="re-encrypt every secret under VAULT_KEY_VERSION (talks to MongoDB directly)"
     )
     rotate.add_argument("--batch", type=int, default=200)
+    keys.add_parser(commands)
     return parser
 
 
@@ -139,10 +144,18 @@ def main(
             print(f"flickrhub: error: {exc}", file=stderr)
             return 1
     try:
-        target = args.gateway or Settings.from_env().gateway_addr
-        with grpc.insecure_channel(target) as channel:
+        settings = Settings.from_env()
+        if args.command == "keys" and args.action == "bootstrap-admin":
+            # No key exists yet to call the gateway with: write MongoDB directly, like `vault rotate`.
+            keys.bootstrap_admin(settings, args.name, stdout)
+            return 0
+        target = args.gateway or settings.gateway_addr
+        api_key = args.api_key or settings.flickrhub_api_key
+        with credentials.sync_authenticated_channel(target, api_key) as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
-            if args.command == "auth":
+            if args.command == "keys":
+                keys.run(args, keys_pb2_grpc.ApiKeyServiceStub(channel), stdout)
+            elif args.command == "auth":
                 run_auth(stub, args.perms, args.user_id, stdin, stdout)
             elif args.action == "list":
                 run_list(stub, stdout)

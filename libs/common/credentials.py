@@ -69,7 +69,7 @@ def authenticated_channel(
     )
 
 
-class _SyncKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _SyncKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """The same for blocking channels (the CLI)."""
 
     def __init__(self, api_key: str) -> None:
@@ -95,7 +95,7 @@ class _SyncKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercept
         return continuation(self._details(client_call_details), request)
 
 
-class _SyncDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+class _SyncDetails(grpc.ClientCallDetails):
     def __init__(
         self,
         method: str,

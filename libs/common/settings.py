@@ -255,6 +255,12 @@ class Settings:
         "Comma-separated CIDRs of proxies (the REST edge) whose x-forwarded-for and x-fh-http-* metadata "
         "the gateway believes; every other peer is the client itself.",
     )
+    flickrhub_api_key: str = _env(
+        "FLICKRHUB_API_KEY",
+        "",
+        "The API key the `flickrhub` CLI and the load driver present (`--api-key` wins).",
+        secret=True,
+    )
     audit_queue_max: int = _env(
         "AUDIT_QUEUE_MAX",
         10000,

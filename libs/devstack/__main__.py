@@ -19,11 +19,18 @@ FlickrHub is running (data in {data}, logs in {data}/logs).
   REST   http://127.0.0.1:{edge}      gRPC  127.0.0.1:{gateway}      Flickr sandbox  http://127.0.0.1:{sandbox}
   Metrics: gateway :{m_gateway}  mover :{m_mover}  worker :{m_worker}  cache :{m_cache}  edge :{m_edge}
 
+API keys (new on every start; shown only here):
+  client (acts for {user})  {client_key}
+  admin                     {admin_key}
+  client signing secret     {client_signing}   (HMAC-signed requests: docs/auth.md)
+
 Submit a Flickr call over REST and poll it:
 
-  curl -s -X POST http://127.0.0.1:{edge}/v1/jobs -H 'Content-Type: application/json' \\
+  export FLICKRHUB_API_KEY={client_key}
+  curl -s -X POST http://127.0.0.1:{edge}/v1/jobs -H "Authorization: Bearer $FLICKRHUB_API_KEY" \\
+       -H 'Content-Type: application/json' \\
        -d '{{"user_id": "{user}", "method": "flickr.test.echo", "params": {{"hello": "world"}}}}'
-  curl -s http://127.0.0.1:{edge}/v1/jobs/<job_id>
+  curl -s -H "Authorization: Bearer $FLICKRHUB_API_KEY" http://127.0.0.1:{edge}/v1/jobs/<job_id>
 
 Or over gRPC (in this virtualenv: .venv/bin/python):
 
@@ -31,9 +38,10 @@ Or over gRPC (in this virtualenv: .venv/bin/python):
   from google.protobuf.json_format import MessageToDict
   from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
   stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel("127.0.0.1:{gateway}"))
+  key = [("authorization", "Bearer {client_key}")]
   job = stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id="{user}", method="flickr.photos.search",
-                                                 params={{"text": "sunset"}}))
-  for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id)):
+                                                 params={{"text": "sunset"}}), metadata=key)
+  for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), metadata=key):
       print(jobs_pb2.JobState.Name(update.state), MessageToDict(update.result))
 
 Press Ctrl-C to stop everything.
@@ -72,6 +80,9 @@ def run(workers: int, movers: int, data: Path) -> int:
                 gateway=ports.gateway,
                 sandbox=ports.sandbox,
                 user=DEMO_USER,
+                client_key=stack.keys.client_key if stack.keys else "",
+                admin_key=stack.keys.admin_key if stack.keys else "",
+                client_signing=stack.keys.client_signing_secret if stack.keys else "",
                 **{f"m_{k}": v for k, v in ports.metrics.items()},
             ),
             flush=True,

@@ -31,6 +31,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf import descriptor, message, message_factory
 from opentelemetry import propagate, trace
@@ -191,7 +192,7 @@ class UploadHandler:
             photo = await reader.next()
         except transcode.TranscodeError as exc:
             raise _Refused(400, f"`{JOB_PART}` part: {exc}") from None
-        except (ValueError, AssertionError) as exc:  # aiohttp's words for a malformed multipart body
+        except (ValueError, AssertionError, BadHttpMessage) as exc:  # aiohttp's words for a malformed body
             raise _Refused(400, f"malformed multipart body: {exc}") from None
         if not isinstance(photo, BodyPartReader) or photo.name != PHOTO_PART:
             raise _Refused(400, f"a `{PHOTO_PART}` file part must follow the `{JOB_PART}` part")
@@ -205,7 +206,7 @@ class UploadHandler:
             reply = await call
         except grpc.aio.AioRpcError as exc:
             return edge_app._error_response(self.edge._rpc_error(exc), request_id)
-        except (ValueError, AssertionError) as exc:
+        except (ValueError, AssertionError, BadHttpMessage) as exc:
             call.cancel()
             raise _Refused(400, f"malformed multipart body: {exc}") from None
         except BaseException:

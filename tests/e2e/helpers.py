@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from common import credentials
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -16,9 +17,16 @@ FINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_
 
 
 def grpc_stub(stack: ProcessStack) -> tuple[grpc.aio.Channel, jobs_pb2_grpc.JobServiceAsyncStub]:
-    """A channel and JobService stub on the stack's gateway."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.gateway}")
+    """A channel and JobService stub on the stack's gateway, presenting the stack's admin key."""
+    assert stack.keys is not None
+    channel = credentials.authenticated_channel(f"127.0.0.1:{stack.ports.gateway}", stack.keys.admin_key)
     return channel, jobs_pb2_grpc.JobServiceStub(channel)
+
+
+def auth_headers(stack: ProcessStack) -> dict[str, str]:
+    """HTTP headers presenting the stack's admin key to the REST edge."""
+    assert stack.keys is not None
+    return {"Authorization": f"Bearer {stack.keys.admin_key}"}
 
 
 def edge_url(stack: ProcessStack, path: str) -> str:

@@ -12,7 +12,7 @@ from common.mongo import Mongo
 from devstack.seed import DEMO_USER
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.conftest import process_stack
-from tests.e2e.helpers import add_fault, grpc_stub, sandbox_calls, wait_final_grpc
+from tests.e2e.helpers import add_fault, auth_headers, grpc_stub, sandbox_calls, wait_final_grpc
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.rich import result_of
 
@@ -37,7 +37,7 @@ async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> No
         receiver = await Receiver().start()
         channel, stub = grpc_stub(stack)
         try:
-            async with channel, aiohttp.ClientSession() as http:
+            async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
                 await add_fault(
                     http, stack, method="flickr.test.echo", kind="latency", latency_ms=5000, times=1
                 )
@@ -75,7 +75,7 @@ async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> No
 async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
     with process_stack(workers=2) as stack:
         channel, stub = grpc_stub(stack)
-        async with channel, aiohttp.ClientSession() as http:
+        async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
             await add_fault(http, stack, method="flickr.test.echo", kind="latency", latency_ms=200, times=-1)
             submitted = [
                 await stub.SubmitJob(
@@ -97,7 +97,7 @@ async def test_redis_restart_with_jobs_in_flight_loses_none() -> None:
 async def test_mover_killed_while_moving_loses_nothing_and_runs_nothing_twice() -> None:
     with process_stack(workers=2, movers=2) as stack:
         channel, stub = grpc_stub(stack)
-        async with channel, aiohttp.ClientSession() as http:
+        async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
             job_ids: list[str] = []
 
             async def submit_all(start: int) -> None:
@@ -125,7 +125,7 @@ async def test_three_movers_and_three_workers_under_random_sigkills_finish_every
     rng = random.Random(20261129)
     with process_stack(workers=3, movers=3) as stack:
         channel, stub = grpc_stub(stack)
-        async with channel, aiohttp.ClientSession() as http:
+        async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
             job_ids: list[str] = []
 
             async def submit_all(start: int) -> None:

@@ -13,7 +13,7 @@ from common import webhook
 from devstack.seed import DEMO_USER
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2
-from tests.e2e.helpers import add_fault, edge_url, grpc_stub, wait_final_grpc, wait_final_rest
+from tests.e2e.helpers import add_fault, auth_headers, edge_url, grpc_stub, wait_final_grpc, wait_final_rest
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.rich import result_of
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 async def test_same_call_over_grpc_and_rest_completes_the_same_way(stack: ProcessStack) -> None:
     channel, stub = grpc_stub(stack)
-    async with channel, aiohttp.ClientSession() as http:
+    async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
         submitted = await stub.SubmitJob(
             jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"via": "grpc"})
         )
@@ -41,7 +41,7 @@ async def test_same_call_over_grpc_and_rest_completes_the_same_way(stack: Proces
 
 async def test_rest_errors_match_grpc_errors(stack: ProcessStack) -> None:
     channel, stub = grpc_stub(stack)
-    async with channel, aiohttp.ClientSession() as http:
+    async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.SubmitJob(jobs_pb2.SubmitJobRequest(user_id="nobody", method="flickr.test.echo"))
         async with http.post(
@@ -57,7 +57,7 @@ async def test_rest_errors_match_grpc_errors(stack: ProcessStack) -> None:
 
 async def test_watch_streams_every_state_and_ends_at_the_final_one(stack: ProcessStack) -> None:
     channel, stub = grpc_stub(stack)
-    async with channel, aiohttp.ClientSession() as http:
+    async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
         await add_fault(http, stack, method="flickr.people.getInfo", kind="latency", latency_ms=600, times=1)
         job = await stub.SubmitJob(
             jobs_pb2.SubmitJobRequest(
@@ -80,7 +80,7 @@ async def test_webhook_is_signed_retried_and_carries_meta_untouched(stack: Proce
     secret = "a-webhook-secret-of-some-length"
     meta = {"order": 42, "tags": ["a", "b"], "nested": {"ok": True, "none": None}}
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=auth_headers(stack)) as http:
             body = {
                 "user_id": DEMO_USER,
                 "method": "flickr.test.echo",
@@ -138,7 +138,7 @@ async def test_flickr_refusal_fails_at_once_with_flickrs_code(stack: ProcessStac
 
 async def test_rate_limited_call_is_retried_with_backoff_then_completes(stack: ProcessStack) -> None:
     channel, stub = grpc_stub(stack)
-    async with channel, aiohttp.ClientSession() as http:
+    async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
         await add_fault(http, stack, method="flickr.photos.getSizes", kind="http_status", status=429, times=2)
         job = await stub.SubmitJob(
             jobs_pb2.SubmitJobRequest(

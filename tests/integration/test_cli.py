@@ -35,6 +35,11 @@ def _addr(s: AuthStack) -> str:
     return f"127.0.0.1:{s.stack.gateway.port}"
 
 
+def _admin_key(s: AuthStack) -> str:
+    assert s.stack.keys is not None
+    return s.stack.keys.admin_key
+
+
 async def _cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = await asyncio.to_thread(main, list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err)
@@ -43,7 +48,7 @@ async def _cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 async def _auth_subprocess(s: AuthStack, *extra: str) -> tuple[int, str, str]:
     """`flickrhub auth`, approving the URL it prints on the sandbox page and typing the verifier."""
-    env = {**os.environ, "GATEWAY_ADDR": _addr(s)}
+    env = {**os.environ, "GATEWAY_ADDR": _addr(s), "FLICKRHUB_API_KEY": _admin_key(s)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -100,7 +105,7 @@ async def test_auth_can_reauthorize_an_existing_user(s: AuthStack) -> None:
 
 
 async def test_auth_without_a_verifier_fails_clearly(s: AuthStack) -> None:
-    code, out, err = await _cli("--gateway", _addr(s), "auth", stdin="")
+    code, out, err = await _cli("--gateway", _addr(s), "--api-key", _admin_key(s), "auth", stdin="")
     assert code == 1
     assert "/services/oauth/authorize?oauth_token=" in out
     assert err == "flickrhub: error: no verifier given; the authorization was not completed\n"
@@ -110,7 +115,7 @@ async def test_tokens_list_and_revoke(s: AuthStack) -> None:
     code, out, _ = await _auth_subprocess(s, "--perms", "read")
     assert code == 0
     user_id = _fields(out)["user_id"]
-    code, table, _ = await _cli("--gateway", _addr(s), "tokens", "list")
+    code, table, _ = await _cli("--gateway", _addr(s), "--api-key", _admin_key(s), "tokens", "list")
     assert code == 0
     header, row, count = table.splitlines()
     assert header.split() == [
@@ -126,14 +131,16 @@ async def test_tokens_list_and_revoke(s: AuthStack) -> None:
     assert count == "1 token(s)"
     for token in s.stack.sandbox.tokens.values():
         assert token.token not in table and token.token_secret not in table
-    code, out, _ = await _cli("--gateway", _addr(s), "tokens", "revoke", user_id)
+    code, out, _ = await _cli("--gateway", _addr(s), "--api-key", _admin_key(s), "tokens", "revoke", user_id)
     assert (code, out) == (0, f"revoked {user_id} (flickrhub-demo)\n")
-    code, table, _ = await _cli("--gateway", _addr(s), "tokens", "list")
+    code, table, _ = await _cli("--gateway", _addr(s), "--api-key", _admin_key(s), "tokens", "list")
     assert table.splitlines()[1].split()[4] == "yes"
 
 
 async def test_gateway_errors_are_one_line_and_non_zero(s: AuthStack) -> None:
-    code, out, err = await _cli("--gateway", _addr(s), "tokens", "revoke", "no-such-user")
+    code, out, err = await _cli(
+        "--gateway", _addr(s), "--api-key", _admin_key(s), "tokens", "revoke", "no-such-user"
+    )
     assert code == 1
     assert out == ""
     assert err == "flickrhub: error: NOT_FOUND: unknown user_id 'no-such-user'\n"

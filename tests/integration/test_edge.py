@@ -339,6 +339,8 @@ async def test_unreachable_gateway_is_a_503_json() -> None:
             async with http.post(f"{base}/v1/jobs", json={"user_id": "u", "method": "m"}) as resp:
                 assert resp.status == 503
                 body = await _json(resp)
+            error_id = body.pop("error_id")  # every 5xx the edge makes carries a logged error id
+            assert len(error_id) == 12
             assert body == {"code": 14, "message": "gateway unavailable, retry later", "details": []}
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 503

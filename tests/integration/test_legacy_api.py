@@ -29,7 +29,7 @@ async def legacy(
         cache_redis_url,
         mongo_url,
         mongo_db_name,
-        webhook_host_overrides="rebind.test=93.184.216.34",
+        webhook_host_overrides="rebind.test=93.184.216.34,private.test=10.0.0.9",
     )
     await seed_demo_token(settings)
     async with running_stack(settings) as stack:
@@ -41,7 +41,8 @@ async def legacy(
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         try:
-            async with aiohttp.ClientSession() as http:
+            # The original's clients move over by adding a credential: every call here presents one.
+            async with aiohttp.ClientSession(headers=stack.auth_headers) as http:
                 yield stack, f"http://127.0.0.1:{runner.addresses[0][1]}", http
         finally:
             await runner.cleanup()
@@ -165,7 +166,7 @@ async def test_private_callback_urls_are_refused_at_submission(
     for url in (
         "http://10.0.0.8/hook",
         "http://169.254.169.254/latest/meta-data",
-        "http://localhost:8080/hook",  # resolves to loopback; only 127.0.0.1 itself is allow-listed
+        "http://private.test:8080/hook",  # a name whose (configured) DNS answer is private
         "http://[::1]/hook",
         "ftp://example.com/hook",
     ):

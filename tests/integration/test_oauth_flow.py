@@ -130,15 +130,17 @@ async def test_callback_flow_completes_through_the_edges_callback_route(stores: 
         assert (done["user_nsid"], done["perms"]) == ("10000001@N00", "read")
         doc = await s.stack.mongo.tokens.find_one({"user_id": done["user_id"]})
         assert doc is not None and doc["perms"] == "read" and doc["revoked"] is False
-        # The original FlickrHub routes are bindings of the same RPCs.
+        # The original FlickrHub routes are bindings of the same RPCs, in the original's envelope.
         async with s.http.post(f"{s.edge}/api/v1/auth/start", json={"perms": "delete"}) as resp:
             assert resp.status == 200
-            assert (await resp.json())["authorize_url"].endswith("&perms=delete")
+            started = await resp.json()
+            assert started["error"] is None and started["data"]["authorize_url"].endswith("&perms=delete")
         # Replaying the redirect is refused: the request was consumed.
         async with s.http.get(approval.location.replace("/v1/", "/api/v1/")) as resp:
             assert resp.status == 400
             body = await resp.json()
-            assert body["message"] == "authorization request already completed"
+            assert body["data"] is None and body["error"]["code"].startswith("ERR_")
+            assert body["error"]["message"] == "authorization request already completed"
 
 
 async def test_expired_request_is_refused(stores: tuple[str, ...]) -> None:

@@ -59,9 +59,9 @@ def _is_ancestor(spans: list[ReadableSpan], ancestor: ReadableSpan, span: Readab
 
 
 async def test_one_trace_follows_a_job_through_every_hop(traced: tuple[Stack, str]) -> None:
-    _stack, edge = traced
+    stack, edge = traced
     body = {"user_id": DEMO_USER, "method": "flickr.photos.getInfo", "params": {"photo_id": "4242"}}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=stack.auth_headers) as http:
         async with http.post(f"{edge}/v1/jobs", json=body) as resp:
             assert resp.status == 200, await resp.text()
             submitted = await resp.json()

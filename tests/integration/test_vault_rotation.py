@@ -80,7 +80,7 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
         await receiver.stop()
     assert set(states) == {jobs_pb2.JOB_STATE_COMPLETED}
     assert report.rotated["tokens"] == 1
-    assert report.left_on_old_keys == {"tokens": 0, "jobs": 0, "auth_requests": 0}
+    assert report.left_on_old_keys == {"tokens": 0, "jobs": 0, "auth_requests": 0, "api_keys": 0}
     only_new = Vault(LocalKeyProvider({2: b"2" * 32}, current_version=2))  # the old key is gone
     for doc in tokens:
         assert (
@@ -139,4 +139,4 @@ def test_cli_rotates_and_reports(mongo_url: str, mongo_db_name: str) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["key_version"] == 2
-    assert report["left_on_old_keys"] == {"tokens": 0, "jobs": 0, "auth_requests": 0}
+    assert report["left_on_old_keys"] == {"tokens": 0, "jobs": 0, "auth_requests": 0, "api_keys": 0}

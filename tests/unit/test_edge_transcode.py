@@ -215,8 +215,14 @@ def test_route_table_comes_from_the_http_options() -> None:
         ("POST", "/api/v1/auth/complete"),
         ("GET", "/v1/auth/callback"),
         ("GET", "/api/v1/auth/callback"),
+        ("POST", "/api/v1/flickr/rest"),
+        ("POST", "/api/v1/flickr/jobs/status"),
         ("GET", "/v1/admin/tokens"),
         ("POST", "/v1/admin/tokens/{user_id}:revoke"),
+        ("POST", "/v1/admin/keys"),
+        ("GET", "/v1/admin/keys"),
+        ("POST", "/v1/admin/keys/{key_id}:rotate"),
+        ("POST", "/v1/admin/keys/{key_id}:revoke"),
     }
     submit = table[("POST", "/v1/jobs")]
     assert submit.method_path == "/flickrhub.v1.JobService/SubmitJob"
