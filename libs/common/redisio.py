@@ -28,8 +28,12 @@ def fields(values: Mapping[str, str]) -> dict[Any, Any]:
 
 
 def client(url: str, *, max_connections: int = 64, decode: bool = True) -> Redis:
-    """A pooled client for short commands (5 s socket timeout, retried on connection errors)."""
-    return aioredis.Redis.from_url(
+    """A pooled client for short commands (5 s socket timeout, retried on connection errors).
+
+    The pool blocks (up to 5 s) when all its connections are busy instead of failing: a burst of
+    concurrent calls queues for a connection rather than erroring out (redis-py's default pool raises).
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         protocol=2,
         decode_responses=decode,
@@ -37,9 +41,11 @@ def client(url: str, *, max_connections: int = 64, decode: bool = True) -> Redis
         socket_connect_timeout=2,
         health_check_interval=15,
         max_connections=max_connections,
+        timeout=5,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
 def blocking_client(url: str) -> Redis:
