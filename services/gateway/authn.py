@@ -126,6 +126,10 @@ class Authenticator:
         self._skew_s = skew_s
         self._trusted = tuple(trusted_proxies)
         self._cache: dict[str, _Cached] = {}
+        # Single flight: concurrent calls with one key share one lookup and one bcrypt check, so a
+        # cache expiry under load costs one of each, not one per waiting call.
+        self._loading: dict[str, asyncio.Future[_Cached]] = {}
+        self._checking: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         self.used: set[str] = set()  # key ids seen since the last last_used_at flush
         self.bcrypt_checks = 0
@@ -169,15 +173,26 @@ class Authenticator:
 
     async def _entry(self, key_id: str) -> _Cached:
         cached = self._cache.get(key_id)
-        now = time.monotonic()
-        if cached is not None and cached.expires > now:
+        if cached is not None and cached.expires > time.monotonic():
             return cached
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key_id, cached))
+            self._loading[key_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, key_id: str, previous: _Cached | None) -> _Cached:
         self.lookups += 1
         doc = await self._store.find(key_id)
         if doc is None or doc.get("revoked"):
             self._cache.pop(key_id, None)
             raise Unauthenticated()
-        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, now + self._cache_s)
+        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, time.monotonic() + self._cache_s)
+        if previous is not None and previous.doc.get("secret_hash") == doc.get("secret_hash"):
+            entry.verified = previous.verified  # same secret: what was verified stays verified
+        if previous is not None and previous.doc.get("signing_secret") == doc.get("signing_secret"):
+            entry.signing_secret = previous.signing_secret
         if self._cache_s > 0:
             self._cache[key_id] = entry
         return entry
@@ -191,14 +206,22 @@ class Authenticator:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         if digest in entry.verified:
             return entry.record
-        async with self._bcrypt:
-            self.bcrypt_checks += 1
-            BCRYPT_CHECKS.inc()
-            ok = await asyncio.to_thread(check_secret, secret, str(entry.doc.get("secret_hash", "")))
-        if not ok:
+        flight = (key_id, digest)
+        checking = self._checking.get(flight)
+        if checking is None:
+            checking = asyncio.ensure_future(self._check(secret, str(entry.doc.get("secret_hash", ""))))
+            self._checking[flight] = checking
+            checking.add_done_callback(lambda _: self._checking.pop(flight, None))
+        if not await asyncio.shield(checking):
             raise Unauthenticated()
         entry.verified.add(digest)
         return entry.record
+
+    async def _check(self, secret: str, hashed: str) -> bool:
+        async with self._bcrypt:
+            self.bcrypt_checks += 1
+            BCRYPT_CHECKS.inc()
+            return await asyncio.to_thread(check_secret, secret, hashed)
 
     async def _signed(self, call: Request, trusted_peer: bool) -> ApiKeyRecord:
         md = call.metadata

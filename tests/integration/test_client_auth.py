@@ -348,6 +348,13 @@ async def test_a_verified_key_is_cached_so_the_next_call_pays_no_bcrypt(env: Env
         await env.jobs.SubmitJob(ECHO, metadata=[("x-api-key", key.api_key)])
     assert authn.bcrypt_checks == before + 1
     assert authn.lookups == lookups + 1  # one indexed lookup by key id, then memory
+    # When the cache entry expires under load, many calls share one lookup and no new bcrypt.
+    authn._cache[key.key.key_id].expires = 0
+    await asyncio.gather(*(env.jobs.SubmitJob(ECHO, metadata=_bearer(key.api_key)) for _ in range(20)))
+    assert (authn.bcrypt_checks, authn.lookups) == (before + 1, lookups + 2)
+    fresh = await env.new_key()
+    await asyncio.gather(*(env.jobs.SubmitJob(ECHO, metadata=_bearer(fresh.api_key)) for _ in range(20)))
+    assert authn.bcrypt_checks == before + 2  # twenty first calls, one bcrypt
 
 
 async def test_every_call_is_audited_off_the_request_path_including_auth_failures(env: Env) -> None:
