@@ -18,6 +18,7 @@ signature covers exactly the bytes the client sent, not a re-serialization.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -38,6 +39,8 @@ from gateway.identity import Caller, PermissionDenied
 from gateway.ratelimit import RateLimiter
 
 Context = grpc.aio.ServicerContext[Any, Any]
+DRAIN_MAX_BYTES = 4 * 1024 * 1024
+DRAIN_MAX_S = 2.0
 
 
 class RateLimited(FlickrHubError):
@@ -99,6 +102,22 @@ def _outcome(exc: BaseException | None, context: Context) -> str:
     if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
         return "CANCELLED"
     return "INTERNAL"
+
+
+async def _drain(request_iterator: Any) -> None:
+    """Read (and drop) a little of a refused client stream before answering.
+
+    A client still writing when the refusal arrives sees grpc's local "Internal error
+    from Core" instead of our status (the edge would answer 500). Small uploads are
+    read to their end; a large one is answered after DRAIN_MAX_BYTES or DRAIN_MAX_S.
+    """
+    received = 0
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        async with asyncio.timeout(DRAIN_MAX_S):
+            async for item in request_iterator:
+                received += item.ByteSize()
+                if received > DRAIN_MAX_BYTES:
+                    return
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -244,7 +263,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def handler(request_iterator: Any, context: Context) -> Any:
             started = time.perf_counter()
             # A client stream's payload is not covered by a signature (see common.signing).
-            caller = await self._admit(method_path, rule, context, signing.EMPTY_SHA256, None)
+            try:
+                caller = await self._admit(method_path, rule, context, signing.EMPTY_SHA256, None)
+            except FlickrHubError:
+                await _drain(request_iterator)
+                raise
             token = identity.current.set(caller)
             failure: BaseException | None = None
             try:

@@ -12,7 +12,7 @@ import pytest
 from devstack.stack import Ports, ProcessStack
 
 FAST_ENV = {
-    "WORKER_VISIBILITY_TIMEOUT_S": "3",
+    "WORKER_VISIBILITY_TIMEOUT_S": "6",
     "WORKER_BACKOFF_BASE_S": "0.05",
     "WORKER_BACKOFF_MAX_S": "0.2",
     "MOVER_CLAIM_IDLE_S": "2",

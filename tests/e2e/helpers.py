@@ -83,3 +83,16 @@ async def sandbox_calls(
         body = await resp.json()
     calls: list[dict[str, Any]] = body["calls"] if isinstance(body, dict) else body
     return calls
+
+
+async def wait_all_final(
+    stub: jobs_pb2_grpc.JobServiceAsyncStub, job_ids: list[str], timeout: float = 240.0
+) -> list[jobs_pb2.Job]:
+    """Wait for many jobs, a few pollers at a time (hundreds of concurrent polls measure the poller)."""
+    gate = asyncio.Semaphore(10)
+
+    async def one(job_id: str) -> jobs_pb2.Job:
+        async with gate:
+            return await wait_final_grpc(stub, job_id, timeout=timeout)
+
+    return list(await asyncio.gather(*(one(j) for j in job_ids)))

@@ -435,3 +435,21 @@ async def test_keys_cli_creates_lists_rotates_and_revokes(env: Env, monkeypatch:
     await admin_pb2_grpc.AdminServiceStub(env.raw).GetQueueStats(
         admin_pb2.GetQueueStatsRequest(), metadata=_bearer(boot)
     )
+
+
+async def test_uploads_need_a_key_too_over_grpc_and_rest(env: Env) -> None:
+    async def parts() -> AsyncIterator[jobs_pb2.UploadJobRequest]:
+        yield jobs_pb2.UploadJobRequest(
+            job=jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, target=jobs_pb2.TARGET_UPLOAD)
+        )
+        yield jobs_pb2.UploadJobRequest(chunk=b"\x89PNG" * 10)
+
+    err = await _code(env.jobs.UploadJob(parts()))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    form = aiohttp.FormData()
+    form.add_field(
+        "job", json.dumps({"user_id": DEMO_USER, "target": "TARGET_UPLOAD"}), content_type="application/json"
+    )
+    form.add_field("photo", b"\x89PNG" * 10, filename="p.png", content_type="image/png")
+    async with env.http.post(env.edge + "/v1/uploads", data=form) as resp:
+        assert resp.status == 401, await resp.text()
