@@ -75,7 +75,8 @@ class Mongo:
     @classmethod
     def connect(cls, url: str, db_name: str) -> Mongo:
         """Connect lazily (the first operation dials); datetimes come back timezone-aware."""
-        defaults = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 3000}
+        # Every call has a deadline: a reply that never comes fails (and is retried) instead of hanging a job.
+        defaults = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 3000, "socketTimeoutMS": 15000}
         options: dict[str, Any] = {
             k: v for k, v in defaults.items() if k.lower() not in url.lower()
         }  # URI wins
