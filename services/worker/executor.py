@@ -105,7 +105,13 @@ class Executor:
             metrics.IN_FLIGHT.inc()
             heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id, rev))
             try:
-                outcome, from_cache = await self._run(entry)
+                try:
+                    # A deadline over the whole run: whatever await might hang, the job moves on.
+                    outcome, from_cache = await asyncio.wait_for(
+                        self._run(entry), timeout=self._run_deadline(entry)
+                    )
+                except TimeoutError:
+                    outcome, from_cache = flickr_errors.from_transport(TimeoutError()), False
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -114,6 +120,13 @@ class Executor:
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
             if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id)
+
+    def _run_deadline(self, entry: jobs.JobEntry) -> float:
+        """Longest a run may take: a Flickr call plus slack; uploads also follow their ticket."""
+        deadline = self._settings.flickr_timeout_s * 2 + 30
+        if entry.target != "rest":
+            deadline += self._settings.upload_ticket_timeout_s
+        return deadline
 
     def _too_old(self, entry: jobs.JobEntry) -> bool:
         """A job never started within its maximum age expires instead of running."""
