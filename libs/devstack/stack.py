@@ -162,25 +162,21 @@ class ProcessStack:
 
     def add_worker(self) -> Managed:
         """Start one more worker process (its own metrics port when metrics are on)."""
-        index = len(self.workers)
-        metrics = self.ports.metrics.get("worker", -1)
-        env = {"WORKER_METRICS_PORT": str(metrics + index if metrics > 0 else -1)}
-        worker = self._service(f"worker-{index}", "worker", 0, env)
-        worker.start(wait=False)
-        self.workers.append(worker)
-        self.procs[worker.name] = worker
-        return worker
+        return self._add_replica("worker", self.workers)
 
     def add_mover(self) -> Managed:
         """Start one more mover process."""
-        index = len(self.movers)
-        metrics = self.ports.metrics.get("mover", -1)
-        env = {"MOVER_METRICS_PORT": str(metrics + index if metrics > 0 else -1)}
-        mover = self._service(f"mover-{index}", "mover", 0, env)
-        mover.start(wait=False)
-        self.movers.append(mover)
-        self.procs[mover.name] = mover
-        return mover
+        return self._add_replica("mover", self.movers)
+
+    def _add_replica(self, service: str, replicas: list[Managed]) -> Managed:
+        index = len(replicas)
+        metrics = self.ports.metrics.get(service, -1)
+        env = {f"{service.upper()}_METRICS_PORT": str(metrics + index if metrics > 0 else -1)}
+        replica = self._service(f"{service}-{index}", service, 0, env)
+        replica.start(wait=False)
+        replicas.append(replica)
+        self.procs[replica.name] = replica
+        return replica
 
     def stop(self) -> None:
         """Stop services first (they drain), then the stores."""
