@@ -43,6 +43,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Leave the active set only while the token's queue is empty (the gateway appends, then adds).
+_DROP_IF_EMPTY = """
+if redis.call('XLEN', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
 
 class Mover:
     """One mover replica; several may run at once."""
@@ -230,21 +236,19 @@ class Mover:
         return len(reads)
 
     async def _deactivate(self, tokens: Iterable[str]) -> None:
-        """Drop drained tokens from the active set, re-adding any that received work meanwhile.
+        """Drop drained tokens from the active set, atomically with the check that they are empty.
 
-        The gateway appends before it adds the token, so checking the length
-        after removing the token can never strand a job.
+        One script per token: a mover killed between "remove" and "re-check" would strand a
+        token whose queue just received work, so the check and the removal happen as one step.
         """
         tokens = list(tokens)
         if not tokens:
             return
-        await self._redis.srem(keys.ACTIVE_TOKENS, *tokens)
         pipe = self._redis.pipeline(transaction=False)
         for token in tokens:
-            pipe.xlen(keys.token_stream(token))
-        refill = [t for t, n in zip(tokens, await pipe.execute(), strict=True) if int(n) > 0]
-        if refill:
-            await self._redis.sadd(keys.ACTIVE_TOKENS, *refill)
+            # EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot; this one is tiny.
+            pipe.eval(_DROP_IF_EMPTY, 2, keys.token_stream(token), keys.ACTIVE_TOKENS, token)
+        await pipe.execute()
 
     async def export_depths(self) -> None:
         """Refresh the queue-depth gauges (every mover exports them; any replica's value is current)."""

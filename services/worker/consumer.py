@@ -52,6 +52,7 @@ class StreamConsumer:
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._cursors: dict[str, str] = {}  # where the next XAUTOCLAIM scan of each stream starts
 
     async def start(self) -> None:
         """Create the groups and start reading and claiming."""
@@ -131,13 +132,20 @@ class StreamConsumer:
                 await self._recover(exc)
 
     async def claim_idle(self) -> int:
-        """Take over entries idle longer than the visibility timeout; returns how many."""
+        """Take over entries idle longer than the visibility timeout; returns how many.
+
+        Each call goes on from where the last one stopped: XAUTOCLAIM looks at a bounded
+        number of pending entries per call, so restarting at 0-0 every time could keep an idle
+        entry behind a long run of busy ones out of reach while the backlog lasts.
+        """
         claimed = 0
         for stream in self._streams:
             count = await self._free_slots()
+            cursor = self._cursors.get(stream, "0-0")
             claimed_raw: Any = await self._redis.xautoclaim(
-                stream, self._group, self.consumer, self._visibility_ms, "0-0", count=count
+                stream, self._group, self.consumer, self._visibility_ms, cursor, count=count
             )
+            self._cursors[stream] = str(claimed_raw[0])
             for entry_id, fields in claimed_raw[1]:
                 if fields:
                     self._spawn(stream, entry_id, fields)

@@ -86,13 +86,37 @@ async def sandbox_calls(
 
 
 async def wait_all_final(
-    stub: jobs_pb2_grpc.JobServiceAsyncStub, job_ids: list[str], timeout: float = 240.0
+    stub: jobs_pb2_grpc.JobServiceAsyncStub, job_ids: list[str], timeout: float = 200.0
 ) -> list[jobs_pb2.Job]:
-    """Wait for many jobs, a few pollers at a time (hundreds of concurrent polls measure the poller)."""
+    """Wait for many jobs under one deadline; on timeout name every job still open and its state.
+
+    A few pollers at a time (hundreds of concurrent polls would measure the poller). The deadline is
+    kept below pytest's own timeout so a stuck job fails with a diagnosis, not a stack dump.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     gate = asyncio.Semaphore(10)
+    last: dict[str, jobs_pb2.Job] = {}
 
-    async def one(job_id: str) -> jobs_pb2.Job:
+    async def one(job_id: str) -> jobs_pb2.Job | None:
         async with gate:
-            return await wait_final_grpc(stub, job_id, timeout=timeout)
+            while True:
+                job: jobs_pb2.Job = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5)
+                last[job_id] = job
+                if jobs_pb2.JobState.Name(job.state) in FINAL:
+                    return job
+                if loop.time() >= deadline:
+                    return None
+                await asyncio.sleep(0.1)
 
-    return list(await asyncio.gather(*(one(j) for j in job_ids)))
+    done = await asyncio.gather(*(one(j) for j in job_ids))
+    stuck = [
+        f"{j}: {jobs_pb2.JobState.Name(last[j].state)} attempts={last[j].attempts} "
+        f"updated={last[j].updated_at.ToJsonString()}"
+        for j, d in zip(job_ids, done, strict=True)
+        if d is None
+    ]
+    assert not stuck, f"{len(stuck)} of {len(job_ids)} jobs not final after {timeout:.0f}s:\n" + "\n".join(
+        stuck[:20]
+    )
+    return [d for d in done if d is not None]

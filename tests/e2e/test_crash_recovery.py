@@ -155,7 +155,7 @@ async def test_three_movers_and_three_workers_under_random_sigkills_finish_every
                 else:
                     stack.add_mover()
             await submitting
-            done = await wait_all_final(stub, job_ids, timeout=300)
+            done = await wait_all_final(stub, job_ids)
             calls = await sandbox_calls(http, stack, "flickr.test.echo")
     assert len(done) == 600
     assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}

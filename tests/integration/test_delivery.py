@@ -11,12 +11,14 @@ import aiohttp
 import grpc
 import pytest_asyncio
 
-from common import keys
+from common import keys, redisio
 from flickrhub.v1 import jobs_pb2
 from mover.app import MoverApp
+from mover.mover import Mover
 from sandbox.state import Fault
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from worker.app import WorkerApp
+from worker.consumer import StreamConsumer
 
 
 @pytest_asyncio.fixture
@@ -283,3 +285,36 @@ async def test_a_write_whose_worker_died_mid_call_is_never_sent_twice(quiet_stac
     assert job.state == jobs_pb2.JOB_STATE_FAILED
     assert job.error.code == "WRITE_OUTCOME_UNKNOWN"
     assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) <= 1
+
+
+async def test_a_drained_token_leaves_the_active_set_only_while_its_queue_is_empty(
+    redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name)
+    mover = Mover(settings, redis, "m")
+    await redis.sadd(keys.ACTIVE_TOKENS, "empty", "busy")
+    await redis.xadd(keys.token_stream("busy"), {"job": "1"})
+    await mover._deactivate(["empty", "busy"])
+    assert await redis.smembers(keys.ACTIVE_TOKENS) == {"busy"}
+
+
+async def test_claiming_reaches_an_idle_entry_behind_a_long_run_of_busy_ones(redis: Any) -> None:
+    stream, group = "test:claims", "g"
+    await redisio.ensure_group(redis, stream, group)
+    ids = [await redis.xadd(stream, {"n": str(i)}) for i in range(60)]
+    await redis.xreadgroup(group, "dead", {stream: ">"}, count=100)
+    await asyncio.sleep(0.3)
+    # A live consumer keeps the first 59 fresh; only the last one is idle past the timeout.
+    await redis.xclaim(stream, group, "live", 0, ids[:-1], justid=True)
+    seen: list[str] = []
+
+    async def handle(_stream: str, entry_id: str, _fields: dict[str, str]) -> None:
+        seen.append(entry_id)
+
+    consumer = StreamConsumer(
+        redis, redis, [stream], group, "claimer", handle, concurrency=1, visibility_timeout_s=0.25
+    )
+    for _ in range(8):  # XAUTOCLAIM looks at COUNT*10 entries per call: 10 here
+        await consumer.claim_idle()
+        await asyncio.sleep(0)
+    assert seen == [ids[-1]]
