@@ -11,7 +11,10 @@ import os
 # The e2e tests start and kill processes while gRPC calls are in flight; gRPC's fork handlers would
 # cancel those calls in this process. Nothing here forks to run gRPC in a child, so turn them off.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import asyncio
+import inspect
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +29,36 @@ from common import redisio
 from devstack.procs import Managed
 from devstack.stores import mongo_url as make_mongo_url
 from devstack.stores import redis_server, secantus
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every coroutine test the watchdog below."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.append("_dump_tasks_before_timeout")
+
+
+@pytest_asyncio.fixture
+async def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Shortly before pytest-timeout kills a hung test, print every asyncio task's stack.
+
+    pytest-timeout shows threads only; a hung await lives in a task, and this says which.
+    """
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(max(5.0, limit - 20.0), _dump_tasks, request.node.nodeid)
+    yield
+    handle.cancel()
+
+
+def _dump_tasks(nodeid: str) -> None:
+    # The test's own coroutine first (where it waits), then the others (what it waits for).
+    tasks = sorted(asyncio.all_tasks(), key=lambda t: not t.get_coro().__qualname__.startswith("test_"))  # type: ignore[union-attr]
+    print(f"--- {nodeid}: still running; {len(tasks)} asyncio tasks ---", file=sys.stderr)
+    for task in tasks[:80]:
+        print(f"task {task.get_name()}:", file=sys.stderr)
+        task.print_stack(limit=8, file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
