@@ -8,7 +8,9 @@ host would see it):
 - `store_get_hit`: the cache's store call (EVALSHA reading two generations, the
   entry and its TTL, pipelined with the stats HINCRBYs; one round trip);
 - `grpc_get_hit`: CacheService.Get through a real channel (validation, digest,
-  interceptors, metrics and the store call).
+  interceptors, metrics and the store call);
+- `grpc_get_hit_warming`: the same with CACHE_WARM_ENABLED (the popularity ZINCRBY rides
+  the Get's pipeline: no extra round trip).
 
 The ratios are the figures to compare between runs; the machine is shared and noisy.
 """
@@ -69,19 +71,24 @@ async def run(n: int, redis_url: str) -> dict[str, Any]:
             request = cache_pb2.CacheGetRequest(key=key)
             hits = await _timed(n, lambda: stub.Get(request))
             assert (await stub.Get(request)).value == VALUE
+            app.store.warming = True  # what CACHE_WARM_ENABLED=true sets at start
+            warming = await _timed(n, lambda: stub.Get(request))
     finally:
         await redis.aclose()
         await app.stop(1.0)
     grpc_hit, store_hit, redis_get = _pcts(hits), _pcts(store), _pcts(baseline)
+    warming_hit = _pcts(warming)
     return {
         "requests": n,
         "value_bytes": len(VALUE),
         "grpc_get_hit": grpc_hit,
+        "grpc_get_hit_warming": warming_hit,
         "store_get_hit": store_hit,
         "baseline_redis_get": redis_get,
         "p50_ratio": round(grpc_hit["p50_us"] / redis_get["p50_us"], 2),
         "p99_ratio": round(grpc_hit["p99_us"] / redis_get["p99_us"], 2),
         "store_p50_ratio": round(store_hit["p50_us"] / redis_get["p50_us"], 2),
+        "warming_p50_ratio": round(warming_hit["p50_us"] / grpc_hit["p50_us"], 2),
     }
 
 

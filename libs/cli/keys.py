@@ -111,7 +111,8 @@ async def _bootstrap(settings: Settings, name: str) -> IssuedKey:
     mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
     try:
         await mongo.ensure_indexes()
-        store = ApiKeyStore(mongo.api_keys, Vault(LocalKeyProvider.from_settings(settings)))
+        vault = Vault(LocalKeyProvider.from_settings(settings))
+        store = ApiKeyStore(mongo.api_keys, vault, bcrypt_rounds=settings.api_key_bcrypt_rounds)
         return await store.create(name, [ALL_USERS], admin=True)
     finally:
         await mongo.close()

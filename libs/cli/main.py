@@ -4,6 +4,9 @@
     flickrhub tokens list                                        stored tokens (never a secret)
     flickrhub tokens revoke USER_ID                              revoke a user's token
     flickrhub keys create|list|rotate|revoke|bootstrap-admin     API keys (see cli.keys)
+    flickrhub recover [--dry-run] [--min-age S]                  re-enqueue jobs Redis lost (see cli.recover)
+    flickrhub archive [--dir D] [--older-than-days N]            export old jobs (see cli.archive)
+    flickrhub restore FILE [--keep-days N]                       bring archived jobs back
 
 The gateway is GATEWAY_ADDR (or --gateway); calls present the API key FLICKRHUB_API_KEY
 (or --api-key). Exit status: 0 done, 1 the gateway
@@ -18,9 +21,12 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import grpc
+import zstandard
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
-from cli import keys
-from common import credentials, rotation
+from cli import archive, keys, recover
+from common import credentials, recovery, rotation
 from common.settings import Settings, SettingsError
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc, keys_pb2_grpc
 
@@ -53,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--batch", type=int, default=200)
     keys.add_parser(commands)
+    recover.add_parser(commands)
+    archive.add_parsers(commands)
     return parser
 
 
@@ -145,6 +153,16 @@ def main(
             return 1
     try:
         settings = Settings.from_env()
+        if args.command == "archive":
+            archive.run_archive(settings, args.dir, args.older_than_days, stdout)
+            return 0
+        if args.command == "restore":
+            archive.run_restore(settings, args.file, args.keep_days, stdout)
+            return 0
+        if args.command == "recover":
+            # An operator job on the stores themselves, like `vault rotate`: no gateway call.
+            recover.run(settings, args.dry_run, args.min_age, stdout)
+            return 0
         if args.command == "keys" and args.action == "bootstrap-admin":
             # No key exists yet to call the gateway with: write MongoDB directly, like `vault rotate`.
             keys.bootstrap_admin(settings, args.name, stdout)
@@ -166,8 +184,14 @@ def main(
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         print(f"flickrhub: error: {code.name if code else 'UNKNOWN'}: {details}", file=stderr)
         return 1
-    except (CliError, SettingsError) as exc:
+    except (CliError, SettingsError, recovery.SweepBusy) as exc:
         print(f"flickrhub: error: {exc}", file=stderr)
+        return 1
+    except (OSError, ValueError, zstandard.ZstdError) as exc:  # archive files
+        print(f"flickrhub: error: {exc}", file=stderr)
+        return 1
+    except (RedisError, PyMongoError) as exc:
+        print(f"flickrhub: error: store unavailable: {type(exc).__name__}: {exc}", file=stderr)
         return 1
     except KeyboardInterrupt:
         print("flickrhub: interrupted", file=stderr)

@@ -6,6 +6,10 @@ signing secret for HMAC-signed requests (common.signing): HMAC needs the clear
 secret on the server, so it is stored encrypted by the vault (purpose
 "api-key-signing", re-encrypted by `flickrhub vault rotate`). Neither secret is
 ever returned after the answer that created it.
+
+Every rotation and revocation also bumps the key's epoch in the queue Redis
+(keys.api_key_epoch): gateway replicas cache successful checks in memory and
+drop them as soon as they see a newer epoch (gateway.authn).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import bcrypt
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
+from common import keys, redisio
 from common.mongo import Doc
 from common.vault import Vault
 
@@ -31,8 +36,12 @@ ALL_USERS = "*"
 CLASSES = ("read", "write", "upload")
 DEFAULT_RATE_PER_MIN = 1000
 BCRYPT_ROUNDS = 12
+# bcrypt reads at most 72 bytes. Our secrets are 43 ASCII characters we generate, so a longer one is
+# never ours: refuse it rather than truncate (bcrypt<4.1 did: two secrets sharing 72 bytes matched)
+# or pre-hash (it would change every stored hash and buys nothing for secrets we choose).
+MAX_SECRET_BYTES = 72
 KEY_ID_RE = re.compile(r"[a-z0-9]{4,32}")
-SECRET_RE = re.compile(r"[A-Za-z0-9_-]{20,64}")  # bcrypt reads at most 72 bytes: longer is never ours
+SECRET_RE = re.compile(r"[A-Za-z0-9_-]{20,64}")
 NAME_MAX = 100
 
 
@@ -107,15 +116,21 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
-def hash_secret(secret: str) -> str:
+def hash_secret(secret: str, rounds: int = BCRYPT_ROUNDS) -> str:
     """bcrypt hash of a secret (CPU-heavy: call through asyncio.to_thread on a server)."""
-    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+    raw = secret.encode()
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ValueError(f"an API key secret is at most {MAX_SECRET_BYTES} bytes (bcrypt's limit)")
+    return bcrypt.hashpw(raw, bcrypt.gensalt(rounds)).decode()
 
 
 def check_secret(secret: str, hashed: str) -> bool:
-    """bcrypt verification (CPU-heavy: call through asyncio.to_thread on a server)."""
+    """bcrypt verification; False for a secret over 72 bytes (CPU-heavy: run it in a thread)."""
+    raw = secret.encode()
+    if len(raw) > MAX_SECRET_BYTES:
+        return False
     try:
-        return bcrypt.checkpw(secret.encode(), hashed.encode())
+        return bcrypt.checkpw(raw, hashed.encode())
     except ValueError:
         return False
 
@@ -127,9 +142,20 @@ def _now() -> datetime:
 class ApiKeyStore:
     """The `api_keys` collection: one indexed lookup by key id per (uncached) request."""
 
-    def __init__(self, collection: AsyncCollection[Doc], vault: Vault) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Doc],
+        vault: Vault,
+        *,
+        redis: redisio.Redis | None = None,
+        bcrypt_rounds: int = BCRYPT_ROUNDS,
+    ) -> None:
+        """`redis` (the queue Redis) is where rotate and revoke bump the key's epoch: the gateway's
+        store has it; tools that only create keys may do without."""
         self.collection = collection
         self._vault = vault
+        self._redis = redis
+        self._rounds = bcrypt_rounds
 
     async def create(
         self,
@@ -163,7 +189,7 @@ class ApiKeyStore:
         return IssuedKey(ApiKeyRecord.from_doc(doc), format_key(key_id, secret), signing)
 
     async def _secrets(self, key_id: str, secret: str, signing: str) -> Doc:
-        hashed = await asyncio.to_thread(hash_secret, secret)
+        hashed = await asyncio.to_thread(hash_secret, secret, self._rounds)
         blob = self._vault.encrypt(signing, purpose=SIGNING_PURPOSE, record_id=key_id)
         return {"secret_hash": hashed, "signing_secret": blob}
 
@@ -188,6 +214,7 @@ class ApiKeyStore:
         result = await self.collection.update_one({"key_id": key_id, "revoked": False}, {"$set": changes})
         if not result.matched_count:
             return None
+        await self.bump_epoch(key_id)
         doc = await self.find(key_id)
         assert doc is not None
         return IssuedKey(ApiKeyRecord.from_doc(doc), format_key(key_id, secret), signing)
@@ -197,8 +224,15 @@ class ApiKeyStore:
         result = await self.collection.update_one({"key_id": key_id}, {"$set": {"revoked": True}})
         if not result.matched_count:
             return None
+        await self.bump_epoch(key_id)
         doc = await self.find(key_id)
         return ApiKeyRecord.from_doc(doc) if doc else None
+
+    async def bump_epoch(self, key_id: str) -> None:
+        """Tell every gateway replica that its cached checks of this key are void (after the Mongo write:
+        a replica that reloads on the new epoch must find the new document)."""
+        if self._redis is not None:
+            await self._redis.incr(keys.api_key_epoch(key_id))
 
     async def touch(self, key_ids: Iterable[str]) -> None:
         """Record that these keys were used now (called off the request path, in batches)."""

@@ -7,7 +7,9 @@ protobuf enums, and the state machine's final states.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flickrhub.v1 import jobs_pb2
@@ -99,6 +101,8 @@ class JobEntry:
     blob_id: str = ""
     # The job document's revision when this entry was produced (claim is then one compare-and-set).
     rev: int = 0
+    # The API key id that submitted the job: the mover's fair scheduler shares moves out by client.
+    client_id: str = ""
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for XADD (trace context under its W3C header names)."""
@@ -119,12 +123,16 @@ class JobEntry:
         }
         if self.blob_id:
             fields["blob_id"] = self.blob_id
+        if self.client_id:
+            fields["client_id"] = self.client_id
         fields.update(self.trace)
         return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> JobEntry:
         """Parse XREADGROUP fields; raises ValueError on a malformed entry."""
+        if fields.get("priority", "normal") not in _PRIORITY_TO_PROTO:
+            raise ValueError(f"malformed job entry: unknown priority {fields.get('priority')!r}")
         try:
             return cls(
                 job_id=fields["job_id"],
@@ -142,9 +150,40 @@ class JobEntry:
                 trace={k: fields[k] for k in ("traceparent", "tracestate") if k in fields},
                 blob_id=fields.get("blob_id", ""),
                 rev=int(fields.get("rev", 0)),
+                client_id=fields.get("client_id", ""),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc!r}") from exc
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], *, attempt: int, rev: int, trace: dict[str, str]) -> JobEntry:
+        """The entry the gateway built for a job document (as `_record` stored it), at `attempt` and `rev`.
+
+        Recovery rebuilds a lost entry from MongoDB with it; raises ValueError on a document
+        that lacks what an entry needs.
+        """
+        created = doc.get("created_at")
+        try:
+            return cls(
+                job_id=str(doc["job_id"]),
+                token=str(doc["token_id_hash"]),
+                user_id=str(doc["user_id"]),
+                method=str(doc["method"]),
+                target=str(doc.get("target") or "rest"),
+                params={str(k): str(v) for k, v in dict(doc.get("params") or {}).items()},
+                max_attempts=int(doc["max_attempts"]),
+                attempt=attempt,
+                priority=str(doc.get("priority") or "normal"),
+                cache_bypass=bool(doc.get("cache_bypass")),
+                has_callback=bool(doc.get("callback_url")),
+                enqueued_ms=int(created.timestamp() * 1000) if isinstance(created, datetime) else 0,
+                trace=dict(trace),
+                blob_id=str(doc.get("blob_id") or ""),
+                rev=rev,
+                client_id=str(doc.get("client_id") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"job document cannot make an entry: {exc!r}") from exc
 
     def with_trace(self, trace: dict[str, str]) -> JobEntry:
         """The same entry carrying another span's context."""

@@ -8,6 +8,10 @@ in other fields: an index-only plan on every server (SecantusDB's planner scans 
 collection as soon as a filter has a field its index lacks), and never
 `find_one_and_update`, which scans there too. A transition that does not apply
 answers False; the caller decides from a re-read.
+
+Every write that bumps `rev` goes through this class: after MongoDB, it applies the same change to
+the job's hot copy in Redis (common.hotstate), which status reads use first. A writer that bumped
+`rev` elsewhere would leave a copy behind MongoDB until the next transition.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from common import jobs
+from common.hotstate import HotState
 from common.mongo import Doc
+from common.settings import Settings
 
-COMPLETED_RETENTION = timedelta(days=90)
-EXPIRED_RETENTION = timedelta(days=30)
 _STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token": 1, "lease_until": 1}
 
 
@@ -34,9 +38,24 @@ def now() -> datetime:
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-def retention_for(state: str, at: datetime) -> datetime:
-    """When a job in final `state` leaves the collection (the TTL index reads this)."""
-    return at + (EXPIRED_RETENTION if state == jobs.EXPIRED else COMPLETED_RETENTION)
+@dataclass(frozen=True)
+class Retention:
+    """How long a job stays in MongoDB after its final state (JOB_RETENTION_DAYS and its sibling)."""
+
+    final: timedelta = timedelta(days=90)  # completed, failed and cancelled
+    expired: timedelta = timedelta(days=30)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        """The periods `settings` configure."""
+        return cls(
+            final=timedelta(days=settings.job_retention_days),
+            expired=timedelta(days=settings.job_expired_retention_days),
+        )
+
+    def expire_at(self, state: str, at: datetime) -> datetime:
+        """When a job that reached final `state` at `at` leaves the collection (the TTL index reads this)."""
+        return at + (self.expired if state == jobs.EXPIRED else self.final)
 
 
 @dataclass(frozen=True)
@@ -50,12 +69,40 @@ class Claim:
 class JobStore:
     """Reads and transitions job documents."""
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Doc],
+        *,
+        hot: HotState | None = None,
+        retention: Retention | None = None,
+    ) -> None:
         self.jobs = collection
+        self.hot = hot
+        self.retention = retention or Retention()
+
+    @classmethod
+    def from_settings(cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings) -> JobStore:
+        """A store with the hot state (in the queue Redis `redis`) and retention `settings` ask for."""
+        hot = HotState.from_settings(redis, settings)
+        return cls(collection, hot=hot, retention=Retention.from_settings(settings))
 
     async def get(self, job_id: str) -> Doc | None:
         """The job document, or None."""
         return await self.jobs.find_one({"job_id": job_id}, {"_id": 0})
+
+    async def status(self, job_id: str) -> tuple[Doc | None, str]:
+        """The job's fields for a status read and where they came from ("redis" or "mongo").
+
+        A whole hot copy answers; otherwise MongoDB does, and its answer becomes the copy.
+        """
+        if self.hot is not None:
+            held = await self.hot.get(job_id)
+            if held is not None:
+                return held, "redis"
+        doc = await self.get(job_id)
+        if doc is not None and self.hot is not None:
+            await self.hot.put(doc)
+        return doc, "mongo"
 
     async def _transition(
         self, job_id: str, allowed: Callable[[Doc], bool], update: dict[str, Any]
@@ -73,7 +120,11 @@ class JobStore:
         result = await self.jobs.update_one({"job_id": job_id, "rev": rev}, update)
         if result.modified_count != 1:
             return None
-        return rev + 1 if bump else rev
+        if not bump:
+            return rev
+        if self.hot is not None:  # after MongoDB: the copy never runs ahead of the record
+            await self.hot.apply(job_id, rev + 1, update)
+        return rev + 1
 
     async def claim(
         self, job_id: str, worker_id: str, attempt: int, lease_s: float, expected_rev: int | None = None
@@ -132,7 +183,7 @@ class JobStore:
             "status": state,
             "updated_at": t,
             "finished_at": t,
-            "expire_at": retention_for(state, t),
+            "expire_at": self.retention.expire_at(state, t),
             "from_cache": from_cache,
             "lease_until": None,
         }
@@ -157,7 +208,7 @@ class JobStore:
                 "status": jobs.EXPIRED,
                 "updated_at": t,
                 "finished_at": t,
-                "expire_at": retention_for(jobs.EXPIRED, t),
+                "expire_at": self.retention.expire_at(jobs.EXPIRED, t),
                 "error": {"code": "EXPIRED", "message": "not started within the maximum job age"},
             }
         }
@@ -176,7 +227,7 @@ class JobStore:
                 "status": jobs.CANCELLED,
                 "updated_at": t,
                 "finished_at": t,
-                "expire_at": retention_for(jobs.CANCELLED, t),
+                "expire_at": self.retention.expire_at(jobs.CANCELLED, t),
                 "error": {"code": "CANCELLED", "message": "cancelled by the client"},
             }
         }
@@ -194,27 +245,3 @@ class JobStore:
                 "$unset": {"callback_secret": ""},
             },
         )
-
-    async def list_for_user(
-        self,
-        user_id: str,
-        *,
-        state: str | None,
-        method: str | None,
-        limit: int,
-        after: tuple[datetime, str] | None,
-    ) -> list[Doc]:
-        """A user's jobs newest first, strictly after the cursor (created_at, job_id)."""
-        query: dict[str, Any] = {"user_id": user_id}
-        if state:
-            query["status"] = state
-        if method:
-            query["method"] = method
-        if after is not None:
-            created, job_id = after
-            query["$or"] = [
-                {"created_at": {"$lt": created}},
-                {"created_at": created, "job_id": {"$lt": job_id}},
-            ]
-        cursor = self.jobs.find(query, {"_id": 0}).sort([("created_at", -1), ("job_id", -1)]).limit(limit)
-        return [doc async for doc in cursor]

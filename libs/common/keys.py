@@ -29,9 +29,27 @@ DEAD_LETTERS_MAX = 100_000
 WEBHOOKS = f"{PREFIX}:hooks"
 
 
-def token_stream(token_id_hash: str) -> str:
-    """Per-token queue stream the gateway appends to and the mover reads."""
-    return f"{PREFIX}:q:{{{token_id_hash}}}"
+# Job priorities, most urgent first; each has its own queue stream per token.
+PRIORITIES = ("high", "normal", "low")
+# Which client (API key id) last queued work for a token: the mover's fair scheduler groups tokens by it.
+TOKEN_CLIENTS = f"{PREFIX}:token-client"
+
+
+def token_stream(token_id_hash: str, priority: str = "normal") -> str:
+    """Per-token, per-priority queue stream the gateway appends to and the mover reads.
+
+    The normal stream keeps the name it had before priorities had streams of their own, so
+    entries queued by an older gateway are still read.
+    """
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}")
+    suffix = "" if priority == "normal" else f":{priority}"
+    return f"{PREFIX}:q:{{{token_id_hash}}}{suffix}"
+
+
+def token_streams(token_id_hash: str) -> tuple[str, ...]:
+    """Every queue stream of one token, in PRIORITIES order (they share the token's hash tag)."""
+    return tuple(token_stream(token_id_hash, p) for p in PRIORITIES)
 
 
 def work_stream(target: str) -> str:
@@ -47,6 +65,23 @@ def work_stream(target: str) -> str:
 def delayed_lock() -> str:
     """Lease held by the one mover that pumps due retries back into token queues."""
     return f"{PREFIX}:lock:delayed"
+
+
+# Recovery from MongoDB (common.recovery). The marker is written once queue state is known to be
+# whole; a Redis that lost everything (FLUSHALL, a restart without persistence) has lost it too.
+QUEUE_MARKER = f"{PREFIX}:marker"
+# Set (with a TTL of one sweep interval) by the replica whose turn it is to run the periodic sweep.
+RECOVERY_TURN = f"{PREFIX}:recovery:turn"
+
+
+def recovery_lock() -> str:
+    """Lease held by the one process running a recovery sweep (a mover replica or the CLI)."""
+    return f"{PREFIX}:lock:recovery"
+
+
+def job_state(job_id: str) -> str:
+    """Hash holding a job's hot state (common.hotstate): what status reads answer before MongoDB."""
+    return f"{PREFIX}:job:{job_id}"
 
 
 def job_events(job_id: str) -> str:
@@ -65,10 +100,7 @@ def cache_generation(token_id_hash: str, method: str = "") -> str:
 
 def cache_digest(method: str, params: Mapping[str, str], token_id_hash: str) -> str:
     """SHA-256 of (method, canonically sorted params, token id)."""
-    canonical = json.dumps(
-        [method, sorted(params.items()), token_id_hash], separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(cache_canonical(method, params, token_id_hash).encode()).hexdigest()
 
 
 def cache_entry_prefix(token_id_hash: str) -> str:
@@ -82,6 +114,24 @@ def cache_entry(token_id_hash: str, generation: int, method_generation: int, dig
 
 
 CACHE_STATS = f"{PREFIX}c:stats"
+# Warming (cache Redis): request counts per key, and the lock that lets one replica decay them.
+CACHE_HOT = f"{PREFIX}c:hot"
+CACHE_HOT_DECAY = f"{PREFIX}c:hot:decay"
+
+
+def cache_canonical(method: str, params: Mapping[str, str], token_id_hash: str) -> str:
+    """(method, sorted params, token) as compact JSON: hashed for the digest, stored as is in CACHE_HOT."""
+    canonical = [method, sorted(params.items()), token_id_hash]
+    return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_warm_claim(token_id_hash: str, digest: str) -> str:
+    """Held while one worker refreshes an entry, so two never refetch the same answer."""
+    return f"{PREFIX}c:warm:{{{token_id_hash}}}:{digest}"
+
+
+# One worker per interval looks for entries to warm (queue Redis: a lock, never data).
+CACHE_WARM_LOCK = f"{PREFIX}:warm:lock"
 
 
 def idempotency(token_id_hash: str, key_digest: str) -> str:
@@ -116,3 +166,20 @@ def api_key_nonce(key_id: str, nonce: str) -> str:
     """Marker of a signed request's nonce, kept for the clock-skew window so a replay is refused."""
     digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]
     return f"{PREFIX}:nonce:{_api_key_tag(key_id)}:{digest}"
+
+
+def api_key_epoch(key_id: str) -> str:
+    """Counter bumped by each rotation and revocation of a key; checks cached under another are void."""
+    # No expiry: a lost counter reads 0, which differs from any bumped one and so forces a reload.
+    return f"{PREFIX}:kepoch:{_api_key_tag(key_id)}"
+
+
+# Admission (gateway backpressure). Every admission key carries the hash tag `{admit}` so the one
+# Lua step that checks a client's open jobs and the total stays cluster-legal; the price is that
+# admission lives on one cluster slot, as the work streams do under `{work}`.
+OPEN_JOBS = f"{PREFIX}:open:{{admit}}"
+
+
+def client_open_jobs(client_id: str) -> str:
+    """Sorted set of one client's open (accepted, not yet final) job ids, scored by acceptance ms."""
+    return f"{PREFIX}:open:{{admit}}:c:{client_id}"

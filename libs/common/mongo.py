@@ -24,6 +24,22 @@ AUDIT_LOG = "audit_log"
 AUTH_REQUESTS = "auth_requests"
 
 AUDIT_RETENTION_S = 365 * 24 * 3600
+# Archives written by `flickrhub archive` (common.archive), one document per archived day.
+ARCHIVES = "archives"
+
+
+def _history_indexes() -> list[IndexModel]:
+    """(client_id?, user_id, status?, method?, created_at desc, job_id desc), for each choice of the ?."""
+    models = []
+    for client in (False, True):
+        for state in (False, True):
+            for method in (False, True):
+                fields = ["client_id"] * client + ["user_id"] + ["status"] * state + ["method"] * method
+                name = "_".join(["client"] * client + ["user"] + ["state"] * state + ["method"] * method)
+                keys = [(f, ASCENDING) for f in fields] + [("created_at", DESCENDING), ("job_id", DESCENDING)]
+                models.append(IndexModel(keys, name=f"{name}_recent"))
+    return models
+
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
@@ -31,12 +47,16 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Every state transition is a compare-and-set filtered on exactly these two fields.
         IndexModel([("job_id", ASCENDING), ("rev", ASCENDING)], name="job_revision"),
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
+        # Recovery (common.recovery): running jobs whose lease ran out, and live jobs untouched for long.
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
         IndexModel([("method", ASCENDING)], name="method"),
         IndexModel([("client_id", ASCENDING)], name="client_id"),
-        IndexModel(
-            [("user_id", ASCENDING), ("created_at", DESCENDING), ("job_id", DESCENDING)], name="user_recent"
-        ),
+        # Archival walks whole days of jobs by creation time (common.archive).
+        IndexModel([("created_at", ASCENDING)], name="created_at"),
+        # Job history (common.history): one index per combination of ListJobs equalities, each
+        # ending in the page order, so every filter combination is an index range walked in order.
+        *_history_indexes(),
         # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
         IndexModel(
             [("callback_secret.v", ASCENDING)],
@@ -51,15 +71,24 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
         IndexModel([("oauth_token.v", ASCENDING)], name="key_version"),
     ],
-    API_KEYS: [IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique")],
+    API_KEYS: [
+        IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique"),
+        # Rotation updates a key only while it is live: its filter names both fields.
+        IndexModel([("key_id", ASCENDING), ("revoked", ASCENDING)], name="key_id_revoked"),
+    ],
     # Pending OAuth authorizations, found by the hash of their request token; purged after expire_at.
     AUTH_REQUESTS: [
         IndexModel([("request_id_hash", ASCENDING)], unique=True, name="request_id_hash_unique"),
+        # Claims and their release are updates guarded by the claim read (and the state) as well.
+        IndexModel(
+            [("request_id_hash", ASCENDING), ("claim", ASCENDING), ("state", ASCENDING)], name="request_claim"
+        ),
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
     AUDIT_LOG: [
         IndexModel([("created_at", ASCENDING)], expireAfterSeconds=AUDIT_RETENTION_S, name="retention_ttl")
     ],
+    ARCHIVES: [IndexModel([("name", ASCENDING)], unique=True, name="name_unique")],
 }
 # The GridFS bucket holding upload photos until their job ends.
 INDEXES.update(blobs.INDEXES)
@@ -102,6 +131,11 @@ class Mongo:
     def api_keys(self) -> AsyncCollection[Doc]:
         """The `api_keys` collection (bcrypt hashes and vault blobs, never a clear secret)."""
         return self.db[API_KEYS]
+
+    @property
+    def archives(self) -> AsyncCollection[Doc]:
+        """The `archives` collection (what `flickrhub archive` wrote, one document per file)."""
+        return self.db[ARCHIVES]
 
     @property
     def audit_log(self) -> AsyncCollection[Doc]:

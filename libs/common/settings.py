@@ -11,17 +11,27 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from common import flickr_methods
+
+# A cached answer lives at most a day, whatever its method's TTL says.
+CACHE_MAX_TTL_S = 24 * 3600
+CACHE_METHOD_RE = re.compile(r"flickr(\.[A-Za-z0-9_]+){2,}")
 SANDBOX_DEMO_CONSUMER_KEY = "demo-consumer-key"
 SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"
 # Flickr's OAuth endpoints (FLICKR-API.md §1.1); the sandbox serves the same paths.
 FLICKR_OAUTH_BASE = "https://www.flickr.com/services/oauth"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# bcrypt cost of API key hashes: below 10 a stolen hash is cheap to brute-force; above 16 one
+# check takes seconds of CPU.
+BCRYPT_MIN_ROUNDS = 10
+BCRYPT_MAX_ROUNDS = 16
 
 
 class SettingsError(ValueError):
@@ -151,6 +161,22 @@ class Settings:
     mover_claim_idle_s: float = _env(
         "MOVER_CLAIM_IDLE_S", 30.0, "Idle time after which a dead mover's entries are claimed."
     )
+    mover_client_weights: str = _env(
+        "MOVER_CLIENT_WEIGHTS",
+        "",
+        "Shares of the moves per client (API key id), `clientA=3,clientB=1`; clients not named weigh 1.",
+    )
+    mover_priority_weights: str = _env(
+        "MOVER_PRIORITY_WEIGHTS",
+        "high=4,normal=2,low=1",
+        "Shares of a token's moves per job priority (high goes first, low is never starved).",
+    )
+    mover_work_backlog: int = _env(
+        "MOVER_WORK_BACKLOG",
+        32,
+        "Entries the mover lets wait undelivered in the work streams; more stays in the token queues, "
+        "where fairness and priorities still apply (too low starves the workers between rounds).",
+    )
     flickr_budget_per_hour: int = _env(
         "FLICKR_BUDGET_PER_HOUR",
         3500,
@@ -220,6 +246,35 @@ class Settings:
     cache_timeout_s: float = _env(
         "CACHE_TIMEOUT_S", 0.5, "Deadline of a cache call; a slow cache counts as a miss."
     )
+    cache_ttl_overrides: str = _env(
+        "CACHE_TTL_OVERRIDES",
+        "",
+        "Per-method TTLs over the read/search classes: `flickr.photos.getInfo=600,flickr.photos.search=30` "
+        "(seconds, 0 = never cache that method; write methods are never cached and cannot be listed).",
+    )
+    cache_warm_enabled: bool = _env(
+        "CACHE_WARM_ENABLED",
+        False,
+        "Keep the most requested reads fresh: the cache counts requests per key, a worker re-fetches "
+        "popular entries shortly before they expire (spending the shared Flickr budget).",
+    )
+    cache_warm_interval_s: float = _env(
+        "CACHE_WARM_INTERVAL_S", 10.0, "How often one worker looks for popular entries near expiry."
+    )
+    cache_warm_top: int = _env(
+        "CACHE_WARM_TOP", 20, "How many of the most requested keys warming considers (the set keeps 50x)."
+    )
+    cache_warm_min_requests: int = _env(
+        "CACHE_WARM_MIN_REQUESTS",
+        3,
+        "Requests a key needs (counts halve every minute) before warming refreshes it.",
+    )
+    cache_warm_before_s: int = _env(
+        "CACHE_WARM_BEFORE_S", 30, "Refresh a popular entry once it has at most this many seconds left."
+    )
+    cache_warm_max_per_min: int = _env(
+        "CACHE_WARM_MAX_PER_MIN", 10, "Flickr calls warming may make per minute, across all workers."
+    )
 
     # Edge
     edge_host: str = _env("EDGE_HOST", "127.0.0.1", "Interface the REST edge binds.")
@@ -240,8 +295,18 @@ class Settings:
     api_key_cache_s: float = _env(
         "API_KEY_CACHE_S",
         60.0,
-        "Seconds a verified API key (bcrypt check and key record) is reused from memory; also how long "
-        "another gateway replica may still honour a key revoked elsewhere (0 = check every request).",
+        "Seconds a verified API key (bcrypt check and key record) is reused from memory (0 = check every "
+        "request). Rotation and revocation end it at once on every replica (a per-key epoch in Redis); "
+        "this is only the backstop should that signal be lost.",
+    )
+    api_key_cache_max: int = _env(
+        "API_KEY_CACHE_MAX", 10000, "Most API keys kept verified in one gateway's memory (least recent go)."
+    )
+    api_key_bcrypt_rounds: int = _env(
+        "API_KEY_BCRYPT_ROUNDS",
+        12,
+        "bcrypt cost factor of new API key hashes (10-16; each step doubles the CPU of a check). "
+        "Existing hashes keep the cost they were made with.",
     )
     api_key_default_rate_per_min: int = _env(
         "API_KEY_DEFAULT_RATE_PER_MIN", 1000, "Requests per minute of a key that sets no limit of its own."
@@ -277,6 +342,76 @@ class Settings:
 
     # Jobs
     job_max_age_s: float = _env("JOB_MAX_AGE_S", 86400.0, "A job not started within this age expires.")
+    job_retention_days: float = _env(
+        "JOB_RETENTION_DAYS",
+        90.0,
+        "Days a completed, failed or cancelled job stays in MongoDB after it ended (the TTL index on "
+        "`expire_at` then removes it).",
+    )
+    job_expired_retention_days: float = _env(
+        "JOB_EXPIRED_RETENTION_DAYS", 30.0, "Days an expired job stays in MongoDB after it expired."
+    )
+    job_hot_ttl_s: int = _env(
+        "JOB_HOT_TTL_S",
+        86400,
+        "Seconds a job's hot state stays in the queue Redis, where status reads find it before MongoDB "
+        "(0 turns hot state off: every status read goes to MongoDB).",
+    )
+    job_hot_max_result_bytes: int = _env(
+        "JOB_HOT_MAX_RESULT_BYTES",
+        16384,
+        "Largest result (JSON bytes) kept in a job's hot state; a job with a larger one is read from "
+        "MongoDB.",
+    )
+
+    # Archival (see common.archive and docs/archive.md)
+    archive_dir: str = _env(
+        "ARCHIVE_DIR",
+        ".data/archive",
+        "Directory `flickrhub archive` writes zstd JSON-lines job archives to (one file per UTC day).",
+    )
+    archive_after_days: float = _env(
+        "ARCHIVE_AFTER_DAYS",
+        7.0,
+        "`flickrhub archive` exports the jobs of every UTC day that ended at least this many days ago; "
+        "must stay below both retention periods (a job must be archived before the TTL removes it).",
+    )
+
+    # Recovery from MongoDB (see common.recovery)
+    recovery_interval_s: float = _env(
+        "RECOVERY_INTERVAL_S",
+        300.0,
+        "How often one mover replica sweeps MongoDB for live jobs Redis no longer holds and re-enqueues "
+        "them (0 = never; the marker check and `flickrhub recover` still work).",
+    )
+    recovery_min_age_s: float = _env(
+        "RECOVERY_MIN_AGE_S",
+        600.0,
+        "The periodic sweep looks at queued or retrying jobs untouched this long and running jobs whose "
+        "lease ran out this long ago (a full sweep after Redis lost its data looks at every one).",
+    )
+    recovery_check_s: float = _env(
+        "RECOVERY_CHECK_S",
+        5.0,
+        "How often each mover looks for the queue Redis's marker; when it is gone (FLUSHALL, a restart "
+        "without persistence) a full sweep starts at once.",
+    )
+
+    # Backpressure (gateway admission; see common.admission)
+    client_max_pending_jobs: int = _env(
+        "CLIENT_MAX_PENDING_JOBS",
+        1000,
+        "Open (not yet final) jobs one API key may have; more answers RESOURCE_EXHAUSTED / 429.",
+    )
+    max_buffered_jobs: int = _env(
+        "MAX_BUFFERED_JOBS",
+        200_000,
+        "Open jobs FlickrHub holds in all (queued, moving, running, retrying); more answers "
+        "UNAVAILABLE / 503.",
+    )
+    backpressure_retry_after_s: float = _env(
+        "BACKPRESSURE_RETRY_AFTER_S", 5.0, "Retry-After of a submission refused by either cap."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -320,12 +455,64 @@ class Settings:
             "webhook_max_attempts",
             "auth_request_ttl_s",
             "api_key_default_rate_per_min",
+            "api_key_cache_max",
             "audit_queue_max",
+            "mover_work_backlog",
+            "client_max_pending_jobs",
+            "max_buffered_jobs",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+        if not BCRYPT_MIN_ROUNDS <= self.api_key_bcrypt_rounds <= BCRYPT_MAX_ROUNDS:
+            raise SettingsError(
+                f"API_KEY_BCRYPT_ROUNDS: must be {BCRYPT_MIN_ROUNDS}..{BCRYPT_MAX_ROUNDS}, "
+                f"got {self.api_key_bcrypt_rounds}"
+            )
+        if self.api_key_cache_s < 0:
+            raise SettingsError("API_KEY_CACHE_S: must not be negative")
+        if self.backpressure_retry_after_s <= 0:
+            raise SettingsError("BACKPRESSURE_RETRY_AFTER_S: must be positive")
+        for name in ("job_retention_days", "job_expired_retention_days"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{self.env_name(name)}: must be positive")
+        if self.job_hot_ttl_s < 0 or self.job_hot_max_result_bytes < 0:
+            name = "job_hot_ttl_s" if self.job_hot_ttl_s < 0 else "job_hot_max_result_bytes"
+            raise SettingsError(f"{self.env_name(name)}: must not be negative")
+        # Archives hold whole UTC days: the last job of a day is archived up to one day after the age.
+        if (
+            not 0
+            <= self.archive_after_days
+            < min(self.job_retention_days, self.job_expired_retention_days) - 1
+        ):
+            raise SettingsError(
+                "ARCHIVE_AFTER_DAYS: must be at least 0 and more than one day below JOB_RETENTION_DAYS "
+                "and JOB_EXPIRED_RETENTION_DAYS (jobs are archived before the TTL removes them)"
+            )
+        if self.recovery_interval_s < 0:
+            raise SettingsError("RECOVERY_INTERVAL_S: must be 0 (off) or positive")
+        for name in ("recovery_min_age_s", "recovery_check_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{self.env_name(name)}: must be positive")
+        for name in ("mover_client_weights", "mover_priority_weights"):
+            try:
+                parse_weights(getattr(self, name))
+            except ValueError as exc:
+                raise SettingsError(f"{self.env_name(name)}: {exc}") from None
+        if set(self.priority_weights) != {"high", "normal", "low"}:
+            raise SettingsError("MOVER_PRIORITY_WEIGHTS: give a weight to each of high, normal and low")
         if self.flickr_budget_burst < 1 or self.flickr_budget_per_hour <= self.flickr_budget_burst:
             raise SettingsError("FLICKR_BUDGET_PER_HOUR: must exceed FLICKR_BUDGET_BURST (at least 1)")
+        try:
+            parse_cache_ttls(self.cache_ttl_overrides)
+        except ValueError as exc:
+            raise SettingsError(f"CACHE_TTL_OVERRIDES: {exc}") from None
+        for name in ("cache_ttl_read_s", "cache_ttl_search_s", "cache_warm_top", "cache_warm_max_per_min"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+        if self.cache_warm_interval_s <= 0 or self.cache_warm_before_s < 1:
+            raise SettingsError("CACHE_WARM_INTERVAL_S and CACHE_WARM_BEFORE_S: must be positive")
+        if self.cache_warm_min_requests < 1:
+            raise SettingsError("CACHE_WARM_MIN_REQUESTS: must be at least 1")
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -340,6 +527,32 @@ class Settings:
             for part in self.trusted_proxies.split(",")
             if part.strip()
         )
+
+    @property
+    def admission_horizon_s(self) -> float:
+        """How long an open job may count against the caps: twice the maximum age plus every attempt.
+
+        An id older than this is dropped from the counts, which repairs a reservation whose
+        release was lost (a gateway killed mid-submission) and, at worst, under-counts a job
+        stuck open longer than any job should be.
+        """
+        run = self.flickr_timeout_s * 2 + 30 + self.upload_ticket_timeout_s
+        return 2 * self.job_max_age_s + self.worker_max_attempts * (run + self.worker_backoff_max_s)
+
+    @property
+    def cache_ttls(self) -> dict[str, int]:
+        """CACHE_TTL_OVERRIDES as Flickr method → seconds (0: never cached)."""
+        return parse_cache_ttls(self.cache_ttl_overrides)
+
+    @property
+    def client_weights(self) -> dict[str, int]:
+        """MOVER_CLIENT_WEIGHTS as client id → weight."""
+        return parse_weights(self.mover_client_weights)
+
+    @property
+    def priority_weights(self) -> dict[str, int]:
+        """MOVER_PRIORITY_WEIGHTS as priority → weight."""
+        return parse_weights(self.mover_priority_weights)
 
     @property
     def uses_sandbox(self) -> bool:
@@ -385,6 +598,41 @@ class FlickrEndpoints:
     request_token: str = ""  # OAuth: where a request token is fetched
     authorize: str = ""  # OAuth: where the user's browser approves it
     access_token: str = ""  # OAuth: where the approved request token becomes an access token
+
+
+def parse_weights(raw: str) -> dict[str, int]:
+    """`name=weight,name=weight` (weights are whole numbers of at least 1) as a dict."""
+    weights: dict[str, int] = {}
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"expected name=weight (a whole number of at least 1), got {part.strip()!r}")
+        if name in weights:
+            raise ValueError(f"{name!r} is given twice")
+        weights[name] = int(value)
+    return weights
+
+
+def parse_cache_ttls(raw: str) -> dict[str, int]:
+    """`flickr.ns.method=seconds,…` as a dict: read methods only, 0..86400 seconds each."""
+    ttls: dict[str, int] = {}
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        method, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not CACHE_METHOD_RE.fullmatch(method) or not value.isdigit():
+            raise ValueError(f"expected flickr.<namespace>.<name>=<seconds>, got {part.strip()!r}")
+        if flickr_methods.is_write(method):
+            raise ValueError(f"{method} writes (or is unknown to FlickrHub): it is never cached")
+        if int(value) > CACHE_MAX_TTL_S:
+            raise ValueError(f"{method}: at most {CACHE_MAX_TTL_S} seconds, got {value}")
+        if method in ttls:
+            raise ValueError(f"{method!r} is given twice")
+        ttls[method] = int(value)
+    return ttls
 
 
 def _check_callback_url(url: str, environment: str) -> None:

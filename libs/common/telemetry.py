@@ -31,6 +31,7 @@ SPAN_FLICKR_CALL = "flickrhub.flickr.call"
 SPAN_CACHE_LOOKUP = "flickrhub.cache.lookup"
 SPAN_CACHE_STORE = "flickrhub.cache.store"
 SPAN_WEBHOOK = "flickrhub.webhook.deliver"
+SPAN_RECOVER = "flickrhub.job.recover"
 
 # Attribute names
 ATTR_JOB_ID = "flickrhub.job_id"

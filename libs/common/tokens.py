@@ -136,6 +136,15 @@ class TokenStore:
         self._cache[user_id] = (now + self._ttl, record)
         return record
 
+    async def get_by_hash(self, token_id_hash: str) -> TokenRecord | None:
+        """The live token with this id (cache warming knows only the id), or None."""
+        doc = await self._tokens.find_one({"token_id_hash": token_id_hash}, {"user_id": 1})
+        if doc is None:
+            return None
+        record = await self.get(str(doc["user_id"]))
+        # Replaced since (the user re-authorized): the old id's answers are not refetched.
+        return record if record is not None and record.token_id_hash == token_id_hash else None
+
     async def summary(self, user_id: str) -> TokenSummary | None:
         """The operator view of a user's token (revoked ones too), or None if the user is unknown."""
         doc = await self._tokens.find_one({"user_id": user_id}, _SUMMARY_FIELDS)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common import redisio
 from common.apikeys import ALL_USERS, ApiKeyStore
 from common.mongo import Mongo
 from common.settings import Settings
@@ -63,9 +64,11 @@ class DemoKeys:
 async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER,)) -> DemoKeys:
     """(Re)create the demo client and admin keys with fresh secrets (the old ones stop working)."""
     mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    redis = redisio.client(settings.redis_url)
     try:
         await mongo.ensure_indexes()
-        store = ApiKeyStore(mongo.api_keys, Vault(LocalKeyProvider.from_settings(settings)))
+        vault = Vault(LocalKeyProvider.from_settings(settings))
+        store = ApiKeyStore(mongo.api_keys, vault, redis=redis, bcrypt_rounds=settings.api_key_bcrypt_rounds)
         await mongo.api_keys.delete_many({"key_id": {"$in": [DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID]}})
         client, admin = await asyncio.gather(
             store.create("demo client", list(user_ids), key_id=DEMO_CLIENT_KEY_ID),
@@ -78,8 +81,12 @@ async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER
                 key_id=DEMO_ADMIN_KEY_ID,
             ),
         )
+        # A running gateway may hold the old secrets' checks: void them there.
+        for key_id in (DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID):
+            await store.bump_epoch(key_id)
     finally:
         await mongo.close()
+        await redis.aclose()
     return DemoKeys(
         client.api_key, DEMO_CLIENT_KEY_ID, client.signing_secret, admin.api_key, DEMO_ADMIN_KEY_ID
     )

@@ -8,6 +8,7 @@ import logging
 
 from redis.exceptions import RedisError
 
+from cache import metrics
 from cache.servicer import CacheServicer
 from cache.store import MAX_IN_FLIGHT, CacheStore
 from common import redisio
@@ -18,6 +19,8 @@ from flickrhub.v1 import cache_pb2, cache_pb2_grpc
 log = logging.getLogger(__name__)
 
 STATS_FLUSH_S = 1.0
+# How often the gauges (per-method hit ratio, evictions, memory) are read back from Redis.
+GAUGES_EVERY = 5
 
 
 class CacheApp:
@@ -63,9 +66,28 @@ class CacheApp:
 
     async def _flush_stats_forever(self) -> None:
         # An idle replica would otherwise hold its last counts until its next call.
+        tick = 0
         while True:
             await asyncio.sleep(STATS_FLUSH_S)
             await self._flush_stats()
+            tick += 1
+            try:
+                if self.store.warming:
+                    await self.store.maintain_hot()
+                if tick % GAUGES_EVERY == 1:
+                    await self.export_gauges()
+            except RedisError as exc:
+                log.warning("cache housekeeping skipped: %s", type(exc).__name__)
+
+    async def export_gauges(self) -> None:
+        """Per-method hit ratio (every replica's counts), evictions, memory and keys from Redis."""
+        stats = await self.store.stats()
+        metrics.EVICTED_KEYS.set(stats.evicted_keys)
+        metrics.USED_MEMORY.set(stats.used_memory_bytes)
+        metrics.STORED_KEYS.set(stats.keys)
+        for method, (hits, misses) in stats.methods.items():
+            if hits + misses:
+                metrics.HIT_RATIO.labels(method).set(hits / (hits + misses))
 
     async def _flush_stats(self) -> None:
         try:

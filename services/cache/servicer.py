@@ -17,7 +17,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from cache import metrics
-from cache.store import CacheStore
+from cache.store import CacheStore, Stats, method_label
 from common import telemetry
 from common.errors import FieldViolation, InvalidArgument, Unavailable
 from common.flickr_methods import is_search, is_write
@@ -100,7 +100,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         hit = None
         with metrics.timed("get"):
             if klass == "write":
-                self._store.count("misses")  # never stored, so no need to ask Redis
+                self._store.count("misses", key.method)  # never stored, so no need to ask Redis
                 outcome = "skipped"
             else:
                 try:
@@ -110,6 +110,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                     log.warning("cache redis unavailable on get, answering a miss: %s", type(exc).__name__)
                     outcome = "error"
         metrics.REQUESTS.labels("get", klass, outcome).inc()
+        metrics.LOOKUPS.labels(method_label(key.method), "miss" if outcome == "skipped" else outcome).inc()
         span.set_attribute(telemetry.ATTR_CACHE_HIT, hit is not None)
         if hit is None:
             return cache_pb2.CacheGetResponse(hit=False)
@@ -170,4 +171,64 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 metrics.REQUESTS.labels("stats", "all", "error").inc()
                 raise Unavailable("cache store unavailable") from exc
         metrics.REQUESTS.labels("stats", "all", "ok").inc()
-        return cache_pb2.CacheStatsResponse(**stats)
+        return stats_message(stats)
+
+    async def WarmCandidates(
+        self, request: cache_pb2.CacheWarmCandidatesRequest, context: Context
+    ) -> cache_pb2.CacheWarmCandidatesResponse:
+        """Popular entries near expiry, each claimed for this caller (none unless warming is on)."""
+        bad = [
+            FieldViolation(name, f"{low}..{high}")
+            for name, low, high in _WARM_LIMITS
+            if not low <= getattr(request, name) <= high
+        ]
+        _check(bad, "CacheWarmCandidatesRequest")
+        if not self._store.warming:
+            metrics.REQUESTS.labels("warm", "all", "skipped").inc()
+            return cache_pb2.CacheWarmCandidatesResponse()
+        with metrics.timed("warm"):
+            try:
+                found = await self._store.warm_candidates(
+                    request.top,
+                    request.min_requests,
+                    request.refresh_within_seconds,
+                    request.limit,
+                    request.claim_seconds,
+                )
+            except RedisError as exc:
+                metrics.REQUESTS.labels("warm", "all", "error").inc()
+                raise Unavailable("cache store unavailable") from exc
+        metrics.REQUESTS.labels("warm", "all", "ok").inc()
+        metrics.WARM_CANDIDATES.inc(len(found))
+        response = cache_pb2.CacheWarmCandidatesResponse()
+        for c in found:
+            response.candidates.add(
+                key=cache_pb2.CacheKey(method=c.method, params=c.params, token_id_hash=c.token),
+                ttl_seconds=c.ttl_s,
+                requests=c.requests,
+            )
+        return response
+
+
+_WARM_LIMITS = (
+    ("top", 1, 1000),
+    ("min_requests", 1, 1_000_000),
+    ("refresh_within_seconds", 1, 86400),
+    ("limit", 1, 1000),
+    ("claim_seconds", 1, 3600),
+)
+
+
+def stats_message(stats: Stats) -> cache_pb2.CacheStatsResponse:
+    """The Stats answer for the store's counts."""
+    response = cache_pb2.CacheStatsResponse(
+        hits=stats.hits,
+        misses=stats.misses,
+        puts=stats.puts,
+        keys=stats.keys,
+        used_memory_bytes=stats.used_memory_bytes,
+        evicted_keys=stats.evicted_keys,
+    )
+    for method, (hits, misses) in stats.methods.items():
+        response.methods.add(method=method, hits=hits, misses=misses)
+    return response

@@ -5,7 +5,9 @@ Key layout (all names come from `common.keys`; `{T}` is the token's hash tag):
     fhc:gen:{T}             the token's generation
     fhc:gen:{T}:<method>    the token+method generation
     fhc:e:{T}:<gen>:<mgen>:<digest>   one answer; digest = SHA-256(method, sorted params, T)
-    fhc:stats               hits / misses / puts of every replica (never touched by a script)
+    fhc:stats               hits / misses / puts of every replica, also per method (`hits:<method>`)
+    fhc:hot                 warming only: decayed request counts per key (member = canonical request)
+    fhc:warm:{T}:<digest>   warming only: held while a worker refetches that entry
 
 Invalidating a token (or a token's method) moves its generation forward: every
 older entry becomes unreachable at once, whatever their number, and ages out by
@@ -18,24 +20,38 @@ a fixed value: this Redis runs allkeys-lru, so it may evict a generation key
 while invalidated entries live on. A missing generation therefore means "no
 entry can match" (Get misses, Put seeds a fresh value), never "generation 0",
 which would bring the invalidated entries back.
+
+Warming (CACHE_WARM_ENABLED) counts each lookup with a ZINCRBY that rides the
+lookup's own pipeline; the set is trimmed to the most requested keys every
+second and its counts halve every minute (one replica decays, under a lock), so
+it stays small and follows what is popular now. WarmCandidates returns popular
+entries close to expiry, each claimed so one worker refetches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from common import keys, redisio
-from common.flickr_methods import is_search, is_write
-from common.settings import Settings
+from common.flickr_methods import METHOD_PERMS, is_search, is_write
+from common.settings import CACHE_MAX_TTL_S, Settings
 
-MAX_TTL_S = 24 * 3600
+MAX_TTL_S = CACHE_MAX_TTL_S
+# Warming: requests with a longer canonical form are not counted (the set stores it whole).
+HOT_MEMBER_MAX = 2048
+# The popularity set keeps this many times CACHE_WARM_TOP keys; counts halve every HOT_DECAY_S.
+HOT_KEEP_FACTOR = 50
+HOT_DECAY_S = 60
+# Counts that decayed below this are dropped.
+HOT_FLOOR = 0.25
 # Redis calls in flight at once; the client's pool has as many connections. redis-py's
 # asyncio pool raises MaxConnectionsError past its size instead of waiting, so calls queue here.
 MAX_IN_FLIGHT = 64
@@ -61,6 +77,21 @@ local entry = ARGV[1] .. g .. ':' .. mg .. ':' .. ARGV[2]
 local value = redis.call('GET', entry)
 if not value then return false end
 return {value, redis.call('TTL', entry)}
+"""
+
+# KEYS: token generation, token+method generation, warm claim.
+# ARGV: entry prefix, digest, refresh within (s), claim ttl (s). → seconds left, or false
+# Only a live entry of the current generations is refreshed: an invalidated or expired one waits
+# for a real request (warming never brings back what a write or an operator dropped).
+_CLAIM = """
+local g = redis.call('GET', KEYS[1])
+if not g then return false end
+local mg = redis.call('GET', KEYS[2])
+if not mg then return false end
+local ttl = redis.call('TTL', ARGV[1] .. g .. ':' .. mg .. ':' .. ARGV[2])
+if ttl < 0 or ttl > tonumber(ARGV[3]) then return false end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return false end
+return ttl
 """
 
 # KEYS: token generation, token+method generation.
@@ -102,6 +133,22 @@ class Hit:
     ttl_s: int
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A popular entry close to expiry, claimed for one caller to refetch."""
+
+    method: str
+    params: dict[str, str]
+    token: str
+    ttl_s: int
+    requests: float
+
+
+def method_label(method: str) -> str:
+    """The method as a metric label and stats field: known Flickr methods by name, the rest `other`."""
+    return method if method in METHOD_PERMS else "other"
+
+
 class CacheStore:
     """Reads and writes cached Flickr answers (its client has decode=False: values are bytes).
 
@@ -114,9 +161,13 @@ class CacheStore:
         self._redis = redis
         self._read_ttl = settings.cache_ttl_read_s
         self._search_ttl = settings.cache_ttl_search_s
+        self._ttls = settings.cache_ttls
+        self.warming = settings.cache_warm_enabled
+        self._hot_keep = settings.cache_warm_top * HOT_KEEP_FACTOR
         self._get = redis.register_script(_GET)
         self._put = redis.register_script(_PUT)
         self._invalidate = redis.register_script(_INVALIDATE)
+        self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
@@ -126,20 +177,29 @@ class CacheStore:
             return 0
         if requested > 0:
             return min(requested, MAX_TTL_S)
+        if method in self._ttls:  # CACHE_TTL_OVERRIDES; 0 there means never cached
+            return self._ttls[method]
         return self._search_ttl if is_search(method) else self._read_ttl
 
-    def count(self, field: str) -> None:
+    def count(self, field: str, method: str) -> None:
         """Count a hit or miss answered without Redis (it rides the next pipeline)."""
         self._pending[field] += 1
+        self._pending[f"{field}:{method_label(method)}"] += 1
 
     async def get(self, method: str, params: Mapping[str, str], token: str) -> Hit | None:
         """The cached answer in the token's current scope, or None."""
+        hot = None
+        if self.warming:
+            canonical = keys.cache_canonical(method, params, token)
+            hot = canonical if len(canonical.encode()) <= HOT_MEMBER_MAX else None
         try:
-            found = await self._call(self._get, _generations(token, method), _entry(method, params, token))
+            found = await self._call(
+                self._get, _generations(token, method), _entry(method, params, token), hot=hot
+            )
         except RedisError:
-            self._pending["misses"] += 1
+            self.count("misses", method)
             raise
-        self._pending["hits" if found else "misses"] += 1
+        self.count("hits" if found else "misses", method)
         if not found:
             return None
         value, ttl = found
@@ -148,7 +208,7 @@ class CacheStore:
     async def put(self, method: str, params: Mapping[str, str], token: str, value: bytes, ttl_s: int) -> None:
         """Store an answer in the token's current scope for `ttl_s` seconds."""
         args = [*_entry(method, params, token), value, ttl_s, GENERATION_TTL_S]
-        await self._call(self._put, _generations(token, method), args, puts=1)
+        await self._call(self._put, _generations(token, method), args, extra={"puts": 1})
 
     async def invalidate(self, token: str, method: str = "") -> int:
         """Drop every entry of the token (or of the token's method) in O(1); the new generation."""
@@ -157,7 +217,7 @@ class CacheStore:
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (one round trip) so the first calls meet no NOSCRIPT."""
-        scripts = (self._get, self._put, self._invalidate)
+        scripts = (self._get, self._put, self._invalidate, self._claim)
         pipe = self._redis.pipeline(transaction=False)
         for script in scripts:
             pipe.script_load(script.script)
@@ -170,7 +230,7 @@ class CacheStore:
             pipe = self._redis.pipeline(transaction=False)
             await self._execute(pipe, self._queue_stats(pipe, Counter()))
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> Stats:
         """Hits, misses and puts of every replica, plus Redis' own key count, memory and evictions."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.CACHE_STATS)
@@ -182,19 +242,87 @@ class CacheStore:
         if errors := [r for r in results if isinstance(r, RedisError)]:
             raise errors[0]
         raw, dbsize, memory, stats, *_ = results
-        counters = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-        return {
-            # Our own unflushed counts were sent after HGETALL read the hash.
-            **{f: counters.get(f, 0) + flushed[f] for f in ("hits", "misses", "puts")},
-            "keys": int(dbsize),
-            "used_memory_bytes": int(memory.get("used_memory", 0)),
-            "evicted_keys": int(stats.get("evicted_keys", 0)),
-        }
+        counters = Counter({(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()})
+        counters.update(flushed)  # our own unflushed counts were sent after HGETALL read the hash
+        return Stats(
+            hits=counters["hits"],
+            misses=counters["misses"],
+            puts=counters["puts"],
+            keys=int(dbsize),
+            used_memory_bytes=int(memory.get("used_memory", 0)),
+            evicted_keys=int(stats.get("evicted_keys", 0)),
+            methods=_per_method(counters),
+        )
+
+    async def maintain_hot(self) -> None:
+        """Keep the popularity set to the most requested keys; halve its counts once a minute.
+
+        Every replica trims (idempotent); the decay runs where the lock was taken, so the
+        counts halve once per HOT_DECAY_S however many replicas there are.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyrank(keys.CACHE_HOT, 0, -(self._hot_keep + 1))
+        pipe.set(keys.CACHE_HOT_DECAY, b"1", nx=True, ex=HOT_DECAY_S)
+        _, decay = await pipe.execute()
+        if decay:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zunionstore(keys.CACHE_HOT, {keys.CACHE_HOT: 0.5})
+            pipe.zremrangebyscore(keys.CACHE_HOT, "-inf", f"({HOT_FLOOR}")
+            await pipe.execute()
+
+    async def warm_candidates(
+        self, top: int, min_requests: float, within_s: int, limit: int, claim_s: int
+    ) -> list[Candidate]:
+        """Up to `limit` of the `top` most requested keys whose entry has at most `within_s` left, claimed."""
+        ranked = await self._redis.zrevrange(keys.CACHE_HOT, 0, top - 1, withscores=True)
+        popular: list[Candidate] = []
+        for member, score in cast("list[tuple[bytes, float]]", ranked):
+            if score < min_requests:
+                break  # ranked by count: the rest are less popular still
+            parsed = _parse_canonical(member)
+            if parsed is None or self.ttl_for(parsed[0]) == 0:
+                await self._redis.zrem(keys.CACHE_HOT, member)
+                continue
+            popular.append(Candidate(*parsed, ttl_s=0, requests=float(score)))
+        claimed: list[Candidate] = []
+        while popular and len(claimed) < limit:
+            batch, popular = popular[: limit - len(claimed)], popular[limit - len(claimed) :]
+            claimed += [
+                Candidate(c.method, c.params, c.token, int(ttl), c.requests)
+                for c, ttl in zip(batch, await self._claim_batch(batch, within_s, claim_s), strict=True)
+                if ttl is not None
+            ]
+        return claimed
+
+    async def _claim_batch(self, batch: list[Candidate], within_s: int, claim_s: int) -> list[Any]:
+        """Run the claim script for each candidate in one pipeline (reloading the script once if gone)."""
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for c in batch:
+                prefix, digest = _entry(c.method, c.params, c.token)
+                claim = keys.cache_warm_claim(c.token, digest)
+                script_keys = [*_generations(c.token, c.method), claim]
+                args = (prefix, digest, within_s, claim_s)
+                pipe.evalsha(self._claim.sha, len(script_keys), *script_keys, *args)
+            async with self._slots:
+                results = list(await pipe.execute(raise_on_error=False))
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self.load_scripts()
+                continue
+            if errors := [r for r in results if isinstance(r, Exception)]:
+                raise errors[0]
+            return results
+        raise AssertionError("unreachable")
 
     async def _call(
-        self, script: AsyncScript, script_keys: Sequence[str], args: Sequence[Any], **extra: int
+        self,
+        script: AsyncScript,
+        script_keys: Sequence[str],
+        args: Sequence[Any],
+        extra: Mapping[str, int] | None = None,
+        hot: str | None = None,
     ) -> Any:
-        """EVALSHA plus the pending stats in one pipeline (one round trip).
+        """EVALSHA plus the pending stats (and the warming count `hot`) in one pipeline (one round trip).
 
         Not `script(client=pipe)`: redis-py then sends SCRIPT EXISTS before every
         pipeline. A NOSCRIPT answer (Redis restarted or flushed its scripts)
@@ -202,7 +330,9 @@ class CacheStore:
         """
         pipe = self._redis.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-        taken = self._queue_stats(pipe, Counter(extra))
+        if hot is not None:
+            pipe.zincrby(keys.CACHE_HOT, 1, hot)
+        taken = self._queue_stats(pipe, Counter(extra or {}))
         result, *_ = await self._execute(pipe, taken)
         if isinstance(result, NoScriptError):
             async with self._slots:
@@ -226,6 +356,38 @@ class CacheStore:
         except RedisError:
             self._pending.update(taken)  # those counts ride the next pipeline that gets through
             raise
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counts shared by every replica, plus Redis' own view."""
+
+    hits: int
+    misses: int
+    puts: int
+    keys: int
+    used_memory_bytes: int
+    evicted_keys: int
+    # method → (hits, misses), most looked-up first
+    methods: dict[str, tuple[int, int]]
+
+
+def _per_method(counters: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    methods = {f.partition(":")[2] for f in counters if f.startswith(("hits:", "misses:"))}
+    pairs = {m: (counters.get(f"hits:{m}", 0), counters.get(f"misses:{m}", 0)) for m in methods}
+    return dict(sorted(pairs.items(), key=lambda item: (-sum(item[1]), item[0])))
+
+
+def _parse_canonical(member: bytes | str) -> tuple[str, dict[str, str], str] | None:
+    """(method, params, token) from a CACHE_HOT member, or None if it is not one."""
+    try:
+        method, pairs, token = json.loads(member)
+        params = {str(k): str(v) for k, v in pairs}
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(method, str) or not isinstance(token, str):
+        return None
+    return method, params, token
 
 
 def _generations(token: str, method: str) -> list[str]:

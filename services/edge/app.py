@@ -31,6 +31,7 @@ from common.service import CHANNEL_OPTIONS
 from common.settings import Settings, cors_origins
 from edge import envelope, hardening, routes, status, transcode
 from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
+from gateway import policy
 
 log = logging.getLogger("edge")
 
@@ -418,7 +419,8 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
     # /openapi.json and the Swagger UI at /docs, generated from the same PROTO_MODULES as the routes.
     from edge import docs
 
-    docs.install(app, PROTO_MODULES)
+    # The gateway's policy table says which RPCs need no credential; the document marks them so.
+    docs.install(app, PROTO_MODULES, policy.open_methods())
     app.router.add_route("*", "/{tail:.*}", edge.handle)
 
     async def open_channel(app: web.Application) -> None:

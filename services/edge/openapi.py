@@ -53,11 +53,17 @@ _QUERY_WELL_KNOWN = frozenset(
     | {f"google.protobuf.{w}Value" for w in ("Float", "Double", "Bytes")}
 )
 
+_HMAC_HOW = (
+    "HMAC request signing instead of sending the key: all four headers `x-api-key-id`, `x-timestamp`, "
+    "`x-nonce` and `x-signature` together. The signature is `v1=<hex HMAC-SHA256>` keyed with the "
+    "key's signing secret over the lines METHOD, PATH, SORTED_QUERY, SHA256_HEX(BODY), TIMESTAMP and "
+    "NONCE joined by newlines (docs/api/authentication.md)."
+)
 SECURITY_SCHEMES: dict[str, Schema] = {
     "BearerApiKey": {
         "type": "http",
         "scheme": "bearer",
-        "bearerFormat": "fhk_…",
+        "bearerFormat": "fhk_<key id>_<secret>",
         "description": "An API key sent as `Authorization: Bearer fhk_…`.",
     },
     "ApiKeyHeader": {
@@ -66,18 +72,38 @@ SECURITY_SCHEMES: dict[str, Schema] = {
         "name": "x-api-key",
         "description": "The same API key sent as `x-api-key: fhk_…`.",
     },
+    "HmacKeyId": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key-id",
+        "description": "Signed requests: the key's id (the part between `fhk_` and the next `_`). "
+        + _HMAC_HOW,
+    },
+    "HmacTimestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-timestamp",
+        "description": "Signed requests: Unix seconds, within ±5 minutes of the server's clock.",
+    },
+    "HmacNonce": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-nonce",
+        "description": "Signed requests: 8-64 of `A-Z a-z 0-9 _ -`, used once within the clock-skew window.",
+    },
     "HmacSignature": {
         "type": "apiKey",
         "in": "header",
         "name": "x-signature",
-        "description": (
-            "HMAC request signing instead of sending the key: headers `x-api-key-id` (the key's id), "
-            "`x-timestamp` (Unix seconds, within ±5 minutes of the server's clock), `x-nonce` (single use "
-            "within that window) and `x-signature` (hex HMAC-SHA256 with the key's secret over the "
-            "canonical form of method, path, query, body hash and timestamp; see docs/api)."
-        ),
+        "description": "Signed requests: `v1=<hex HMAC-SHA256>`. " + _HMAC_HOW,
     },
 }
+# Any one of these satisfies an operation: a bearer key, the key in x-api-key, or all four HMAC headers.
+SECURITY: list[dict[str, list[str]]] = [
+    {"BearerApiKey": []},
+    {"ApiKeyHeader": []},
+    {"HmacKeyId": [], "HmacTimestamp": [], "HmacNonce": [], "HmacSignature": []},
+]
 
 
 def default_comment_files(modules: Iterable[routes.ProtoModule]) -> list[Path]:
@@ -126,7 +152,7 @@ def build_document(
         "info": {"title": title, "version": version, "description": _INFO_DESCRIPTION},
         "servers": [{"url": "/"}],
         "tags": tags,
-        "security": [{name: []} for name in SECURITY_SCHEMES],
+        "security": SECURITY,
         "paths": dict(paths),
         "components": {
             "schemas": dict(sorted(builder.components.items())),

@@ -14,8 +14,16 @@ than multipart/form-data → 415; a body over the limit (EDGE_UPLOAD_MAX_BYTES) 
 413, from Content-Length before any byte is read, else as soon as the count
 passes it; a missing, misplaced or malformed part → 400. The gateway's answer
 is rendered like every edge answer (status mapping, `{"code","message","details"}`).
-When the edge gives up mid-stream it cancels the call, so the gateway removes
-what it had written.
+
+Two rules keep refusals clean while a large body is still arriving:
+- after the `job` message the edge waits for the gateway's initial metadata (its
+  go-ahead) before sending a byte of the photo, so a refused credential, user or
+  job comes back with its own status (a client still writing when a call ends
+  sees only grpc's local "Internal error from Core");
+- the edge never just cancels a started upload: gRPC may show a cancelled stream
+  to the server as a clean end (seen with ~100 MB bodies: the gateway then stored
+  a truncated photo and ran the job). It sends one message the gateway must refuse
+  (a second `job`) and half-closes, and cancels only if no answer comes.
 """
 
 from __future__ import annotations
@@ -47,8 +55,14 @@ CHUNK_BYTES = 1024 * 1024
 # A SubmitJobRequest as JSON: 64 params of up to 4 KiB and 16 KiB of meta fit well within this.
 MAX_JOB_BYTES = 1024 * 1024
 _MULTIPART = "multipart/form-data"
+# How long an abandoned upload may take to be refused by the gateway before it is cancelled.
+ABANDON_TIMEOUT_S = 10.0
 
 _tracer = trace.get_tracer("flickrhub.edge")
+# gateway.uploads.GO_AHEAD_KEY: initial metadata that says "job accepted, send the photo".
+GO_AHEAD_KEY = "x-fh-upload-go-ahead"
+# What grpc reports for a write the server's early answer made fail (the real status is lost).
+_CORE_WRITE_FAILURE = "Internal error from Core"
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class UploadHandler:
         self.max_body = max_body
         self._job = transcode.RequestBuilder(route.job_cls, "*", ())
         self._call: Any = None
+        self._abandoning: set[asyncio.Task[None]] = set()
 
     def _callable(self) -> Any:
         if self._call is None:
@@ -199,18 +214,24 @@ class UploadHandler:
         call = self._callable()(metadata=metadata, timeout=timeout)
         try:
             await self._send(call, self.route.request_cls(job=job))
+            # The gateway's go-ahead, or the (empty) initial metadata of a refusal.
+            if (GO_AHEAD_KEY, "1") not in tuple(await call.initial_metadata() or ()):
+                await call  # refused: raises its status
+                return _bad_gateway("the gateway answered the upload before accepting it", request_id)
             await self._stream_photo(call, photo, len(raw_job))
             if await reader.next() is not None:
                 raise _Refused(400, f"nothing may follow the `{PHOTO_PART}` part")
             await call.done_writing()
             reply = await call
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_WRITE_FAILURE:
+                return _bad_gateway("the gateway ended the upload before it was complete; retry", request_id)
             return edge_app._error_response(self.edge._rpc_error(exc), request_id)
         except (ValueError, AssertionError, BadHttpMessage) as exc:
-            call.cancel()
+            self._abandon(call)
             raise _Refused(400, f"malformed multipart body: {exc}") from None
         except BaseException:
-            call.cancel()  # the gateway removes the blob it was writing
+            self._abandon(call)  # the gateway refuses it and removes the blob it was writing
             raise
         return web.Response(
             body=transcode.response_json(reply),
@@ -237,8 +258,7 @@ class UploadHandler:
         while chunk := await photo.read_chunk(CHUNK_BYTES):
             received += len(chunk)
             if received > self.max_body:
-                call.cancel()
-                raise self._too_large()
+                raise self._too_large()  # not a byte more is read; _upload abandons the call
             pending += chunk
             while len(pending) >= CHUNK_BYTES:
                 await self._send(call, self.route.request_cls(chunk=bytes(pending[:CHUNK_BYTES])))
@@ -254,8 +274,33 @@ class UploadHandler:
             await call  # the gateway already answered (a refusal): raise its status
             raise
 
+    def _abandon(self, call: Any) -> None:
+        """End a started upload so that the gateway refuses it, in the background (see the module doc)."""
+        if call.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._refuse(call))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
+
+    async def _refuse(self, call: Any) -> None:
+        try:
+            async with asyncio.timeout(ABANDON_TIMEOUT_S):
+                await call.write(self.route.request_cls(job=self.route.job_cls()))  # refused: a 2nd job
+                await call.done_writing()
+                await call
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            pass  # refused (as meant), already over, or stuck
+        finally:
+            call.cancel()  # no-op once the call has ended
+
     def _too_large(self) -> _Refused:
         return _Refused(413, f"upload body larger than {self.max_body} bytes")
+
+
+def _bad_gateway(message_text: str, request_id: str) -> web.StreamResponse:
+    err = status.error(grpc.StatusCode.UNAVAILABLE, message_text)
+    err.status = 502
+    return edge_app._error_response(err, request_id)
 
 
 def install(app: web.Application, edge: edge_app.Edge, max_body: int) -> None:

@@ -1,8 +1,9 @@
-"""AdminService: the depth of every queue FlickrHub keeps."""
+"""AdminService: the depth of every queue FlickrHub keeps, and cache invalidation."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from redis.exceptions import RedisError
@@ -10,15 +11,30 @@ from redis.exceptions import RedisError
 from common import keys, redisio
 from common.errors import FieldViolation, InvalidArgument, Unavailable
 from common.flickr_guard import FlickrGuard
-from flickrhub.v1 import admin_pb2, admin_pb2_grpc
+from flickrhub.v1 import admin_pb2, admin_pb2_grpc, cache_pb2
+from gateway.validation import METHOD_RE
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from flickrhub.v1.cache_pb2_grpc import CacheServiceAsyncStub
+
+# A token id as ListTokens shows it (common.tokens.token_id_hash); the cache service takes 16-64.
+TOKEN_ID_RE = re.compile(r"[0-9a-f]{16,64}")
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operator views of the queues."""
 
-    def __init__(self, redis: redisio.Redis, guard: FlickrGuard | None = None) -> None:
+    def __init__(
+        self,
+        redis: redisio.Redis,
+        guard: FlickrGuard | None = None,
+        cache: CacheServiceAsyncStub | None = None,
+        cache_timeout_s: float = 2.0,
+    ) -> None:
         self._redis = redis
         self._guard = guard
+        self._cache = cache
+        self._cache_timeout_s = cache_timeout_s
 
     async def GetQueueStats(
         self, request: admin_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -31,6 +47,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return await self._stats(top)
         except RedisError as exc:
             raise Unavailable("queue store unavailable") from exc
+
+    async def InvalidateCache(
+        self, request: admin_pb2.InvalidateCacheRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvalidateCacheResponse:
+        """Move the token's (or token+method's) cache generation: its cached answers are gone at once."""
+        bad = []
+        if not TOKEN_ID_RE.fullmatch(request.token_id):
+            bad.append(FieldViolation("token_id", "required: the token id (16-64 lowercase hex characters)"))
+        if request.method and not METHOD_RE.match(request.method):
+            bad.append(FieldViolation("method", "flickr.<namespace>.<name>, or empty for every method"))
+        if bad:
+            raise InvalidArgument("invalid InvalidateCacheRequest", bad)
+        if self._cache is None:
+            raise Unavailable("no cache service configured: nothing was invalidated")
+        try:
+            answer = await self._cache.Invalidate(
+                cache_pb2.CacheInvalidateRequest(token_id_hash=request.token_id, method=request.method),
+                timeout=self._cache_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"cache service: {exc.code().name}; nothing was invalidated") from exc
+        return admin_pb2.InvalidateCacheResponse(
+            token_id=request.token_id, method=request.method, generation=answer.generation
+        )
 
     async def _stats(self, top: int) -> admin_pb2.QueueStats:
         stats = admin_pb2.QueueStats()
@@ -49,8 +89,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         stats.active_tokens = len(tokens)
         pipe = self._redis.pipeline(transaction=False)
         for token in tokens:
-            pipe.xlen(keys.token_stream(token))
-        depths = sorted(zip(tokens, await pipe.execute(), strict=True), key=lambda item: -int(item[1]))
+            for stream in keys.token_streams(token):
+                pipe.xlen(stream)
+        lengths = [int(n) for n in await pipe.execute()]
+        width = len(keys.PRIORITIES)
+        totals = [sum(lengths[i * width : (i + 1) * width]) for i in range(len(tokens))]
+        depths = sorted(zip(tokens, totals, strict=True), key=lambda item: -item[1])
         for token, depth in depths[:top]:
             stats.token_queues.add(token_id_hash=token, depth=int(depth))
         stats.delayed = await self._redis.zcard(keys.DELAYED)

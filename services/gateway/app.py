@@ -10,7 +10,7 @@ from common.auth_requests import AuthRequestStore
 from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
 from common.mongo import Mongo
-from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
+from common.service import Check, GrpcServer, bootstrap, insecure_channel, run_service, start_metrics
 from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import LocalKeyProvider, Vault
@@ -19,6 +19,7 @@ from flickrhub.v1 import (
     admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    cache_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     keys_pb2,
@@ -52,16 +53,19 @@ class GatewayApp:
         self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.tokens = TokenStore(self.mongo.tokens, self.vault)
-        self.store = JobStore(self.mongo.jobs)
+        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
         self.batcher = InsertBatcher(self.mongo.jobs, settings.insert_batch_ms)
         self.events = EventHub(settings.redis_url)
         self.guard = FlickrGuard(self.redis, settings)
         # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
-        self.api_keys = ApiKeyStore(self.mongo.api_keys, self.vault)
+        self.api_keys = ApiKeyStore(
+            self.mongo.api_keys, self.vault, redis=self.redis, bcrypt_rounds=settings.api_key_bcrypt_rounds
+        )
         self.authenticator = Authenticator(
             self.api_keys,
             self.redis,
             cache_s=settings.api_key_cache_s,
+            cache_max=settings.api_key_cache_max,
             skew_s=settings.auth_clock_skew_s,
             trusted_proxies=settings.trusted_proxy_networks,
         )
@@ -89,7 +93,14 @@ class GatewayApp:
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, self.grpc.server)
         legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(job_servicer), self.grpc.server)
-        admin = AdminServicer(self.redis, self.guard)
+        # Admin cache invalidation goes to the cache service (only AdminService.InvalidateCache uses it).
+        self.cache_channel = insecure_channel(settings.cache_addr)
+        admin = AdminServicer(
+            self.redis,
+            self.guard,
+            cache_pb2_grpc.CacheServiceStub(self.cache_channel),
+            max(2.0, settings.cache_timeout_s),
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.grpc.server)
         auth_requests = AuthRequestStore(self.mongo.auth_requests, self.vault)
         self.auth = AuthServicer(settings, self.tokens, auth_requests)
@@ -117,6 +128,7 @@ class GatewayApp:
         await self.audit.stop()
         await self.events.stop()
         await self.auth.close()
+        await self.cache_channel.close()
         await self.redis.aclose()
         await self.mongo.close()
 

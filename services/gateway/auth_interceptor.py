@@ -8,7 +8,10 @@ edge over gRPC and meet exactly the same checks. Per call:
 2. the rule of the RPC (gateway.policy): OPEN, CLIENT or ADMIN;
 3. the key (gateway.authn): UNAUTHENTICATED / PERMISSION_DENIED;
 4. the key's rate limit for the call's class (gateway.ratelimit): RESOURCE_EXHAUSTED
-   with RetryInfo and QuotaFailure (REST: 429 + Retry-After);
+   with RetryInfo and QuotaFailure (REST: 429 + Retry-After). The same Redis step
+   says whether the key was rotated or revoked since its check was cached; if so the
+   key is authenticated again from MongoDB before anything else happens;
+4b. the role: a non-admin key calling an admin RPC gets PERMISSION_DENIED;
 5. the caller goes into gateway.identity.current for the servicer's user checks;
 6. an audit entry (gateway.audit), queued without waiting, whatever the outcome.
 
@@ -30,17 +33,18 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from common import signing
-from common.apikeys import ApiKeyRecord, parse_key
-from common.errors import FlickrHubError
+from common.apikeys import parse_key
+from common.errors import FlickrHubError, Unavailable
 from gateway import identity, policy
 from gateway.audit import AuditWriter
 from gateway.authn import Authenticator, Request
 from gateway.identity import Caller, PermissionDenied
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Decision, RateLimiter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DRAIN_MAX_BYTES = 4 * 1024 * 1024
 DRAIN_MAX_S = 2.0
+DRAIN_IDLE_S = 0.2  # a client that sends nothing for this long is waiting for our answer
 
 
 class RateLimited(FlickrHubError):
@@ -109,15 +113,19 @@ async def _drain(request_iterator: Any) -> None:
 
     A client still writing when the refusal arrives sees grpc's local "Internal error
     from Core" instead of our status (the edge would answer 500). Small uploads are
-    read to their end; a large one is answered after DRAIN_MAX_BYTES or DRAIN_MAX_S.
+    read to their end; a large one is answered after DRAIN_MAX_BYTES or DRAIN_MAX_S, and
+    a client that pauses for DRAIN_IDLE_S (the edge waiting for its go-ahead) at once.
     """
     received = 0
+    messages = aiter(request_iterator)
+    deadline = asyncio.get_running_loop().time() + DRAIN_MAX_S
     with contextlib.suppress(Exception, asyncio.TimeoutError):
-        async with asyncio.timeout(DRAIN_MAX_S):
-            async for item in request_iterator:
-                received += item.ByteSize()
-                if received > DRAIN_MAX_BYTES:
-                    return
+        while received <= DRAIN_MAX_BYTES:
+            left = min(DRAIN_IDLE_S, deadline - asyncio.get_running_loop().time())
+            if left <= 0:
+                return
+            item = await asyncio.wait_for(anext(messages), left)
+            received += item.ByteSize()
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -171,15 +179,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if rule.role == policy.OPEN:
             return Caller(None, address)
         caller = Caller(None, address)
+        call = Request(method_path, md, context.peer() or "", body_sha256)
         try:
-            caller = await self._authn.authenticate(
-                Request(method_path, md, context.peer() or "", body_sha256), address, trusted
-            )
+            caller = await self._authn.authenticate(call, address, trusted)
+            method_class = policy.method_class(rule, request)
+            decision = await self._limit(caller, method_class)
+            if decision.stale:
+                # Rotated or revoked since this replica cached the check: verify against the new record.
+                caller = await self._authn.authenticate(call, address, trusted, recheck=True)
+                decision = await self._limit(caller, method_class)
+                if decision.stale:
+                    raise Unavailable("the API key is being changed; retry shortly", retry_after_s=1.0)
             key = caller.key
             assert key is not None
             if rule.role == policy.ADMIN and not key.admin:
                 raise PermissionDenied("this call needs an admin API key", "ADMIN_REQUIRED")
-            await self._limit(key, policy.method_class(rule, request))
+            if not decision.allowed:
+                raise RateLimited(key.key_id, decision.bucket, decision.retry_after_s)
         except FlickrHubError as exc:
             user_id = str(getattr(request, "user_id", "") or "")
             self._audit.record(
@@ -195,10 +211,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise
         return caller
 
-    async def _limit(self, key: ApiKeyRecord, method_class: str) -> None:
-        decision = await self._limiter.check(key, method_class)
-        if not decision.allowed:
-            raise RateLimited(key.key_id, decision.bucket, decision.retry_after_s)
+    async def _limit(self, caller: Caller, method_class: str) -> Decision:
+        assert caller.key is not None
+        return await self._limiter.check(caller.key, method_class, caller.epoch)
 
     def _record(
         self, method_path: str, caller: Caller, started: float, exc: BaseException | None, context: Context
@@ -272,6 +287,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             failure: BaseException | None = None
             try:
                 return await behavior(request_iterator, context)
+            except FlickrHubError as exc:
+                failure = exc
+                await _drain(request_iterator)  # refused mid-stream: the same reason as above
+                raise
             except BaseException as exc:
                 failure = exc
                 raise

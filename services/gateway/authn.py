@@ -3,6 +3,11 @@
 Bearer: `authorization: Bearer fhk_<id>_<secret>` or `x-api-key: fhk_…`. One
 indexed lookup by key id, then bcrypt (in a thread) — unless the same key and
 secret were verified within API_KEY_CACHE_S, when neither is paid again.
+
+A cached check is tied to the key's epoch (keys.api_key_epoch), read before the
+record; the rate-limit step of every call compares it with Redis in the same
+Lua call (gateway.ratelimit), and a rotation or revocation on any replica bumps
+it, so every replica reloads the key on its next call (`authenticate(recheck=True)`).
 Signed: `x-api-key-id`, `x-timestamp`, `x-nonce`, `x-signature` over the canonical
 string of common.signing; the nonce is remembered (SET NX) for twice the skew
 window, after the signature checked out, so a replay is refused.
@@ -16,6 +21,7 @@ import asyncio
 import hashlib
 import ipaddress
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +65,7 @@ class _Cached:
     record: ApiKeyRecord
     doc: dict[str, Any]
     expires: float
+    epoch: int = 0
     verified: set[str] = field(default_factory=set)
     signing_secret: str | None = None
 
@@ -119,16 +126,19 @@ class Authenticator:
         cache_s: float,
         skew_s: int,
         trusted_proxies: Sequence[Network],
+        cache_max: int = 10_000,
     ) -> None:
         self._store = store
         self._redis = redis
         self._cache_s = cache_s
+        self._cache_max = cache_max
         self._skew_s = skew_s
         self._trusted = tuple(trusted_proxies)
-        self._cache: dict[str, _Cached] = {}
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
         # Single flight: concurrent calls with one key share one lookup and one bcrypt check, so a
         # cache expiry under load costs one of each, not one per waiting call.
         self._loading: dict[str, asyncio.Future[_Cached]] = {}
+        self._reloading: dict[str, asyncio.Future[_Cached]] = {}
         self._checking: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         self.used: set[str] = set()  # key ids seen since the last last_used_at flush
@@ -148,8 +158,19 @@ class Authenticator:
         """(client address, peer is a trusted proxy)."""
         return client_ip(peer, metadata.get("x-forwarded-for", ""), self._trusted)
 
-    async def authenticate(self, call: Request, address: str, trusted_peer: bool) -> Caller:
-        """The caller of `call`; raises Unauthenticated or PermissionDenied."""
+    @property
+    def cached_keys(self) -> int:
+        """Keys whose verification is held in memory."""
+        return len(self._cache)
+
+    async def authenticate(
+        self, call: Request, address: str, trusted_peer: bool, *, recheck: bool = False
+    ) -> Caller:
+        """The caller of `call`; raises Unauthenticated or PermissionDenied.
+
+        `recheck`: the key's epoch moved since its check was cached; reload the record and verify
+        the call again (a signed call's nonce was already recorded by the first pass).
+        """
         md = call.metadata
         bearer = md.get("authorization", "")
         presented = md.get("x-api-key", "")
@@ -159,53 +180,76 @@ class Authenticator:
                 raise Unauthenticated("unsupported authorization scheme: use 'Bearer <api key>'")
             presented = token.strip()
         if presented:
-            record = await self._bearer(presented)
-            caller = Caller(record, address, "bearer")
+            entry = await self._bearer(presented, recheck)
+            caller = Caller(entry.record, address, "bearer", epoch=entry.epoch)
         elif md.get(signing.HEADER_SIGNATURE) or md.get(signing.HEADER_KEY_ID):
-            record = await self._signed(call, trusted_peer)
-            caller = Caller(record, address, "hmac")
+            entry = await self._signed(call, trusted_peer, recheck)
+            caller = Caller(entry.record, address, "hmac", epoch=entry.epoch)
         else:
             raise Unauthenticated(_MISSING_HELP, "MISSING_CREDENTIALS")
+        record = entry.record
         if not record.allows_ip(address):
             raise PermissionDenied("this API key is not allowed from this address", "IP_NOT_ALLOWED")
         self.used.add(record.key_id)
         return caller
 
-    async def _entry(self, key_id: str) -> _Cached:
+    async def _entry(self, key_id: str, reload: bool = False) -> _Cached:
         cached = self._cache.get(key_id)
-        if cached is not None and cached.expires > time.monotonic():
+        if cached is not None and cached.expires > time.monotonic() and not reload:
+            self._cache.move_to_end(key_id)
             return cached
-        loading = self._loading.get(key_id)
+        # A reload joins only another reload: a plain lookup in flight may predate the new epoch.
+        flights = self._reloading if reload else self._loading
+        loading = flights.get(key_id)
         if loading is None:
             loading = asyncio.ensure_future(self._load(key_id, cached))
-            self._loading[key_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
+            flights[key_id] = loading
+            loading.add_done_callback(lambda _: flights.pop(key_id, None))
         return await asyncio.shield(loading)
+
+    async def _moved(self, entry: _Cached) -> bool:
+        """True when the key was rotated or revoked since `entry` was loaded."""
+        try:
+            return int(await self._redis.get(keys.api_key_epoch(entry.record.key_id)) or 0) != entry.epoch
+        except RedisError as exc:
+            raise Unavailable("API key store unavailable; retry shortly") from exc
 
     async def _load(self, key_id: str, previous: _Cached | None) -> _Cached:
         self.lookups += 1
+        # The epoch first, then the record: a rotation or revocation that lands in between bumps
+        # the epoch after its write, so this entry is seen as stale on its first use.
+        try:
+            epoch = int(await self._redis.get(keys.api_key_epoch(key_id)) or 0)
+        except RedisError as exc:
+            raise Unavailable("API key store unavailable; retry shortly") from exc
         doc = await self._store.find(key_id)
         if doc is None or doc.get("revoked"):
             self._cache.pop(key_id, None)
             raise Unauthenticated()
-        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, time.monotonic() + self._cache_s)
+        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, time.monotonic() + self._cache_s, epoch)
         if previous is not None and previous.doc.get("secret_hash") == doc.get("secret_hash"):
             entry.verified = previous.verified  # same secret: what was verified stays verified
         if previous is not None and previous.doc.get("signing_secret") == doc.get("signing_secret"):
             entry.signing_secret = previous.signing_secret
         if self._cache_s > 0:
             self._cache[key_id] = entry
+            self._cache.move_to_end(key_id)
+            while len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
         return entry
 
-    async def _bearer(self, presented: str) -> ApiKeyRecord:
+    async def _bearer(self, presented: str, reload: bool) -> _Cached:
         parsed = parse_key(presented)
         if parsed is None:
             raise Unauthenticated()
         key_id, secret = parsed
-        entry = await self._entry(key_id)
+        entry = await self._entry(key_id, reload)
         digest = hashlib.sha256(secret.encode()).hexdigest()
         if digest in entry.verified:
-            return entry.record
+            return entry
+        if not reload and await self._moved(entry):
+            # A secret not verified yet may be the one a rotation on another replica just issued.
+            entry = await self._entry(key_id, reload=True)
         flight = (key_id, digest)
         checking = self._checking.get(flight)
         if checking is None:
@@ -215,7 +259,7 @@ class Authenticator:
         if not await asyncio.shield(checking):
             raise Unauthenticated()
         entry.verified.add(digest)
-        return entry.record
+        return entry
 
     async def _check(self, secret: str, hashed: str) -> bool:
         async with self._bcrypt:
@@ -223,7 +267,7 @@ class Authenticator:
             BCRYPT_CHECKS.inc()
             return await asyncio.to_thread(check_secret, secret, hashed)
 
-    async def _signed(self, call: Request, trusted_peer: bool) -> ApiKeyRecord:
+    async def _signed(self, call: Request, trusted_peer: bool, reload: bool) -> _Cached:
         md = call.metadata
         key_id = md.get(signing.HEADER_KEY_ID, "")
         timestamp = md.get(signing.HEADER_TIMESTAMP, "")
@@ -240,7 +284,7 @@ class Authenticator:
             raise Unauthenticated(
                 f"x-timestamp is more than {self._skew_s} s away from the server's clock", "TIMESTAMP_SKEW"
             )
-        entry = await self._entry(key_id) if len(key_id) <= 32 else None
+        entry = await self._entry(key_id, reload) if len(key_id) <= 32 else None
         if entry is None:
             raise Unauthenticated()
         if entry.signing_secret is None:
@@ -260,7 +304,15 @@ class Authenticator:
                 "POST", call.method_path, "", call.body_sha256, timestamp, nonce
             )
         if not signing.matches(entry.signing_secret, canonical, presented):
-            raise Unauthenticated()
+            # Perhaps signed with the secret a rotation on another replica just issued.
+            if reload or not await self._moved(entry):
+                raise Unauthenticated()
+            entry = await self._entry(key_id, reload=True)
+            entry.signing_secret = entry.signing_secret or self._store.signing_secret(entry.doc)
+            if not signing.matches(entry.signing_secret, canonical, presented):
+                raise Unauthenticated()
+        if reload:
+            return entry  # this call's nonce was recorded by its first pass
         try:
             fresh = await self._redis.set(
                 keys.api_key_nonce(key_id, nonce), "1", nx=True, ex=2 * self._skew_s
@@ -269,4 +321,4 @@ class Authenticator:
             raise Unavailable("nonce store unavailable; retry shortly") from exc
         if not fresh:
             raise Unauthenticated("this signed request was already used (nonce replayed)", "REPLAYED")
-        return entry.record
+        return entry

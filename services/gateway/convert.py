@@ -41,6 +41,7 @@ def job_to_proto(doc: Doc) -> jobs_pb2.Job:
         target=jobs.target_to_proto(doc.get("target", "rest")),
         state=jobs.state_to_proto(doc["status"]),
         from_cache=bool(doc.get("from_cache", False)),
+        cache_bypassed=bool(doc.get("cache_bypass", False)),
         attempts=int(doc.get("attempts", 0)),
         max_attempts=int(doc.get("max_attempts", 0)),
         callback_url=doc.get("callback_url", ""),

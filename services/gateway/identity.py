@@ -25,6 +25,7 @@ class Caller:
     client_ip: str
     method: str = "none"  # "bearer", "hmac" or "none"
     acted_for: list[str] = field(default_factory=list)
+    epoch: int = 0  # the key's epoch its (possibly cached) check was made under (keys.api_key_epoch)
 
     @property
     def client_id(self) -> str:
@@ -62,6 +63,12 @@ def client_id() -> str:
     """The calling key's id ("anonymous" outside an authenticated call)."""
     caller = current.get()
     return caller.client_id if caller else "anonymous"
+
+
+def is_admin() -> bool:
+    """True when the calling key is an admin key."""
+    caller = current.get()
+    return bool(caller and caller.key and caller.key.admin)
 
 
 def acts_for_every_user() -> bool:

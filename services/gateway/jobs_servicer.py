@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -13,15 +12,15 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import jobs, keys, redisio, telemetry, urlguard
+from common import admission, jobs, redisio, telemetry, tokenqueue, urlguard
 from common.announce import announce
 from common.blobs import BlobStore
 from common.errors import (
     FailedPrecondition,
     FieldViolation,
-    FlickrHubError,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -32,13 +31,13 @@ from common.settings import Settings
 from common.tokens import TokenStore
 from common.vault import Vault
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
-from gateway import convert, identity, metrics, uploads, validation
+from gateway import batch, convert, history, idempotency, identity, metrics, uploads, validation
 from gateway.batcher import InsertBatcher
 from gateway.events import EventHub
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_TTL_S = 24 * 3600
+IDEMPOTENCY_TTL_S = idempotency.TTL_S
 WATCH_POLL_S = 5.0
 CALLBACK_PURPOSE = "callback-secret"
 
@@ -72,12 +71,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._events = events
         self._blobs = BlobStore(store.jobs.database)
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
+        self.admission = admission.Admission.from_settings(redis, settings)
+        self.idempotency = idempotency.IdempotencyKeys(redis)
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.SubmitJobResponse:
         """Accept one job."""
         return await self.submit(request, context)
+
+    async def SubmitJobs(
+        self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.SubmitJobsResponse:
+        """Accept up to 100 jobs, all or none (see gateway.batch)."""
+        return await batch.submit_jobs(self, request, context)
 
     async def check_callback(self, url: str) -> None:
         """INVALID_ARGUMENT unless webhooks may be sent to `url` (resolved and checked now)."""
@@ -89,7 +96,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         extra: dict[str, Any] | None = None,
     ) -> jobs_pb2.SubmitJobResponse:
-        """SubmitJob's work; `extra` fields go into the job document (e.g. the original API's marker)."""
+        """SubmitJob's work; `extra` fields go into the job document (e.g. the original API's marker).
+
+        Backpressure comes right after the checks that need no I/O: a refusal costs one Redis
+        round trip and writes nothing. A duplicate (idempotency key) at the cap is refused too;
+        after Retry-After it gets its first job back.
+        """
         if request.target in (jobs_pb2.TARGET_UPLOAD, jobs_pb2.TARGET_REPLACE):  # before the other checks
             raise InvalidArgument(
                 "use UploadJob (or POST /v1/uploads) for uploads",
@@ -97,22 +109,57 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
         validation.validate_submit(request)
         identity.require_user(request.user_id)
+        job_id = uuid.uuid4().hex
+        client = identity.client_id()
+        await self.admit(client, [job_id])
+        try:
+            response = await self._accept(request, context, job_id, extra)
+        except BaseException:
+            await self.release(client, [job_id])
+            raise
+        if response.job_id != job_id:  # a duplicate: the first job already counts
+            await self.release(client, [job_id])
+        return response
+
+    async def admit(self, client: str, job_ids: list[str]) -> None:
+        """Count `job_ids` as the client's open jobs, or refuse (counted by reason) when a cap is hit."""
+        try:
+            await self.admission.admit(client, job_ids)
+        except admission.ClientOverloaded:
+            metrics.BACKPRESSURE.labels(reason=admission.CLIENT).inc()
+            raise
+        except admission.BufferFull:
+            metrics.BACKPRESSURE.labels(reason=admission.BUFFER).inc()
+            raise
+        except RedisError as exc:
+            raise Unavailable("queue store unavailable; retry shortly") from exc
+
+    async def release(self, client: str, job_ids: list[str]) -> None:
+        """Stop counting ids that never became jobs (or whose job is final); a failure only logs."""
+        try:
+            await self.admission.release(client, job_ids)
+        except RedisError as exc:  # the horizon trims what we could not release
+            log.warning("could not release %d admission ids: %s", len(job_ids), type(exc).__name__)
+
+    async def _accept(
+        self,
+        request: jobs_pb2.SubmitJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        job_id: str,
+        extra: dict[str, Any] | None,
+    ) -> jobs_pb2.SubmitJobResponse:
+        """Record and enqueue an admitted job; a duplicate answers the first job (another job id)."""
         await self.check_callback(request.callback_url)
         target = jobs.target_from_proto(request.target)
         token = await self._tokens.get(request.user_id)
         if token is None:
             raise NotFound(f"no Flickr token for user_id {request.user_id!r}", reason="TOKEN_NOT_FOUND")
         idem_key = request.idempotency_key or _metadata(context, "x-idempotency-key")
-        job_id = uuid.uuid4().hex
         if idem_key:
             existing = await self._reserve_idempotency(request, token.token_id_hash, idem_key, job_id)
             if existing is not None:
                 metrics.SUBMITTED.labels(outcome="deduplicated").inc()
-                doc = await self._store.get(existing)
-                state = jobs.state_to_proto(doc["status"]) if doc else jobs_pb2.JOB_STATE_QUEUED
-                return jobs_pb2.SubmitJobResponse(
-                    job_id=existing, state=state, trace_id=doc.get("trace_id", "") if doc else ""
-                )
+                return (await self.responses([existing]))[0]
         job_id_var.set(job_id)
         with telemetry.tracer().start_as_current_span(
             telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER
@@ -121,24 +168,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             span.set_attribute(telemetry.ATTR_METHOD, request.method)
             span.set_attribute(telemetry.ATTR_TOKEN, token.token_id_hash)
             trace_id = telemetry.current_trace_id()
-            entry = jobs.JobEntry(
-                job_id=job_id,
-                token=token.token_id_hash,
-                user_id=request.user_id,
-                method=request.method,
-                target=target,
-                params=dict(request.params),
-                max_attempts=self._settings.worker_max_attempts,
-                priority=jobs.priority_from_proto(request.priority),
-                cache_bypass=request.cache_bypass,
-                has_callback=bool(request.callback_url),
-                enqueued_ms=int(time.time() * 1000),
-                trace=dict(telemetry.inject_fields({})),
-            )
+            entry = self.new_entry(request, token.token_id_hash, job_id, target)
             try:
-                await self._record(request, entry, trace_id, context, extra)
-                await self._enqueue(entry)
-            except Exception:
+                doc = await self._record(request, entry, trace_id, context, extra)
+                await self._enqueue(entry, doc)
+            except BaseException:
                 if idem_key:  # the key must not point at a job that was never accepted
                     await self._release_idempotency(token.token_id_hash, idem_key, job_id)
                 raise
@@ -150,36 +184,53 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitJobRequest, token: str, idem_key: str, job_id: str
     ) -> str | None:
         """Reserve the key for `job_id`; return the first job's id when the key was used before."""
-        digest = hashlib.sha256(idem_key.encode()).hexdigest()[:32]
-        unkeyed = jobs_pb2.SubmitJobRequest()
-        unkeyed.CopyFrom(request)
-        unkeyed.ClearField("idempotency_key")  # the key may come as a field or as metadata
-        payload = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()[:32]
-        key = keys.idempotency(token, digest)
-        try:
-            if await self._redis.set(key, f"{job_id}:{payload}", nx=True, ex=IDEMPOTENCY_TTL_S):
-                return None
-            held = str(await self._redis.get(key) or "")
-        except RedisError as exc:
-            raise Unavailable("queue store unavailable; retry shortly") from exc
-        first_id, _, first_payload = held.partition(":")
-        if first_payload != payload:
-            raise FlickrHubError(
-                "idempotency key already used with a different request",
-                "IDEMPOTENCY_KEY_REUSED",
-                grpc.StatusCode.ALREADY_EXISTS,
-                violations=[FieldViolation("idempotency_key", "reused with a different payload")],
-            )
-        return first_id
+        claim = idempotency.Claim(token, idem_key, job_id, idempotency.fingerprint(request))
+        return await self.idempotency.reserve(claim)
 
-    async def _record(
+    async def responses(self, job_ids: list[str]) -> list[jobs_pb2.SubmitJobResponse]:
+        """SubmitJobResponse of existing jobs (what a duplicate is answered), in the order given."""
+        found = {
+            doc["job_id"]: doc
+            async for doc in self._store.jobs.find(
+                {"job_id": {"$in": list(set(job_ids))}}, {"_id": 0, "job_id": 1, "status": 1, "trace_id": 1}
+            )
+        }
+        out = []
+        for job_id in job_ids:
+            doc = found.get(job_id)
+            state = jobs.state_to_proto(doc["status"]) if doc else jobs_pb2.JOB_STATE_QUEUED
+            trace_id = doc.get("trace_id", "") if doc else ""
+            out.append(jobs_pb2.SubmitJobResponse(job_id=job_id, state=state, trace_id=trace_id))
+        return out
+
+    def new_entry(
+        self, request: jobs_pb2.SubmitJobRequest, token: str, job_id: str, target: str
+    ) -> jobs.JobEntry:
+        """The stream entry of a new job (call it inside the job's enqueue span: it carries its context)."""
+        return jobs.JobEntry(
+            job_id=job_id,
+            token=token,
+            user_id=request.user_id,
+            method=request.method,
+            target=target,
+            params=dict(request.params),
+            max_attempts=self._settings.worker_max_attempts,
+            priority=jobs.priority_from_proto(request.priority),
+            cache_bypass=request.cache_bypass,
+            has_callback=bool(request.callback_url),
+            enqueued_ms=int(time.time() * 1000),
+            trace=dict(telemetry.inject_fields({})),
+            client_id=identity.client_id(),
+        )
+
+    def document(
         self,
         request: jobs_pb2.SubmitJobRequest,
         entry: jobs.JobEntry,
         trace_id: str,
-        context: grpc.aio.ServicerContext[Any, Any],
         extra: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """The job document of a new job, its callback secret encrypted."""
         created = now()
         doc: dict[str, Any] = {
             "job_id": entry.job_id,
@@ -206,23 +257,38 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             doc["callback_secret"] = self._vault.encrypt(
                 request.callback_secret, purpose=CALLBACK_PURPOSE, record_id=entry.job_id
             )
+        return doc
+
+    async def _record(
+        self,
+        request: jobs_pb2.SubmitJobRequest,
+        entry: jobs.JobEntry,
+        trace_id: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Insert the job document (group-committed); the document written."""
+        doc = self.document(request, entry, trace_id, extra)
         try:
             await self._batcher.insert(doc)
         except Exception as exc:
             log.warning("job insert failed: %s", type(exc).__name__)
             raise Unavailable("job store unavailable; retry shortly") from exc
+        return doc
 
     async def _release_idempotency(self, token: str, idem_key: str, job_id: str) -> None:
-        key = keys.idempotency(token, hashlib.sha256(idem_key.encode()).hexdigest()[:32])
-        with contextlib.suppress(RedisError):
-            held = str(await self._redis.get(key) or "")
-            if held.startswith(f"{job_id}:"):
-                await self._redis.delete(key)
+        await self.idempotency.release([idempotency.Claim(token, idem_key, job_id, "")])
 
-    async def _enqueue(self, entry: jobs.JobEntry) -> None:
+    async def queue_on(self, pipe: Pipeline, entry: jobs.JobEntry, doc: dict[str, Any] | None = None) -> None:
+        """Put a new job's Redis writes on `pipe`: its hot copy (when kept) and its queue entry."""
+        if doc is not None and self._store.hot is not None:
+            # The hot copy rides the same round trip, ahead of the entry a worker will transition.
+            await self._store.hot.put_on(pipe, doc)
+        tokenqueue.enqueue(pipe, entry)
+
+    async def _enqueue(self, entry: jobs.JobEntry, doc: dict[str, Any] | None = None) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(keys.token_stream(entry.token), redisio.fields(entry.to_fields()))
-        pipe.sadd(keys.ACTIVE_TOKENS, entry.token)
+        await self.queue_on(pipe, entry, doc)
         try:
             await pipe.execute()
         except RedisError as exc:
@@ -243,10 +309,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         """One job's current state."""
         validation.validate_job_id(request.job_id)
-        return convert.job_to_proto(await self._require(request.job_id))
+        return convert.job_to_proto(await self._require(request.job_id, hot=True))
 
-    async def _require(self, job_id: str) -> dict[str, Any]:
-        doc = await self._store.get(job_id)
+    async def _require(self, job_id: str, *, hot: bool = False) -> dict[str, Any]:
+        """The job (hot: a status read, answered from the hot copy when Redis holds one)."""
+        if hot:
+            doc, source = await self._store.status(job_id)
+            metrics.STATUS_READS.labels(source=source).inc()
+        else:
+            doc = await self._store.get(job_id)
         if doc is None:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
         identity.require_user(str(doc.get("user_id", "")))
@@ -258,13 +329,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         """Every state change until a final state."""
         validation.validate_job_id(request.job_id)
         async with self._events.watch(request.job_id) as hints:
-            doc = await self._require(request.job_id)
+            doc = await self._require(request.job_id, hot=True)
             seen = (doc["status"], doc.get("attempts", 0))
             yield convert.job_to_proto(doc)
             while doc["status"] not in jobs.FINAL_STATES:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hints.get(), timeout=WATCH_POLL_S)
-                doc = await self._require(request.job_id)
+                doc = await self._require(request.job_id, hot=True)
                 current = (doc["status"], doc.get("attempts", 0))
                 if current != seen:
                     seen = current
@@ -279,6 +350,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await self._require(request.job_id)  # the user check comes before the change
         if await self._store.cancel(request.job_id):
             doc = await self._require(request.job_id)
+            # Final now: it stops counting against its client's cap (a worker that meets its entry
+            # releases it again, which repairs a gateway killed right here).
+            await self.release(str(doc.get("client_id", "")), [request.job_id])
             if doc.get("blob_id"):  # a cancelled upload will never run: its photo goes now
                 await self._blobs.delete(doc["blob_id"])
             await announce(
@@ -293,28 +367,5 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.ListJobsResponse:
-        """A user's jobs, newest first."""
-        bad = []
-        if not validation.USER_ID_RE.fullmatch(request.user_id):
-            bad.append(FieldViolation("user_id", "required"))
-        if not 0 <= request.page_size <= 100:
-            bad.append(FieldViolation("page_size", "0..100"))
-        if request.state not in jobs_pb2.JobState.values():
-            bad.append(FieldViolation("state", "unknown state"))
-        if bad:
-            raise InvalidArgument("invalid ListJobsRequest", bad)
-        identity.require_user(request.user_id)
-        size = request.page_size or 20
-        after = convert.decode_cursor(request.page_token) if request.page_token else None
-        docs = await self._store.list_for_user(
-            request.user_id,
-            state=jobs.state_from_proto(request.state),
-            method=request.method or None,
-            limit=size + 1,
-            after=after,
-        )
-        page = docs[:size]
-        next_token = convert.encode_cursor(page[-1]) if len(docs) > size else ""
-        return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job_to_proto(d) for d in page], next_page_token=next_token
-        )
+        """A user's jobs, newest first, as the caller may see them (see gateway.history)."""
+        return await history.list_jobs(self._store, request)

@@ -41,6 +41,7 @@ _LEGACY = "/flickrhub.v1.LegacyService/"
 
 RULES: dict[str, Rule] = {
     _JOBS + "SubmitJob": Rule(CLIENT, FLICKR),
+    _JOBS + "SubmitJobs": Rule(CLIENT, FLICKR),
     _JOBS + "UploadJob": Rule(CLIENT, UPLOAD),
     _JOBS + "GetJob": Rule(CLIENT, READ),
     _JOBS + "WatchJob": Rule(CLIENT, READ),
@@ -55,6 +56,7 @@ RULES: dict[str, Rule] = {
     _AUTH + "ListTokens": Rule(ADMIN, READ),
     _AUTH + "RevokeToken": Rule(ADMIN, WRITE),
     _ADMIN + "GetQueueStats": Rule(ADMIN, READ),
+    _ADMIN + "InvalidateCache": Rule(ADMIN, WRITE),
     _KEYS + "CreateApiKey": Rule(ADMIN, WRITE),
     _KEYS + "ListApiKeys": Rule(ADMIN, READ),
     _KEYS + "RotateApiKey": Rule(ADMIN, WRITE),
@@ -71,6 +73,11 @@ def rule(method_path: str) -> Rule:
     return RULES.get(method_path, _UNLISTED)
 
 
+def open_methods() -> frozenset[str]:
+    """Descriptor full names (`flickrhub.v1.AuthService.AuthorizationCallback`) of the OPEN RPCs."""
+    return frozenset(path.strip("/").replace("/", ".") for path, r in RULES.items() if r.role == OPEN)
+
+
 def is_unchecked(method_path: str) -> bool:
     """Health and reflection: neither authenticated, limited nor audited."""
     return method_path.startswith(OPEN_PREFIXES)
@@ -80,5 +87,6 @@ def method_class(found: Rule, request: Any) -> str:
     """read, write or upload for this call (a Flickr method's class comes from its permission)."""
     if found.method_class != FLICKR:
         return found.method_class
-    method = str(getattr(request, "method", ""))
-    return WRITE if flickr_methods.is_write(method) else READ
+    batch = getattr(request, "jobs", None)  # SubmitJobs: a write when any of its jobs writes
+    methods = [str(j.method) for j in batch] if batch is not None else [str(getattr(request, "method", ""))]
+    return WRITE if any(flickr_methods.is_write(m) for m in methods) else READ

@@ -11,7 +11,9 @@ rules answers INVALID_ARGUMENT with a field violation (`job`, `chunk`,
 The photo is written to the blob store as it streams in, then the job document
 (with blob_id, blob_size, blob_sha256), then the token stream entry (carrying
 only the blob id). Any failure or refusal on the way removes what was written:
-a refused upload leaves no job, no blob and no stream entry.
+a refused upload leaves no job, no blob and no stream entry. Backpressure
+(`JobServicer.admit`) is checked as soon as the first message validates, before a
+byte of the photo is stored.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Initial metadata sent once the job is accepted; the REST edge streams the photo only after it.
+GO_AHEAD_KEY = "x-fh-upload-go-ahead"
 MAX_CHUNK_BYTES = 1024 * 1024
 MAX_PHOTO_BYTES = 100 * 1024 * 1024
 METHODS = {"upload": "flickr.photos.upload", "replace": "flickr.photos.replace"}
@@ -142,12 +146,36 @@ async def accept(
         )
     job, target = prepare(first.job)
     identity.require_user(job.user_id)
+    job_id = uuid.uuid4().hex
+    client = identity.client_id()
+    await servicer.admit(client, [job_id])  # backpressure, before a byte of the photo is stored
+    try:
+        response = await _store_and_submit(servicer, blobs, messages, context, job, target, job_id)
+    except BaseException:
+        await servicer.release(client, [job_id])
+        raise
+    if response.job_id != job_id:  # a duplicate: the first job already counts
+        await servicer.release(client, [job_id])
+    return response
+
+
+async def _store_and_submit(
+    servicer: JobServicer,
+    blobs: BlobStore,
+    messages: AsyncIterator[jobs_pb2.UploadJobRequest],
+    context: grpc.aio.ServicerContext[Any, Any],
+    job: jobs_pb2.SubmitJobRequest,
+    target: str,
+    job_id: str,
+) -> jobs_pb2.SubmitJobResponse:
     await servicer.check_callback(job.callback_url)
     token = await servicer._tokens.get(job.user_id)
     if token is None:
         raise NotFound(f"no Flickr token for user_id {job.user_id!r}", reason="TOKEN_NOT_FOUND")
-    job_id = uuid.uuid4().hex
     job_id_var.set(job_id)
+    # "Accepted, send the photo": the REST edge waits for this before streaming a byte, so a refusal
+    # above reaches it intact (a client still writing when the call ends sees only grpc's INTERNAL).
+    await context.send_initial_metadata(((GO_AHEAD_KEY, "1"),))
     writer = blobs.writer(job_id, {"job_id": job_id, "user_id": job.user_id, "target": target})
     try:
         info = await _receive(writer, messages)
@@ -183,11 +211,7 @@ async def _submit(
         if existing is not None:
             metrics.SUBMITTED.labels(outcome="deduplicated").inc()
             await servicer._blobs.delete(info.blob_id)
-            doc = await servicer._store.get(existing)
-            state = jobs.state_to_proto(doc["status"]) if doc else jobs_pb2.JOB_STATE_QUEUED
-            return jobs_pb2.SubmitJobResponse(
-                job_id=existing, state=state, trace_id=doc.get("trace_id", "") if doc else ""
-            )
+            return (await servicer.responses([existing]))[0]
     tracer = telemetry.tracer()
     with tracer.start_as_current_span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
         span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
@@ -209,6 +233,7 @@ async def _submit(
             enqueued_ms=int(time.time() * 1000),
             trace=dict(telemetry.inject_fields({})),
             blob_id=info.blob_id,
+            client_id=identity.client_id(),
         )
         extra = {"blob_id": info.blob_id, "blob_size": info.size, "blob_sha256": info.sha256}
         try:
@@ -216,7 +241,8 @@ async def _submit(
             await servicer._enqueue(entry)
         except BaseException:
             with contextlib.suppress(PyMongoError):  # _record may have written before failing
-                await servicer._store.jobs.delete_one({"job_id": job_id, "status": jobs.QUEUED})
+                # Revision 0: as accepted, untouched by any worker (the fields of the job_revision index).
+                await servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0})
             if idem_key:
                 await servicer._release_idempotency(token, idem_key, job_id)
             raise

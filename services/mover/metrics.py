@@ -11,9 +11,18 @@ MALFORMED = Counter("flickrhub_mover_malformed_total", "Entries that could not b
 QUEUE_DEPTH = Gauge("flickrhub_queue_depth", "Entries waiting in a queue", ["queue"])
 PAUSED = Gauge("flickrhub_mover_paused", "1 while a circuit breaker pauses moving")
 BUDGET_WAITS = Counter("flickrhub_mover_budget_waits_total", "Rounds that found the Flickr budget spent")
+WORK_FULL = Counter(
+    "flickrhub_mover_work_full_total", "Rounds that found the work streams' undelivered backlog full"
+)
 ACTIVE_TOKENS = Gauge("flickrhub_mover_active_tokens", "Tokens with queued work seen in the last round")
 ROUND_SECONDS = Histogram(
     "flickrhub_mover_round_seconds",
     "Duration of one round over the active tokens",
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2),
 )
+RECOVERED = Counter(
+    "flickrhub_recovery_reenqueued_total",
+    "Live jobs MongoDB holds that Redis had lost, re-enqueued by a recovery sweep",
+    ["status"],
+)
+RECOVERY_SWEEPS = Counter("flickrhub_recovery_sweeps_total", "Recovery sweeps run", ["kind"])

@@ -1,10 +1,16 @@
 """Moving jobs from per-token queues into the work streams of their targets.
 
-Each round visits every active token once (round-robin, a batch per token) and
-moves what it read: append to the work stream, then acknowledge and delete in
-the token stream. A mover killed between the two leaves the entries pending in
-its consumer's PEL; another mover claims them (XAUTOCLAIM) and moves them
-again, and the worker's guarded claim in MongoDB turns the duplicate into a no-op.
+Each round asks how much may move (breakers, room in the work streams, the Flickr
+budget), lets the fair scheduler (mover.scheduler) share that out over clients,
+their tokens and each token's priority streams, and moves what it read: append to
+the work stream, then acknowledge and delete in the token stream. A mover killed
+between the two leaves the entries pending in its consumer's PEL; another mover
+claims them (XAUTOCLAIM) and moves them again, and the worker's guarded claim in
+MongoDB turns the duplicate into a no-op.
+
+The work streams are kept shallow (MOVER_WORK_BACKLOG undelivered entries): what
+waits, waits in the token queues, where the scheduler still orders it. A work
+stream filled with one token's flood would put every later job behind the flood.
 """
 
 from __future__ import annotations
@@ -20,19 +26,23 @@ from typing import Any
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from common import keys, redisio, telemetry
+from common import keys, redisio, telemetry, tokenqueue
 from common.breaker import PROBE
 from common.flickr_guard import FlickrGuard
 from common.jobs import JobEntry
 from common.settings import Settings
 from mover import metrics
+from mover.scheduler import FairScheduler, TokenQueue
 
 log = logging.getLogger(__name__)
 
-Read = tuple[str, str, dict[str, str]]  # (token, entry id, fields)
+Read = tuple[str, str, dict[str, str]]  # (token stream, entry id, fields)
+Plan = dict[tuple[str, str], int]  # (token, priority) -> entries to read
 PIPELINE_CHUNK = 200
 DELAYED_PUMP_S = 0.25
 GAUGES_S = 5.0
+# How soon to look again when the work streams are full (workers free room within milliseconds).
+WORK_FULL_WAIT_S = 0.005
 
 # Take the lease if free, or renew it if we hold it: the holder keeps pumping, others wait for expiry.
 _LEASE = """
@@ -43,10 +53,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# Leave the active set only while the token's queue is empty (the gateway appends, then adds).
+# Leave the active set only while every priority stream of the token is empty (the gateway appends,
+# then adds). KEYS: the token's streams, then the active set, then the token → client hash.
 _DROP_IF_EMPTY = """
-if redis.call('XLEN', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
-return 0
+local n = #KEYS
+for i = 1, n - 2 do
+  if redis.call('XLEN', KEYS[i]) > 0 then return 0 end
+end
+redis.call('HDEL', KEYS[n], ARGV[1])
+return redis.call('SREM', KEYS[n - 1], ARGV[1])
 """
 
 
@@ -57,7 +72,9 @@ class Mover:
         self._settings = settings
         self._redis = redis
         self.consumer = consumer
-        self._offset = 0
+        self.scheduler = FairScheduler(
+            settings.client_weights, settings.priority_weights, token_cap=settings.mover_batch
+        )
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_pump = 0.0
@@ -83,8 +100,8 @@ class Mover:
             if moved:
                 idle = 0.005
                 continue
-            # Paused by a breaker or out of budget: wait as long as it said (at most a second).
-            pause, self.wait_s = max(idle, self.wait_s), 0.0
+            # Paused by a breaker, out of budget or the work streams full: wait as long as it said.
+            pause, self.wait_s = self.wait_s or idle, 0.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=pause)
             idle = min(idle * 2, 0.05)
@@ -97,23 +114,27 @@ class Mover:
         if now - self._last_pump >= DELAYED_PUMP_S:
             self._last_pump = now
             await self.pump_delayed()
-        tokens = sorted(str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS))
-        metrics.ACTIVE_TOKENS.set(len(tokens))
         if now - self._last_gauges >= GAUGES_S:
             self._last_gauges = now
             await self.export_depths()
+        claim = now - self._last_claim >= self._settings.mover_claim_idle_s / 2
+        room = await self.work_room()
+        if room <= 0:
+            metrics.WORK_FULL.inc()
+            self.wait_s = WORK_FULL_WAIT_S
+            if not claim:
+                return 0
+        tokens = sorted(str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS))
+        metrics.ACTIVE_TOKENS.set(len(tokens))
         if not tokens:
             return 0
-        self._offset = (self._offset + 1) % len(tokens)
-        order = tokens[self._offset :] + tokens[: self._offset]
-        shares = await self._budgeted_shares(order)
-        if not shares:
+        plan = await self._plan(tokens, room) if room > 0 else {}
+        if not plan and not claim:
             return 0
-        claim = now - self._last_claim >= self._settings.mover_claim_idle_s / 2
         if claim:
             self._last_claim = now
-        for chunk in _chunks(order, PIPELINE_CHUNK):
-            reads, empty = await self._read(chunk, shares)
+        for chunk in _chunks(tokens, PIPELINE_CHUNK):
+            reads, empty = await self._read(chunk, plan)
             if claim:
                 reads += await self._claim(chunk)
             moved += await self.move(reads)
@@ -121,73 +142,111 @@ class Mover:
         metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
         return moved
 
-    async def _budgeted_shares(self, order: list[str]) -> dict[str, int]:
-        """How many entries each token may move this round: breakers first, then the Flickr budget.
+    async def _plan(self, tokens: list[str], room: int) -> Plan:
+        """How many entries each (token, priority) stream may move this round.
 
-        The budget granted is split round-robin over the tokens, capped by what each holds, so a
-        flood on one token cannot take a small token's share (the remainder goes round again).
+        Breakers first, then the Flickr budget for what the room left in the work streams allows;
+        the fair scheduler shares the grant out, so a flood on one token cannot take a small
+        token's share.
         """
         decision = await self._guard.may_move()
         metrics.PAUSED.set(0 if decision.allowed else 1)
         if not decision.allowed:
             self.wait_s = min(1.0, decision.retry_after_ms / 1000)
             return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for token in order:
-            pipe.xlen(keys.token_stream(token))
-        caps = {
-            t: min(self._settings.mover_batch, int(n))
-            for t, n in zip(order, await pipe.execute(), strict=True)
-        }
-        await self._deactivate([t for t, n in caps.items() if n == 0])
-        wanted = 1 if decision.state == PROBE else sum(caps.values())
+        queues = await self._queues(tokens)
+        await self._deactivate([q.token for q in queues if q.total == 0])
+        wanted = 1 if decision.state == PROBE else min(room, self.scheduler.demand(queues))
+        if wanted <= 0:
+            return {}
         grant = await self._guard.budget.take(wanted)
         if grant.granted == 0:
             metrics.BUDGET_WAITS.inc()
             self.wait_s = min(1.0, max(0.005, grant.wait_ms / 1000))
             return {}
-        return share(grant.granted, order, caps)
+        return self.scheduler.plan(queues, grant.granted)
 
-    async def _read(self, tokens: Sequence[str], shares: dict[str, int]) -> tuple[list[Read], list[str]]:
+    async def work_room(self) -> int:
+        """How many more entries the work streams take before MOVER_WORK_BACKLOG wait undelivered.
+
+        Workers acknowledge and delete what they finish, so a stream's length less its pending
+        (delivered, unfinished) entries is what waits for a worker.
+        """
         pipe = self._redis.pipeline(transaction=False)
-        asked = [t for t in tokens if shares.get(t, 0) > 0]
-        for token in asked:
+        for target in keys.TARGETS:
+            pipe.xlen(keys.work_stream(target))
+            pipe.xpending(keys.work_stream(target), keys.WORKER_GROUP)
+        results = await pipe.execute(raise_on_error=False)
+        waiting = 0
+        for length, pending in zip(results[::2], results[1::2], strict=True):
+            if isinstance(length, Exception):
+                raise length
+            # NOGROUP: no worker has started yet, so nothing was delivered.
+            delivered = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            waiting += max(0, int(length) - delivered)
+        return self._settings.mover_work_backlog - waiting
+
+    async def _queues(self, tokens: list[str]) -> list[TokenQueue]:
+        """Each token's depth per priority and the client it counts against, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(keys.TOKEN_CLIENTS, tokens)
+        for token in tokens:
+            for stream in keys.token_streams(token):
+                pipe.xlen(stream)
+        clients, *lengths = await pipe.execute()
+        width = len(keys.PRIORITIES)
+        return [
+            TokenQueue(
+                token,
+                str(client or ""),  # queued by an older gateway: counted against one unnamed client
+                dict(zip(keys.PRIORITIES, map(int, lengths[i * width : (i + 1) * width]), strict=True)),
+            )
+            for i, (token, client) in enumerate(zip(tokens, clients, strict=True))
+        ]
+
+    async def _read(self, tokens: Sequence[str], plan: Plan) -> tuple[list[Read], list[str]]:
+        """Read what the plan allows, high streams first so that they reach the work streams first."""
+        asked = [(t, p) for p in keys.PRIORITIES for t in tokens if plan.get((t, p), 0) > 0]
+        if not asked:
+            return [], []
+        pipe = self._redis.pipeline(transaction=False)
+        for token, priority in asked:
             pipe.xreadgroup(
-                keys.MOVER_GROUP, self.consumer, {keys.token_stream(token): ">"}, count=shares[token]
+                keys.MOVER_GROUP,
+                self.consumer,
+                {keys.token_stream(token, priority): ">"},
+                count=plan[(token, priority)],
             )
         results = await pipe.execute(raise_on_error=False)
         reads: list[Read] = []
-        empty: list[str] = []
-        for token, result in zip(asked, results, strict=True):
+        found: dict[str, bool] = {}
+        for (token, priority), result in zip(asked, results, strict=True):
+            stream = keys.token_stream(token, priority)
             if isinstance(result, Exception):
                 if redisio.is_nogroup(result):
-                    await redisio.ensure_group(self._redis, keys.token_stream(token), keys.MOVER_GROUP)
+                    await redisio.ensure_group(self._redis, stream, keys.MOVER_GROUP)
+                    found[token] = True  # not known to be empty: read again next round
                     continue
                 raise result
             entries = result[0][1] if result else []
-            if not entries:
-                empty.append(token)
-            reads.extend((token, entry_id, fields) for entry_id, fields in entries)
-        return reads, empty
+            found[token] = found.get(token, False) or bool(entries)
+            reads.extend((stream, entry_id, fields) for entry_id, fields in entries)
+        return reads, [t for t, any_read in found.items() if not any_read]
 
     async def _claim(self, tokens: Sequence[str]) -> list[Read]:
         """Entries a dead mover read but never acknowledged."""
         idle_ms = int(self._settings.mover_claim_idle_s * 1000)
+        streams = [stream for token in tokens for stream in keys.token_streams(token)]
         pipe = self._redis.pipeline(transaction=False)
-        for token in tokens:
+        for stream in streams:
             pipe.xautoclaim(
-                keys.token_stream(token),
-                keys.MOVER_GROUP,
-                self.consumer,
-                idle_ms,
-                "0-0",
-                count=self._settings.mover_batch,
+                stream, keys.MOVER_GROUP, self.consumer, idle_ms, "0-0", count=self._settings.mover_batch
             )
         reads: list[Read] = []
-        for token, result in zip(tokens, await pipe.execute(raise_on_error=False), strict=True):
+        for stream, result in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(result, Exception):
                 continue  # NOGROUP: nothing can be pending there
-            claimed = [(token, entry_id, fields) for entry_id, fields in result[1] if fields]
+            claimed = [(stream, entry_id, fields) for entry_id, fields in result[1] if fields]
             metrics.CLAIMED.inc(len(claimed))
             reads.extend(claimed)
         return reads
@@ -199,8 +258,8 @@ class Mover:
         pipe = self._redis.pipeline(transaction=False)
         done: dict[str, list[str]] = {}
         targets: list[str] = []
-        for token, entry_id, fields in reads:
-            done.setdefault(token, []).append(entry_id)
+        for source, entry_id, fields in reads:
+            done.setdefault(source, []).append(entry_id)
             try:
                 entry = JobEntry.from_fields(fields)
                 stream = keys.work_stream(entry.target)
@@ -226,8 +285,7 @@ class Mover:
             targets.append(entry.target)
         await pipe.execute()
         ack = self._redis.pipeline(transaction=False)
-        for token, ids in done.items():
-            stream = keys.token_stream(token)
+        for stream, ids in done.items():
             ack.xack(stream, keys.MOVER_GROUP, *ids)
             ack.xdel(stream, *ids)
         await ack.execute()
@@ -239,7 +297,8 @@ class Mover:
         """Drop drained tokens from the active set, atomically with the check that they are empty.
 
         One script per token: a mover killed between "remove" and "re-check" would strand a
-        token whose queue just received work, so the check and the removal happen as one step.
+        token whose queue just received work, so the check of every priority stream and the
+        removal happen as one step.
         """
         tokens = list(tokens)
         if not tokens:
@@ -247,7 +306,8 @@ class Mover:
         pipe = self._redis.pipeline(transaction=False)
         for token in tokens:
             # EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot; this one is tiny.
-            pipe.eval(_DROP_IF_EMPTY, 2, keys.token_stream(token), keys.ACTIVE_TOKENS, token)
+            names = (*keys.token_streams(token), keys.ACTIVE_TOKENS, keys.TOKEN_CLIENTS)
+            pipe.eval(_DROP_IF_EMPTY, len(names), *names, token)
         await pipe.execute()
 
     async def export_depths(self) -> None:
@@ -275,33 +335,24 @@ class Mover:
             return 0
         pipe = self._redis.pipeline(transaction=False)
         for member in due:
-            fields = json.loads(member)
-            pipe.xadd(keys.token_stream(fields["token"]), redisio.fields(fields))
-            pipe.sadd(keys.ACTIVE_TOKENS, fields["token"])
+            try:
+                raw = json.loads(member)
+                entry = JobEntry.from_fields(raw if isinstance(raw, dict) else {})
+            except ValueError as exc:  # JSONDecodeError is one
+                metrics.MALFORMED.inc()
+                log.error("malformed delayed entry: %s", exc)
+                pipe.xadd(
+                    keys.DEAD_LETTERS,
+                    maxlen=keys.DEAD_LETTERS_MAX,
+                    approximate=True,
+                    fields={"raw": str(member), "dlq_reason": "malformed", "dlq_source": "mover"},
+                )
+                continue
+            tokenqueue.enqueue(pipe, entry)  # back into the stream of its own priority
         await pipe.execute()
         await self._redis.zrem(keys.DELAYED, *due)
         metrics.REQUEUED.inc(len(due))
         return len(due)
-
-
-def share(granted: int, order: Sequence[str], caps: dict[str, int]) -> dict[str, int]:
-    """Split `granted` moves over `order` round-robin, never above a token's cap (pure)."""
-    shares = dict.fromkeys(order, 0)
-    left = granted
-    open_tokens = [t for t in order if caps.get(t, 0) > 0]
-    while left > 0 and open_tokens:
-        each = max(1, left // len(open_tokens))
-        still_open = []
-        for token in open_tokens:
-            if left == 0:
-                break
-            give = min(each, caps[token] - shares[token], left)
-            shares[token] += give
-            left -= give
-            if shares[token] < caps[token]:
-                still_open.append(token)
-        open_tokens = still_open
-    return {t: n for t, n in shares.items() if n > 0}
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -6,6 +6,7 @@ import os
 import socket
 
 from common import keys, redisio, urlguard
+from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.service import Check, GrpcServer, bootstrap, run_service, start_metrics
@@ -17,6 +18,7 @@ from worker.cache_client import CacheClient
 from worker.consumer import StreamConsumer
 from worker.executor import Executor
 from worker.flickr import FlickrClient
+from worker.warmer import Warmer
 from worker.webhooks import WebhookSender
 
 WEBHOOK_VISIBILITY_S = 600.0
@@ -34,17 +36,26 @@ class WorkerApp:
         self.blocking = redisio.blocking_client(settings.redis_url)
         self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
-        self.store = JobStore(self.mongo.jobs)
+        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
         self.flickr = FlickrClient(settings.flickr_endpoints, settings.flickr_timeout_s)
         self.cache = CacheClient(settings.cache_addr, settings.cache_timeout_s)
+        tokens = TokenStore(self.mongo.tokens, self.vault)
         self.executor = Executor(
-            settings,
-            self.redis,
-            self.store,
-            TokenStore(self.mongo.tokens, self.vault),
-            self.flickr,
-            self.cache,
-            self.consumer_name,
+            settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name
+        )
+        # Off by default (CACHE_WARM_ENABLED): then no warming task exists at all.
+        self.warmer = (
+            Warmer(
+                settings,
+                self.redis,
+                self.cache,
+                tokens,
+                self.flickr,
+                FlickrGuard(self.redis, settings),
+                self.consumer_name,
+            )
+            if settings.cache_warm_enabled
+            else None
         )
         self.jobs = StreamConsumer(
             self.redis,
@@ -92,6 +103,8 @@ class WorkerApp:
         await self.webhooks.start()
         await self.jobs.start()
         await self.hooks.start()
+        if self.warmer is not None:
+            self.warmer.start()
         checks: dict[str, Check] = {"redis": self.redis.ping, "mongo": lambda: self.mongo.db.command("ping")}
         await self.grpc.start(checks, self.settings.readiness_interval_s)
         self.metrics_port = start_metrics(self.settings.worker_metrics_port)
@@ -99,6 +112,8 @@ class WorkerApp:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING, stop reading, drain within `grace`, hand back the rest, close clients."""
         await self.grpc.health.enter_graceful_shutdown()
+        if self.warmer is not None:
+            await self.warmer.stop()
         await self.jobs.stop(grace)
         await self.hooks.stop(min(grace, 5.0))
         await self.grpc.stop(1.0)

@@ -56,6 +56,24 @@ class CacheClient:
         except grpc.aio.AioRpcError as exc:
             log.warning("cache put failed: %s", exc.code().name)
 
+    async def warm_candidates(
+        self, top: int, min_requests: int, within_s: int, limit: int, claim_s: int
+    ) -> list[cache_pb2.WarmCandidate]:
+        """Popular entries near expiry, claimed for this worker; none on an error."""
+        request = cache_pb2.CacheWarmCandidatesRequest(
+            top=top,
+            min_requests=min_requests,
+            refresh_within_seconds=within_s,
+            limit=limit,
+            claim_seconds=claim_s,
+        )
+        try:
+            response = await self._stub.WarmCandidates(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("cache warm candidates failed: %s", exc.code().name)
+            return []
+        return list(response.candidates)
+
     async def invalidate(self, token: str) -> None:
         """Drop a token's cached reads after it wrote through FlickrHub; failures are logged."""
         try:

@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
+from common.admission import Admission
 from common.announce import announce
 from common.blobs import BlobStore
 from common.flickr_errors import Failure
@@ -60,6 +61,8 @@ class Executor:
         self.worker_id = worker_id
         self._lease_s = settings.worker_visibility_timeout_s * 0.8
         self._guard = FlickrGuard(redis, settings)
+        # A final job stops counting against its client's backpressure cap (common.admission).
+        self._admission = Admission.from_settings(redis, settings)
         self._blobs = BlobStore(store.jobs.database)
         self._uploads = Uploader(
             flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
@@ -83,12 +86,12 @@ class Executor:
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
             span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
+            if self._too_old(entry):  # before the pause check: expiring needs no Flickr
+                await self._expire(stream, entry_id, entry)
+                return
             paused_ms = await self._guard.flickr_paused_ms()
             if paused_ms:
                 await self._defer(stream, entry_id, entry, paused_ms)
-                return
-            if self._too_old(entry):
-                await self._expire(stream, entry_id, entry)
                 return
             claim = await self._store.claim(
                 entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev
@@ -141,6 +144,7 @@ class Executor:
         metrics.JOBS.labels(outcome=jobs.EXPIRED).inc()
         await self._discard_blob(entry.blob_id)
         await announce(self._redis, entry.job_id, jobs.EXPIRED, has_callback=entry.has_callback)
+        await self._release(entry)
         await self._ack(stream, entry_id)
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
@@ -154,6 +158,7 @@ class Executor:
             metrics.JOBS.labels(outcome="write_unknown").inc()
             await self._discard_blob(entry.blob_id)
             await announce(self._redis, entry.job_id, jobs.FAILED, has_callback=entry.has_callback)
+            await self._release(entry)
             await self._ack(stream, entry_id)
 
     async def _defer(self, stream: str, entry_id: str, entry: jobs.JobEntry, paused_ms: int) -> None:
@@ -168,6 +173,7 @@ class Executor:
         if doc is None:
             log.warning("entry for unknown job; dropping it")
             await self._discard_blob(entry.blob_id)
+            await self._release(entry)
             await self._ack(stream, entry_id)
         elif doc["status"] in jobs.FINAL_STATES:
             await self._discard_blob(entry.blob_id)
@@ -175,6 +181,8 @@ class Executor:
             if entry.has_callback and doc["status"] != jobs.CANCELLED and "webhook" not in doc:
                 await announce(self._redis, entry.job_id, doc["status"], has_callback=True)
             metrics.JOBS.labels(outcome="duplicate").inc()
+            # Released again: repairs a worker killed between recording and releasing, and a cancel.
+            await self._release(entry)
             await self._ack(stream, entry_id)
         # Otherwise another worker holds a live lease: leave the entry pending; it is claimed again later.
 
@@ -271,10 +279,16 @@ class Executor:
         if state in jobs.FINAL_STATES and entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
         await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
+        if state in jobs.FINAL_STATES:
+            await self._release(entry)
         log.info(
             "job %s", state, extra={"job_id": entry.job_id, "attempt": attempt, "from_cache": from_cache}
         )
         return True
+
+    async def _release(self, entry: jobs.JobEntry) -> None:
+        """Stop counting a final job against the caps; a Redis error leaves the entry to come back."""
+        await self._admission.release(entry.client_id, [entry.job_id])
 
     async def _discard_blob(self, blob_id: str) -> None:
         """Remove a finished upload's photo bytes; a failure leaves an orphan blob, never a failed job."""

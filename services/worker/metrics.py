@@ -12,6 +12,11 @@ FLICKR_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CACHE = Counter("flickrhub_worker_cache_total", "Cache lookups from the worker", ["outcome"])
+CACHE_WARMED = Counter(
+    "flickrhub_worker_cache_warmed_total",
+    "Popular cache entries refetched before expiry, by outcome (refreshed, failed, skipped, stopped)",
+    ["outcome"],
+)
 IN_FLIGHT = Gauge("flickrhub_worker_in_flight", "Jobs being executed")
 CLAIMED = Counter("flickrhub_worker_claimed_total", "Entries claimed back from dead workers")
 DEAD_LETTERS = Counter(

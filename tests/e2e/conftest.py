@@ -25,10 +25,14 @@ FAST_ENV = {
 
 
 @contextlib.contextmanager
-def process_stack(workers: int = 1, movers: int = 1) -> Iterator[ProcessStack]:
-    """Start a whole stack in a temporary folder; on failure show the logs that explain it."""
+def process_stack(
+    workers: int = 1, movers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[ProcessStack]:
+    """Start a whole stack in a temporary folder (`env` adds to FAST_ENV); on failure show the logs."""
     with tempfile.TemporaryDirectory(prefix="flickrhub-e2e-") as tmp:
-        stack = ProcessStack(Path(tmp), Ports.free(), workers=workers, movers=movers, env=FAST_ENV)
+        stack = ProcessStack(
+            Path(tmp), Ports.free(), workers=workers, movers=movers, env={**FAST_ENV, **(env or {})}
+        )
         try:
             stack.start()
             yield stack

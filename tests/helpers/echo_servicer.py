@@ -107,6 +107,12 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         trace_id = traceparent.split("-")[1] if traceparent.count("-") == 3 else ""
         return jobs_pb2.SubmitJobResponse(job_id=job_id, state=job.state, trace_id=trace_id)
 
+    async def SubmitJobs(
+        self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        answers = [await self.SubmitJob(item, context) for item in request.jobs]
+        return jobs_pb2.SubmitJobsResponse(jobs=answers)
+
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
@@ -194,6 +200,13 @@ class EchoAdmin(admin_pb2_grpc.AdminServiceServicer):
         for i in range(min(request.top_tokens or 10, 2)):
             stats.token_queues.add(token_id_hash=f"h{i}", depth=5 - i)
         return stats
+
+    async def InvalidateCache(
+        self, request: admin_pb2.InvalidateCacheRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        return admin_pb2.InvalidateCacheResponse(
+            token_id=request.token_id, method=request.method, generation=1
+        )
 
 
 async def start_server() -> tuple[grpc.aio.Server, int, EchoJobs, health.aio.HealthServicer]:

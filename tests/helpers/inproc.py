@@ -103,7 +103,7 @@ class Stack:
     @property
     def store(self) -> JobStore:
         """Direct access to job documents."""
-        return JobStore(self.mongo.jobs)
+        return JobStore.from_settings(self.mongo.jobs, self.gateway.redis, self.settings)
 
 
 @contextlib.asynccontextmanager

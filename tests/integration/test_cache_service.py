@@ -17,6 +17,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from cache.app import CacheApp
 from cache.store import GENERATION_TTL_S
@@ -367,7 +368,11 @@ async def test_graceful_stop_turns_not_serving_and_finishes_the_call_in_flight(
             await _get(stub, _key())
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     # The last hit count was sent before the Redis client closed.
-    assert await cache_redis.hgetall(keys.CACHE_STATS) == {"hits": "1", "puts": "1"}
+    assert await cache_redis.hgetall(keys.CACHE_STATS) == {
+        "hits": "1",
+        "hits:flickr.photos.getInfo": "1",
+        "puts": "1",
+    }
 
 
 async def test_a_cache_outage_reads_as_misses_and_refuses_writes(tmp_path: Path) -> None:
@@ -434,3 +439,150 @@ async def test_python_m_cache_serves_until_sigterm_and_exits_cleanly(
         assert await asyncio.to_thread(proc.stop, 10.0) == 0, proc.tail()
     finally:
         proc.kill()
+
+
+async def test_per_method_ttl_overrides_win_over_the_class_and_zero_means_never(
+    cache_redis_url: str, cache_redis: redisio.Redis
+) -> None:
+    overrides = "flickr.photos.getInfo=600,flickr.photos.search=30,flickr.photos.getExif=0"
+    app = CacheApp(_settings(cache_redis_url, cache_ttl_overrides=overrides))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            assert (await _put(stub, _key("flickr.photos.getInfo"))).ttl_seconds == 600
+            assert 595 <= (await _get(stub, _key("flickr.photos.getInfo"))).ttl_seconds <= 600
+            assert (await _put(stub, _key("flickr.photos.search"))).ttl_seconds == 30
+            assert (await _put(stub, _key("flickr.photos.getSizes"))).ttl_seconds == READ_TTL  # no override
+            assert (await _put(stub, _key("flickr.photos.getRecent"))).ttl_seconds == SEARCH_TTL
+            never = await _put(stub, _key("flickr.photos.getExif"))
+            assert (never.stored, never.ttl_seconds) == (False, 0)
+            assert not (await _get(stub, _key("flickr.photos.getExif"))).hit
+    finally:
+        await app.stop(1.0)
+    assert len(await cache_redis.keys("fhc:e:*")) == 4
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_hits_misses_and_hit_ratio_are_counted_per_method_and_evictions_exported(
+    app: CacheApp, cache: Stub
+) -> None:
+    info, sizes = "flickr.photos.getInfo", "flickr.photos.getSizes"
+    before = {
+        (m, o): _sample("flickrhub_cache_lookups_total", method=m, outcome=o)
+        for m in (info, sizes, "other")
+        for o in ("hit", "miss")
+    }
+    await _get(cache, _key(info))  # miss
+    await _put(cache, _key(info), b"v")
+    for _ in range(3):
+        await _get(cache, _key(info))  # hits
+    await _get(cache, _key(sizes))  # miss
+    await _get(cache, _key("flickr.made.up"))  # unknown (so never cached): a miss labelled `other`
+    stats = await cache.Stats(cache_pb2.CacheStatsRequest())
+    assert [(m.method, m.hits, m.misses) for m in stats.methods] == [
+        (info, 3, 1),  # most looked-up first, then by name
+        (sizes, 0, 1),
+        ("other", 0, 1),
+    ]
+    after = {k: _sample("flickrhub_cache_lookups_total", method=k[0], outcome=k[1]) for k in before}
+    assert {k: after[k] - before[k] for k in before} == {
+        (info, "hit"): 3,
+        (info, "miss"): 1,
+        (sizes, "hit"): 0,
+        (sizes, "miss"): 1,
+        ("other", "hit"): 0,
+        ("other", "miss"): 1,
+    }
+    for i in range(24):  # past the 16 MiB cap
+        await _put(cache, _key(photo_id=f"big{i}"), bytes([i]) * (1024 * 1024))
+    await app.export_gauges()
+    assert _sample("flickrhub_cache_evicted_keys") > 0
+    assert _sample("flickrhub_cache_used_memory_bytes") > 0
+    # The stats hash may itself have been evicted by LRU; the ratio follows whatever it holds.
+    stats = await cache.Stats(cache_pb2.CacheStatsRequest())
+    for m in stats.methods:
+        if m.hits + m.misses:
+            assert _sample("flickrhub_cache_hit_ratio", method=m.method) == m.hits / (m.hits + m.misses)
+
+
+async def _warm(
+    stub: Stub, top: int = 10, min_requests: int = 3, within: int = 30, limit: int = 10, claim: int = 30
+) -> list[tuple[str, int, float]]:
+    request = cache_pb2.CacheWarmCandidatesRequest(
+        top=top, min_requests=min_requests, refresh_within_seconds=within, limit=limit, claim_seconds=claim
+    )
+    answer = await stub.WarmCandidates(request)
+    return [(c.key.params["photo_id"], c.ttl_seconds, c.requests) for c in answer.candidates]
+
+
+async def test_warming_offers_popular_entries_near_expiry_once_and_never_unpopular_or_invalidated_ones(
+    cache_redis_url: str, cache_redis: redisio.Redis
+) -> None:
+    app = CacheApp(_settings(cache_redis_url, cache_warm_enabled=True))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for photo, ttl, requests in (
+                ("popular", 20, 5),
+                ("rare", 20, 1),
+                ("fresh", 300, 5),
+                ("gone", 20, 5),
+            ):
+                await _put(stub, _key(photo_id=photo), b"v", ttl=ttl)
+                for _ in range(requests):
+                    await _get(stub, _key(photo_id=photo))
+            await _get(stub, _key(token=TOKEN_B, photo_id="popular"))  # another token's request counts apart
+            await stub.Invalidate(
+                cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN_A, method="flickr.photos.getInfo")
+            )
+            await _put(stub, _key(photo_id="popular"), b"v", ttl=20)
+            await _put(stub, _key(photo_id="fresh"), b"v", ttl=300)
+            await _put(stub, _key(photo_id="rare"), b"v", ttl=20)
+            # "gone" was invalidated and not stored again: warming leaves it to the next real request.
+            [(offered, left, count)] = await _warm(stub)
+            assert (offered, count) == ("popular", 5.0) and 15 <= left <= 20
+            assert await _warm(stub) == []  # claimed: a second worker does not get it too
+            assert (await _bad_fields(stub.WarmCandidates(cache_pb2.CacheWarmCandidatesRequest()))) == {
+                "top",
+                "min_requests",
+                "refresh_within_seconds",
+                "limit",
+                "claim_seconds",
+            }
+        # The popularity set is bounded (CACHE_WARM_TOP x 50) and its counts halve once a minute.
+        await cache_redis.delete(keys.CACHE_HOT_DECAY)
+        await cache_redis.zadd(keys.CACHE_HOT, {f"x{i}": 1 for i in range(2000)})
+        await app.store.maintain_hot()
+        assert await cache_redis.zcard(keys.CACHE_HOT) == 20 * 50
+        assert (
+            await cache_redis.zscore(
+                keys.CACHE_HOT,
+                keys.cache_canonical("flickr.photos.getInfo", {"photo_id": "popular"}, TOKEN_A),
+            )
+            == 2.5
+        )
+        await app.store.maintain_hot()  # within the minute: no second halving
+        assert (
+            await cache_redis.zscore(
+                keys.CACHE_HOT,
+                keys.cache_canonical("flickr.photos.getInfo", {"photo_id": "popular"}, TOKEN_A),
+            )
+            == 2.5
+        )
+    finally:
+        await app.stop(1.0)
+
+
+async def test_without_warming_lookups_are_not_counted_and_no_candidates_are_offered(
+    cache: Stub, cache_redis: redisio.Redis
+) -> None:
+    await _put(cache, _key(), b"v", ttl=10)
+    for _ in range(5):
+        assert (await _get(cache, _key())).hit
+    assert await _warm(cache, min_requests=1) == []
+    assert not await cache_redis.exists(keys.CACHE_HOT)

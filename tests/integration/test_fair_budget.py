@@ -8,17 +8,8 @@ from typing import Any
 from common.breaker import OPEN
 from common.flickr_guard import FlickrGuard
 from flickrhub.v1 import jobs_pb2
-from mover.mover import share
 from sandbox.state import Fault
 from tests.helpers.inproc import DEMO_USER, running_stack, seed_demo_token, stack_settings
-
-
-def test_budget_is_shared_round_robin_and_capped_by_what_each_token_holds() -> None:
-    order = ["flood", "small", "medium"]
-    assert share(7, order, {"flood": 50, "small": 1, "medium": 3}) == {"flood": 3, "small": 1, "medium": 3}
-    assert share(2, order, {"flood": 50, "small": 1, "medium": 3}) == {"flood": 1, "small": 1}
-    assert share(100, order, {"flood": 50, "small": 1, "medium": 3}) == {"flood": 50, "small": 1, "medium": 3}
-    assert share(5, order, {"flood": 0, "small": 0, "medium": 0}) == {}
 
 
 async def test_moves_never_outrun_the_hourly_budget(

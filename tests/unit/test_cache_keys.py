@@ -1,12 +1,14 @@
-"""Cache key names and the request digest: canonical, scoped per token, one cluster slot per token."""
+"""Cache key names and the request digest (canonical, per token, one slot per token); cache settings."""
 
 from __future__ import annotations
 
 import hashlib
 
+import pytest
 from redis.crc import key_slot
 
 from common import keys
+from common.settings import Settings, SettingsError
 
 TOKEN_A = "a" * 32
 TOKEN_B = "b" * 32
@@ -92,3 +94,50 @@ def test_generation_and_entry_names_are_distinct_per_scope() -> None:
     assert entry == f"{keys.cache_entry_prefix(TOKEN_A)}7:9:{digest}"
     assert not entry.startswith(keys.cache_generation(TOKEN_A))
     assert keys.CACHE_STATS.startswith(keys.PREFIX)
+
+
+def test_ttl_overrides_parse_per_method_and_allow_zero_for_never() -> None:
+    settings = Settings.from_env(
+        env={
+            "CACHE_TTL_OVERRIDES": " flickr.photos.getInfo=600, flickr.photos.search=30,"
+            "flickr.photos.getExif=0 "
+        }
+    )
+    assert settings.cache_ttls == {
+        "flickr.photos.getInfo": 600,
+        "flickr.photos.search": 30,
+        "flickr.photos.getExif": 0,
+    }
+    assert Settings.from_env(env={}).cache_ttls == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("flickr.photos.getInfo", "expected flickr"),
+        ("flickr.photos.getInfo=ten", "expected flickr"),
+        ("photos.getInfo=60", "expected flickr"),
+        ("flickr.photos.getInfo=-1", "expected flickr"),
+        ("flickr.photos.delete=60", "never cached"),
+        ("flickr.something.unknown=60", "never cached"),
+        ("flickr.photos.getInfo=86401", "at most 86400"),
+        ("flickr.photos.getInfo=1,flickr.photos.getInfo=2", "twice"),
+    ],
+)
+def test_a_bad_ttl_override_fails_at_start_naming_the_variable(raw: str, why: str) -> None:
+    with pytest.raises(SettingsError, match=f"CACHE_TTL_OVERRIDES: .*{why}"):
+        Settings.from_env(env={"CACHE_TTL_OVERRIDES": raw})
+
+
+def test_warming_is_off_by_default_and_its_knobs_are_checked() -> None:
+    assert Settings.from_env(env={}).cache_warm_enabled is False
+    assert Settings.from_env(env={"CACHE_WARM_ENABLED": "true"}).cache_warm_enabled is True
+    for name, bad in (
+        ("CACHE_WARM_TOP", "0"),
+        ("CACHE_WARM_MAX_PER_MIN", "0"),
+        ("CACHE_WARM_MIN_REQUESTS", "0"),
+        ("CACHE_WARM_INTERVAL_S", "0"),
+        ("CACHE_WARM_ENABLED", "maybe"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env(env={name: bad})

@@ -205,3 +205,24 @@ def test_keys_carry_the_token_hash_tag() -> None:
     assert all("{work}" in keys.work_stream(t) for t in keys.TARGETS)
     with pytest.raises(ValueError, match="unknown target"):
         keys.work_stream("fax")
+
+
+def test_retention_periods_and_archive_age_are_settings_checked_together() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from common import jobs
+    from common.jobstore import Retention
+
+    settings = Settings.from_env({"JOB_RETENTION_DAYS": "60", "JOB_EXPIRED_RETENTION_DAYS": "10"})
+    retention = Retention.from_settings(settings)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retention.expire_at(jobs.COMPLETED, at) == at + timedelta(days=60)
+    assert retention.expire_at(jobs.FAILED, at) == at + timedelta(days=60)
+    assert retention.expire_at(jobs.EXPIRED, at) == at + timedelta(days=10)
+    assert Retention().expire_at(jobs.COMPLETED, at) == at + timedelta(days=90)  # the defaults
+    assert Retention().expire_at(jobs.EXPIRED, at) == at + timedelta(days=30)
+    # A day is archived up to a day after the age: the age must leave that day before any TTL.
+    with pytest.raises(SettingsError, match="ARCHIVE_AFTER_DAYS"):
+        Settings.from_env({"JOB_EXPIRED_RETENTION_DAYS": "8", "ARCHIVE_AFTER_DAYS": "7"})
+    with pytest.raises(SettingsError, match="JOB_RETENTION_DAYS"):
+        Settings.from_env({"JOB_RETENTION_DAYS": "0"})

@@ -99,6 +99,8 @@ def test_query_scalars_enums_and_numbers() -> None:
     msg = b.build({}, None, query)
     assert msg == jobs_pb2.ListJobsRequest(user_id="u", state=jobs_pb2.JOB_STATE_FAILED, page_size=7)
     assert b.build({}, None, [("state", "4")]).state == jobs_pb2.JOB_STATE_COMPLETED
+    window = b.build({}, None, [("created_after", "2026-11-29T07:00:00Z"), ("client_id", "k1")])
+    assert window.created_after.ToJsonString() == "2026-11-29T07:00:00Z" and window.client_id == "k1"
     # the resolved key is cached: a second request takes the same path
     assert b.build({}, None, [("user_id", "v")]).user_id == "v"
 
@@ -204,11 +206,14 @@ def test_route_table_comes_from_the_http_options() -> None:
     table = {(r.verb, r.template.source): r for r in routes.build(PROTO_MODULES)}
     assert set(table) == {
         ("POST", "/v1/jobs"),
+        ("POST", "/v1/jobs:batch"),
         ("GET", "/v1/jobs/{job_id}"),
         ("GET", "/v1/jobs/{job_id}:watch"),
         ("POST", "/v1/jobs/{job_id}:cancel"),
         ("GET", "/v1/jobs"),
         ("GET", "/v1/admin/queues"),
+        ("POST", "/v1/admin/cache:invalidate"),
+        ("POST", "/api/v1/cache/invalidate"),
         ("POST", "/v1/auth:start"),
         ("POST", "/api/v1/auth/start"),
         ("POST", "/v1/auth:complete"),

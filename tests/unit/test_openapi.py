@@ -5,13 +5,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from openapi_spec_validator import validate
 
+from common.settings import Settings
 from edge import openapi, routes, uploads
-from edge.app import PROTO_MODULES
+from edge.app import PROTO_MODULES, create_app
 from edge.proto_comments import Comments
+from gateway import policy
 
 
 def _document() -> dict[str, Any]:
@@ -51,7 +54,17 @@ def test_path_query_and_body_follow_the_http_rule() -> None:
     assert "application/x-ndjson" in watch["responses"]["200"]["content"]
     listing = document["paths"]["/v1/jobs"]["get"]
     query = {p["name"]: p for p in listing["parameters"] if p["in"] == "query"}
-    assert set(query) == {"user_id", "state", "method", "page_size", "page_token"}
+    assert set(query) == {
+        "user_id",
+        "state",
+        "method",
+        "page_size",
+        "page_token",
+        "created_after",
+        "created_before",
+        "client_id",
+    }
+    assert query["created_after"]["schema"]["format"] == "date-time"  # a Timestamp from the query string
     cancel = document["paths"]["/v1/jobs/{job_id}:cancel"]["post"]
     body = cancel["requestBody"]["content"]["application/json"]["schema"]
     assert "job_id" not in body["properties"]  # bound by the path
@@ -90,9 +103,44 @@ def test_errors_security_and_public_paths() -> None:
         "message",
         "details",
     ]
-    assert {"BearerApiKey", "ApiKeyHeader", "HmacSignature"} == set(document["components"]["securitySchemes"])
+    schemes = document["components"]["securitySchemes"]
+    assert {
+        "BearerApiKey",
+        "ApiKeyHeader",
+        "HmacKeyId",
+        "HmacTimestamp",
+        "HmacNonce",
+        "HmacSignature",
+    } == set(schemes)
+    assert schemes["BearerApiKey"]["scheme"] == "bearer"
+    hmac_headers = {schemes[name]["name"] for name in schemes if name.startswith("Hmac")}
+    assert hmac_headers == {"x-api-key-id", "x-timestamp", "x-nonce", "x-signature"}
+    # The four HMAC headers are one requirement (all together), bearer and x-api-key one each.
+    assert {"HmacKeyId", "HmacTimestamp", "HmacNonce", "HmacSignature"} in [
+        set(r) for r in document["security"]
+    ]
+    assert {"BearerApiKey"} in [set(r) for r in document["security"]]
     assert document["paths"]["/healthz"]["get"]["security"] == []
     assert document["servers"] == [{"url": "/"}]
+
+
+async def test_served_document_marks_only_the_policys_open_rpcs_as_needing_no_credential() -> None:
+    app = create_app(Settings.from_env(env={}, edge_metrics_port=-1))
+    async with TestClient(TestServer(app)) as client:
+        document = await (await client.get("/openapi.json")).json()
+    unsecured = {
+        f"{verb.upper()} {path}"
+        for path, item in document["paths"].items()
+        for verb, op in item.items()
+        if op.get("security") == [] and path not in openapi.PUBLIC_PATHS
+    }
+    # AuthorizationCallback (Flickr redirects the user's browser there) and its legacy binding.
+    assert unsecured == {"GET /v1/auth/callback", "GET /api/v1/auth/callback"}
+    assert policy.open_methods() == {"flickrhub.v1.AuthService.AuthorizationCallback"}
+    for name, op in _operations(document).items():
+        if name not in unsecured:
+            assert "security" not in op, name  # the document-wide requirement: a credential
+            assert "401" in op["responses"], name
 
 
 def _fixture_module() -> Any:

@@ -1,0 +1,141 @@
+"""The mover's fair scheduler: how many entries each token queue may move this round (pure, no I/O).
+
+Three levels of deficit round-robin (DRR) share out the moves a round may make (the
+Flickr budget granted, capped by the room left in the work streams):
+
+1. clients (the API key ids that queued the work), by configured weight (default 1);
+2. within a client, its tokens, equally;
+3. within a token, its priority streams by weight (high:normal:low = 4:2:1 by default), so
+   high goes first while low still moves every few turns and is never starved.
+
+Credit a flow could not spend because the round's grant ran out is kept, and its turn
+resumes next round; a flow with nothing queued keeps no credit (classic DRR), so an idle
+client cannot save up a burst. A flood on one token is one flow among many: it gets its
+weighted share of each round and nothing it takes is another token's share.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+_EPS = 1e-9
+
+
+class Drr:
+    """Deficit round-robin over named flows; the turn and unspent credit carry over between calls."""
+
+    def __init__(self) -> None:
+        self._credit: dict[str, float] = {}
+        self._turn: str | None = None  # the flow whose visit comes next
+        self._topped = False  # whether `_turn` already got its quantum for that visit
+
+    def split(self, total: int, demand: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, int]:
+        """Share `total` units over the flows with demand, by weight, never above a flow's demand."""
+        flows = sorted(f for f, n in demand.items() if n > 0)
+        self._credit = {f: c for f, c in self._credit.items() if demand.get(f, 0) > 0}
+        if total <= 0 or not flows:
+            return {}
+        # One visit gives the lightest flow at least one unit (so every visit makes progress), and one
+        # pass over every flow hands out about `total` (so a big grant needs few passes).
+        quantum = max(1.0 / min(weights[f] for f in flows), total / sum(weights[f] for f in flows))
+        i = bisect_left(flows, self._turn) % len(flows) if self._turn is not None else 0
+        topped = self._topped and flows[i] == self._turn
+        given = dict.fromkeys(flows, 0)
+        left, unmet = total, len(flows)
+        while left > 0 and unmet > 0:
+            flow = flows[i]
+            want = demand[flow] - given[flow]
+            if want > 0:
+                credit = self._credit.get(flow, 0.0) + (0.0 if topped else quantum * weights[flow])
+                n = min(int(credit + _EPS), want, left)
+                given[flow] += n
+                left -= n
+                credit -= n
+                if given[flow] >= demand[flow]:
+                    unmet -= 1
+                    credit = 0.0  # nothing more to move this round: no savings for later
+                self._credit[flow] = credit
+                if left == 0 and given[flow] < demand[flow] and credit >= 1 - _EPS:
+                    # The grant ran out in the middle of this flow's visit: it resumes next round.
+                    self._turn, self._topped = flow, True
+                    return _positive(given)
+            topped = False
+            i = (i + 1) % len(flows)
+        self._turn, self._topped = flows[i], False
+        return _positive(given)
+
+
+def _positive(counts: Mapping[str, int]) -> dict[str, int]:
+    return {k: n for k, n in counts.items() if n > 0}
+
+
+@dataclass(frozen=True)
+class TokenQueue:
+    """What one token has queued, per priority, and the client its work is counted against."""
+
+    token: str
+    client: str
+    depths: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        """Entries queued over every priority."""
+        return sum(self.depths.values())
+
+
+class FairScheduler:
+    """Clients by weight, their tokens equally, each token's priorities by weight (see the module doc)."""
+
+    def __init__(
+        self,
+        client_weights: Mapping[str, int],
+        priority_weights: Mapping[str, int],
+        token_cap: int,
+        default_weight: int = 1,
+    ) -> None:
+        self._client_weights = dict(client_weights)
+        self._priority_weights = {p: float(w) for p, w in priority_weights.items()}
+        self._token_cap = token_cap
+        self._default_weight = default_weight
+        self._clients = Drr()
+        self._tokens: dict[str, Drr] = {}  # per client
+        self._priorities: dict[str, Drr] = {}  # per token
+
+    def weight(self, client: str) -> int:
+        """A client's configured weight (the default for clients not named)."""
+        return self._client_weights.get(client, self._default_weight)
+
+    def demand(self, queues: Sequence[TokenQueue]) -> int:
+        """The most this round could move: each token's queue, up to the per-token cap."""
+        return sum(min(self._token_cap, q.total) for q in queues)
+
+    def plan(self, queues: Sequence[TokenQueue], granted: int) -> dict[tuple[str, str], int]:
+        """How many entries to read from each (token, priority) stream, `granted` in all at most."""
+        by_client: dict[str, dict[str, TokenQueue]] = {}
+        for q in queues:
+            if q.total > 0:
+                by_client.setdefault(q.client, {})[q.token] = q
+        # Forget the state of clients and tokens that have nothing queued (bounded memory).
+        self._tokens = {c: d for c, d in self._tokens.items() if c in by_client}
+        live = {t for tokens in by_client.values() for t in tokens}
+        self._priorities = {t: d for t, d in self._priorities.items() if t in live}
+        cap = self._token_cap
+        token_demand = {c: {t: min(cap, q.total) for t, q in ts.items()} for c, ts in by_client.items()}
+        client_share = self._clients.split(
+            granted,
+            {c: sum(d.values()) for c, d in token_demand.items()},
+            {c: float(self.weight(c)) for c in by_client},
+        )
+        plan: dict[tuple[str, str], int] = {}
+        for client, n in client_share.items():
+            tokens = token_demand[client]
+            token_share = self._tokens.setdefault(client, Drr()).split(n, tokens, dict.fromkeys(tokens, 1.0))
+            for token, m in token_share.items():
+                depths = by_client[client][token].depths
+                for priority, k in (
+                    self._priorities.setdefault(token, Drr()).split(m, depths, self._priority_weights).items()
+                ):
+                    plan[(token, priority)] = k
+        return plan
