@@ -86,8 +86,9 @@ class Executor:
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
             span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
-            if self._too_old(entry):  # before the pause check: expiring needs no Flickr
-                await self._expire(stream, entry_id, entry)
+            # Before the pause check: expiring needs no Flickr. A job that did start (its run died and
+            # this entry takes it over) is past expiring: it goes on to the claim like any other.
+            if self._too_old(entry) and await self._expire(stream, entry_id, entry):
                 return
             paused_ms = await self._guard.flickr_paused_ms()
             if paused_ms:
@@ -137,15 +138,16 @@ class Executor:
             return False
         return time.time() - entry.enqueued_ms / 1000 > self._settings.job_max_age_s
 
-    async def _expire(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
+    async def _expire(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> bool:
+        """Expire a job never started; False when it is not waiting any more (running or final)."""
         if not await self._store.expire(entry.job_id, entry.rev):
-            await self._not_claimed(stream, entry_id, entry)
-            return
+            return False
         metrics.JOBS.labels(outcome=jobs.EXPIRED).inc()
         await self._discard_blob(entry.blob_id)
         await announce(self._redis, entry.job_id, jobs.EXPIRED, has_callback=entry.has_callback)
         await self._release(entry)
         await self._ack(stream, entry_id)
+        return True
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
         error = {

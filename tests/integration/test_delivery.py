@@ -318,3 +318,36 @@ async def test_claiming_reaches_an_idle_entry_behind_a_long_run_of_busy_ones(red
         await consumer.claim_idle()
         await asyncio.sleep(0)
     assert seen == [ids[-1]]
+
+
+async def test_a_started_job_whose_worker_died_is_taken_over_not_stuck_past_its_maximum_age(
+    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+) -> None:
+    # The run dies after the job started; its entry comes back only after the job's maximum age.
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, job_max_age_s=1.0)
+    await seed_demo_token(settings)
+    async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
+        stack.sandbox.faults.append(
+            Fault(id="slow", method="flickr.test.echo", kind="latency", latency_ms=1500, times=1)
+        )
+        mover, first = MoverApp(stack.settings, consumer="m"), WorkerApp(stack.settings, consumer="first")
+        await mover.start()
+        await first.start()
+        req = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"old": "1"})
+        job_id = (await stack.jobs.SubmitJob(req)).job_id
+        for _ in range(200):
+            doc = await stack.store.get(job_id)
+            if doc and doc["status"] == "running":
+                break
+            await asyncio.sleep(0.02)
+        await first.stop(0.1)  # dies mid-call, past nothing yet
+        await asyncio.sleep(1.5)  # now the job is older than its maximum age, and still "running"
+        second = WorkerApp(stack.settings, consumer="second")
+        await second.start()
+        try:
+            job = await _final(stack, job_id, timeout=30)
+        finally:
+            await second.stop(2.0)
+            await mover.stop(2.0)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED  # a read is re-run; it never expires once started
+    assert job.attempts == 2
