@@ -32,6 +32,21 @@ from common.settings import Settings
 _STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token": 1, "lease_until": 1}
 
 
+# A non-final hot copy untouched this long is checked against MongoDB: a writer killed between its
+# MongoDB write and its copy update leaves the copy behind, and a job may never move again to fix it.
+HOT_RECHECK_AFTER = timedelta(seconds=10)
+
+
+def _unsettled(held: Doc) -> bool:
+    """True for a copy of a live job that has not changed for a while (it may be behind MongoDB)."""
+    updated = held.get("updated_at")
+    return (
+        held.get("status") not in jobs.FINAL_STATES
+        and isinstance(updated, datetime)
+        and now() - updated > HOT_RECHECK_AFTER
+    )
+
+
 def now() -> datetime:
     """Current UTC time, truncated to milliseconds (what MongoDB stores)."""
     t = datetime.now(UTC)
@@ -97,12 +112,17 @@ class JobStore:
         """
         if self.hot is not None:
             held = await self.hot.get(job_id)
-            if held is not None:
+            if held is not None and not _unsettled(held):
                 return held, "redis"
         doc = await self.get(job_id)
         if doc is not None and self.hot is not None:
             await self.hot.put(doc)
         return doc, "mongo"
+
+    async def refresh_hot(self, doc: Doc) -> None:
+        """Put `doc` (just read from MongoDB) as the hot copy, replacing any older one."""
+        if self.hot is not None:
+            await self.hot.put(doc)
 
     async def _transition(
         self, job_id: str, allowed: Callable[[Doc], bool], update: dict[str, Any]

@@ -12,6 +12,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from common import blobs
 
@@ -23,22 +24,32 @@ API_KEYS = "api_keys"
 AUDIT_LOG = "audit_log"
 AUTH_REQUESTS = "auth_requests"
 
+INDEX_NOT_FOUND = 27  # MongoDB's IndexNotFound error code
+
 AUDIT_RETENTION_S = 365 * 24 * 3600
 # Archives written by `flickrhub archive` (common.archive), one document per archived day.
 ARCHIVES = "archives"
 
 
 def _history_indexes() -> list[IndexModel]:
-    """(client_id?, user_id, status?, method?, created_at desc, job_id desc), for each choice of the ?."""
+    """(client_id?, user_id, status?, created_at desc, job_id desc), for each choice of the ?.
+
+    Four, not one per ListJobs filter: `method` is applied by common.history while it walks one of
+    these in page order. Each index costs every job insert and (on SecantusDB, which rewrites every
+    entry of a document on any update) every state transition.
+    """
     models = []
     for client in (False, True):
         for state in (False, True):
-            for method in (False, True):
-                fields = ["client_id"] * client + ["user_id"] + ["status"] * state + ["method"] * method
-                name = "_".join(["client"] * client + ["user"] + ["state"] * state + ["method"] * method)
-                keys = [(f, ASCENDING) for f in fields] + [("created_at", DESCENDING), ("job_id", DESCENDING)]
-                models.append(IndexModel(keys, name=f"{name}_recent"))
+            fields = ["client_id"] * client + ["user_id"] + ["status"] * state
+            name = "_".join(["client"] * client + ["user"] + ["state"] * state)
+            keys = [(f, ASCENDING) for f in fields] + [("created_at", DESCENDING), ("job_id", DESCENDING)]
+            models.append(IndexModel(keys, name=f"{name}_recent"))
     return models
+
+
+# The ListJobs indexes, by name (tests check every history query walks one of them).
+HISTORY_INDEXES = tuple(str(m.document["name"]) for m in _history_indexes())
 
 
 INDEXES: dict[str, list[IndexModel]] = {
@@ -51,11 +62,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
         IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
         IndexModel([("method", ASCENDING)], name="method"),
-        IndexModel([("client_id", ASCENDING)], name="client_id"),
+        # `client_id` lookups lead with client_user_recent (below); a single-field index would be a copy.
         # Archival walks whole days of jobs by creation time (common.archive).
         IndexModel([("created_at", ASCENDING)], name="created_at"),
-        # Job history (common.history): one index per combination of ListJobs equalities, each
-        # ending in the page order, so every filter combination is an index range walked in order.
+        # Job history (common.history): one index per combination of the ListJobs equalities that
+        # narrow most (client, state), each ending in the page order, so every page walks one index
+        # range in order; `method` is filtered while walking.
         *_history_indexes(),
         # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
         IndexModel(
@@ -92,6 +104,19 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 # The GridFS bucket holding upload photos until their job ends.
 INDEXES.update(blobs.INDEXES)
+
+# Indexes an earlier FlickrHub declared and this one does not: dropped at start where they exist,
+# since an index nobody reads still costs every write.
+RETIRED_INDEXES: dict[str, tuple[str, ...]] = {
+    JOBS: (
+        "client_id",  # led by client_user_recent now
+        # ListJobs once had one index per filter combination, `method` included; it filters method itself now.
+        "user_method_recent",
+        "user_state_method_recent",
+        "client_user_method_recent",
+        "client_user_state_method_recent",
+    ),
+}
 
 
 @dataclass
@@ -143,9 +168,17 @@ class Mongo:
         return self.db[AUDIT_LOG]
 
     async def ensure_indexes(self) -> None:
-        """Create every declared index; a no-op when they exist."""
+        """Create every declared index and drop the retired ones; a no-op when that is done."""
         for name, models in INDEXES.items():
             await self.db[name].create_indexes(models)
+        for name, retired in RETIRED_INDEXES.items():
+            held = {ix["name"] async for ix in await self.db[name].list_indexes()}
+            for index in sorted(held & set(retired)):
+                try:
+                    await self.db[name].drop_index(index)
+                except OperationFailure as exc:  # another service starting at once dropped it first
+                    if exc.code != INDEX_NOT_FOUND:
+                        raise
 
     async def close(self) -> None:
         """Close the client's connections."""

@@ -198,9 +198,44 @@ def _insert(tree: dict[str, Any], chain: tuple[_FD, ...], value: Any, key: str) 
         node[leaf.name] = value
 
 
+# JSON nesting the edge parses. Well under what the gateway's protobuf decoder takes (a Struct
+# nested ~45 deep already fails there), so a deep `meta` is the edge's 400, never the gateway's 500.
+MAX_PARSE_DEPTH = 64
+
+
+def _known_only(value: Any, msg_type: descriptor.Descriptor) -> Any:
+    """`value` without the keys `msg_type` does not know, recursively (unknown fields are ignored).
+
+    Parsing the rest strictly keeps other checks: with ignore_unknown_fields, protobuf also
+    drops an unknown enum name silently (`"priority": "URGENT"` became the default priority).
+    It takes `true` for an enum too (as 1): refused here.
+    """
+    if not isinstance(value, dict) or msg_type.full_name.startswith("google.protobuf."):
+        return value
+    known: dict[str, Any] = {}
+    for key, item in value.items():
+        field = msg_type.fields_by_name.get(key) or msg_type.fields_by_camelcase_name.get(key)
+        if field is None:
+            continue
+        if field.enum_type is not None and isinstance(item, bool):
+            raise TranscodeError(f"{key}: expected an enum name, got {json.dumps(item)}")
+        sub = field.message_type
+        if sub is not None and sub.GetOptions().map_entry:
+            values = sub.fields_by_name["value"].message_type
+            if values is not None and isinstance(item, dict):
+                item = {k: _known_only(v, values) for k, v in item.items()}
+        elif sub is not None and _repeated(field) and isinstance(item, list):
+            item = [_known_only(v, sub) for v in item]
+        elif sub is not None:
+            item = _known_only(item, sub)
+        known[key] = item
+    return known
+
+
 def _parse_into(value: dict[str, Any], msg: message.Message) -> None:
     try:
-        json_format.ParseDict(value, msg, ignore_unknown_fields=True)
+        known = _known_only(value, cast(descriptor.Descriptor, msg.DESCRIPTOR))
+        json_format.ParseDict(known, msg, max_recursion_depth=MAX_PARSE_DEPTH)
     except (json_format.ParseError, ValueError, TypeError) as exc:
         raise TranscodeError(str(exc)) from None
     except RecursionError:

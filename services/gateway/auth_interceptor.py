@@ -30,11 +30,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from common import signing
 from common.apikeys import parse_key
-from common.errors import FlickrHubError, Unavailable
+from common.errors import FlickrHubError, InvalidArgument, Unavailable
 from gateway import identity, policy
 from gateway.audit import AuditWriter
 from gateway.authn import Authenticator, Request
@@ -76,6 +77,14 @@ class RateLimited(FlickrHubError):
         packed.Pack(quota)
         status.details.append(packed)
         return status
+
+
+_UNDECODABLE = object()
+
+
+def _decodable(request: Any) -> None:
+    if request is _UNDECODABLE:
+        raise InvalidArgument("the request message could not be decoded (malformed or nested too deeply)")
 
 
 def _metadata(context: Context) -> dict[str, str]:
@@ -150,7 +159,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             deserialize = handler.request_deserializer
 
             def keep_raw(raw: bytes) -> tuple[bytes, Any]:
-                return raw, deserialize(raw) if deserialize else raw
+                try:
+                    return raw, deserialize(raw) if deserialize else raw
+                except DecodeError:  # e.g. a Struct nested deeper than protobuf decodes: the client's fault
+                    return raw, _UNDECODABLE
 
             if handler.unary_unary is not None:
                 return grpc.unary_unary_rpc_method_handler(
@@ -234,6 +246,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., Awaitable[Any]]:
         async def handler(wrapped: tuple[bytes, Any], context: Context) -> Any:
             raw, request = wrapped
+            _decodable(request)
             started = time.perf_counter()
             caller = await self._admit(method_path, rule, context, hashlib.sha256(raw).hexdigest(), request)
             token = identity.current.set(caller)
@@ -254,6 +267,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handler(wrapped: tuple[bytes, Any], context: Context) -> AsyncIterator[Any]:
             raw, request = wrapped
+            _decodable(request)
             started = time.perf_counter()
             caller = await self._admit(method_path, rule, context, hashlib.sha256(raw).hexdigest(), request)
             token = identity.current.set(caller)

@@ -72,9 +72,9 @@ def job_to_proto(doc: Doc) -> jobs_pb2.Job:
     return job
 
 
-def encode_cursor(doc: Doc) -> str:
-    """Opaque page token pointing just past `doc`."""
-    raw = json.dumps([doc["created_at"].isoformat(), doc["job_id"]]).encode()
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """Opaque page token pointing just past the job at (created_at, job_id)."""
+    raw = json.dumps([created_at.isoformat(), job_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

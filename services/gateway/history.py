@@ -3,7 +3,8 @@
 "Own" is precise: a job belongs to the API key that submitted it (its `client_id`, the key id,
 which survives rotation). A non-admin key sees only its own jobs, whichever users it is bound to;
 an admin key sees every client's jobs of the user unless it names a `client_id`. The user check
-(`identity.require_user`) applies to both.
+(`identity.require_user`) applies to both. The same rule decides which single jobs a key may read
+or cancel by id (`may_see`, for GetJob, WatchJob, CancelJob and the legacy status route).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from common import history, jobs
 from common.errors import FieldViolation, InvalidArgument
 from common.jobstore import JobStore
+from common.mongo import Doc
 from flickrhub.v1 import jobs_pb2
 from gateway import convert, identity, validation
 
@@ -63,6 +65,19 @@ def scope(request: jobs_pb2.ListJobsRequest) -> str | None:
     return own
 
 
+def may_see(doc: Doc) -> bool:
+    """Whether the caller sees this job at all (after `identity.require_user` let it act for the job's user).
+
+    Admin keys see every job; any other key only the jobs it submitted. A job without a client
+    (written before jobs recorded theirs, or by a path with no API key) has no owner to match:
+    only admin keys see it, as in ListJobs, whose non-admin pages never hold it either.
+    """
+    if identity.is_admin():
+        return True
+    owner = doc.get("client_id")
+    return bool(owner) and owner == identity.client_id()
+
+
 async def list_jobs(store: JobStore, request: jobs_pb2.ListJobsRequest) -> jobs_pb2.ListJobsResponse:
     """One page of the caller's view of a user's jobs."""
     _check(request)
@@ -77,7 +92,8 @@ async def list_jobs(store: JobStore, request: jobs_pb2.ListJobsRequest) -> jobs_
         after=convert.decode_cursor(request.page_token) if request.page_token else None,
     )
     size = request.page_size or DEFAULT_PAGE_SIZE
-    docs = await history.list_page(store.jobs, query, size + 1)
-    page = docs[:size]
-    next_token = convert.encode_cursor(page[-1]) if len(docs) > size else ""
-    return jobs_pb2.ListJobsResponse(jobs=[convert.job_to_proto(d) for d in page], next_page_token=next_token)
+    page = await history.list_page(store.jobs, query, size)
+    next_token = convert.encode_cursor(*page.resume_after) if page.resume_after else ""
+    return jobs_pb2.ListJobsResponse(
+        jobs=[convert.job_to_proto(d) for d in page.jobs], next_page_token=next_token
+    )

@@ -312,7 +312,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return convert.job_to_proto(await self._require(request.job_id, hot=True))
 
     async def _require(self, job_id: str, *, hot: bool = False) -> dict[str, Any]:
-        """The job (hot: a status read, answered from the hot copy when Redis holds one)."""
+        """The job, if the caller may see it (hot: a status read, from the hot copy when Redis has one).
+
+        A key not bound to the job's user is PERMISSION_DENIED; a non-admin key asking for another
+        client's job gets NOT_FOUND, as if it did not exist (gateway.history.may_see).
+        """
         if hot:
             doc, source = await self._store.status(job_id)
             metrics.STATUS_READS.labels(source=source).inc()
@@ -321,6 +325,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         if doc is None:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
         identity.require_user(str(doc.get("user_id", "")))
+        if not history.may_see(doc):  # another client's job: as if it did not exist
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
         return doc
 
     async def WatchJob(
@@ -346,8 +352,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         """Cancel a job that has not started."""
         validation.validate_job_id(request.job_id)
-        if not identity.acts_for_every_user():
-            await self._require(request.job_id)  # the user check comes before the change
+        if not (identity.is_admin() and identity.acts_for_every_user()):
+            await self._require(request.job_id)  # the user and client checks come before the change
         if await self._store.cancel(request.job_id):
             doc = await self._require(request.job_id)
             # Final now: it stops counting against its client's cap (a worker that meets its entry

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from common import urlguard
 from common.errors import FieldViolation, InvalidArgument
@@ -21,6 +21,7 @@ JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_PARAMS = 64
 MAX_PARAM_VALUE = 4096
 MAX_META_BYTES = 16 * 1024
+MAX_META_DEPTH = 32  # levels of objects/arrays; deeper nesting is refused, not stored
 MAX_URL = 2048
 SECRET_LEN = (16, 256)
 MAX_IDEMPOTENCY_KEY = 128
@@ -45,12 +46,58 @@ def submit_violations(req: jobs_pb2.SubmitJobRequest) -> list[FieldViolation]:
     if req.priority not in jobs_pb2.Priority.values():
         bad.append(FieldViolation("priority", "unknown priority"))
     bad += _callback_violations(req.callback_url, req.callback_secret)
-    if req.HasField("meta") and len(_meta_json(req)) > MAX_META_BYTES:
-        bad.append(FieldViolation("meta", f"at most {MAX_META_BYTES} bytes as JSON"))
+    if req.HasField("meta"):
+        bad += meta_violations(req.meta)
     key = req.idempotency_key
-    if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        bad.append(FieldViolation("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} printable characters"))
+    if len(key) > MAX_IDEMPOTENCY_KEY or not (key.isascii() and key.isprintable()):
+        bad.append(
+            FieldViolation("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+        )
     return bad
+
+
+def meta_violations(meta: struct_pb2.Struct) -> list[FieldViolation]:
+    """`meta`: at most MAX_META_BYTES as JSON, MAX_META_DEPTH levels, no control characters."""
+    value = json_format.MessageToDict(meta)
+    if _depth(value) > MAX_META_DEPTH:
+        return [FieldViolation("meta", f"at most {MAX_META_DEPTH} levels of nesting")]
+    bad: list[FieldViolation] = []
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_META_BYTES:
+        bad.append(FieldViolation("meta", f"at most {MAX_META_BYTES} bytes as JSON"))
+    if _has_control(value):
+        bad.append(FieldViolation("meta", "keys and strings may not hold NUL or other control characters"))
+    return bad
+
+
+def _depth(value: object) -> int:
+    """Nesting levels of a JSON value (iterative: a hostile depth costs no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _has_control(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and has_control_chars(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def has_control_chars(text: str) -> bool:
+    """True when `text` holds NUL or another C0/C1 control character (tab, LF and CR are allowed)."""
+    return any((ord(c) < 32 and c not in "\t\n\r") or 127 <= ord(c) < 160 for c in text)
 
 
 def _param_violations(params: Mapping[str, str]) -> list[FieldViolation]:
@@ -67,6 +114,8 @@ def _param_violations(params: Mapping[str, str]) -> list[FieldViolation]:
             bad.append(
                 FieldViolation(f"params[{key[:64]}]", f"values are at most {MAX_PARAM_VALUE} characters")
             )
+        elif has_control_chars(value):
+            bad.append(FieldViolation(f"params[{key[:64]}]", "values may not hold NUL or control characters"))
     return bad
 
 
@@ -77,10 +126,11 @@ def _callback_violations(url: str, secret: str) -> list[FieldViolation]:
     parts = urlsplit(url)
     if len(url) > MAX_URL or parts.scheme not in {"http", "https"} or not parts.hostname:
         bad.append(FieldViolation("callback_url", f"an absolute http(s) URL of at most {MAX_URL} characters"))
-    if not SECRET_LEN[0] <= len(secret) <= SECRET_LEN[1]:
+    if not SECRET_LEN[0] <= len(secret) <= SECRET_LEN[1] or not secret.isprintable():
         bad.append(
             FieldViolation(
-                "callback_secret", f"required with callback_url; {SECRET_LEN[0]}-{SECRET_LEN[1]} characters"
+                "callback_secret",
+                f"required with callback_url; {SECRET_LEN[0]}-{SECRET_LEN[1]} printable characters",
             )
         )
     return bad

@@ -178,6 +178,8 @@ class Executor:
             await self._release(entry)
             await self._ack(stream, entry_id)
         elif doc["status"] in jobs.FINAL_STATES:
+            # Its recorder may have died before updating the hot copy: status reads must see the end.
+            await self._store.refresh_hot(doc)
             await self._discard_blob(entry.blob_id)
             # Already done (a duplicate move, or a crash after recording): make sure the webhook was queued.
             if entry.has_callback and doc["status"] != jobs.CANCELLED and "webhook" not in doc:

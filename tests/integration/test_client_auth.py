@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2
 from cli.main import main as cli_main
 from common import signing
 from common.apikeys import ApiKeyStore
+from common.keys import job_state
 from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
 from edge import app as edge_app
@@ -190,6 +191,90 @@ async def test_a_key_acting_for_another_user_is_refused_with_403(env: Env) -> No
         assert (await _code(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     doc = await env.stack.store.get(theirs.job_id)
     assert doc is not None and doc["status"] == "queued"  # the refused cancel changed nothing
+
+
+async def _stream_code(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    return err.value
+
+
+async def test_a_job_is_seen_by_the_client_that_submitted_it_and_by_admins_only(env: Env) -> None:
+    """GetJob, WatchJob, CancelJob and the legacy status route: another client's job is NOT_FOUND."""
+    a = await env.new_key(name="client a")
+    b = await env.new_key(name="client b")  # bound to the same user
+    every = await env.new_key(name="every user", user_ids=["*"])  # not admin, bound to every user
+    job = await env.jobs.SubmitJob(ECHO, metadata=_bearer(a.api_key))
+    missing = "f" * 32
+    get, watch = jobs_pb2.GetJobRequest(job_id=job.job_id), jobs_pb2.WatchJobRequest(job_id=job.job_id)
+    seen = await env.jobs.GetJob(get, metadata=_bearer(a.api_key))
+    assert seen.client_id == a.key.key_id
+    assert (await env.jobs.GetJob(get, metadata=_bearer(env.admin_key))).job_id == job.job_id
+    assert (await env.jobs.WatchJob(watch, metadata=_bearer(env.admin_key)).read()).job_id == job.job_id
+    for other in (b.api_key, every.api_key):
+        for err in (
+            await _code(env.jobs.GetJob(get, metadata=_bearer(other))),
+            await _stream_code(env.jobs.WatchJob(watch, metadata=_bearer(other))),
+            await _code(
+                env.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=_bearer(other))
+            ),
+        ):
+            assert (err.code(), reason(err)) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+        # Over REST, the same answer as for a job that does not exist.
+        for method, path in (
+            ("GET", "/v1/jobs/{}"),
+            ("GET", "/v1/jobs/{}:watch"),
+            ("POST", "/v1/jobs/{}:cancel"),
+        ):
+            answers = []
+            for job_id in (job.job_id, missing):
+                status, _, body = await _rest(
+                    env,
+                    method,
+                    path.format(job_id),
+                    headers={"x-api-key": other},
+                    body={} if method == "POST" else None,
+                )
+                answers.append((status, body["code"], body["message"].replace(job_id, "…")))
+            assert answers[0] == answers[1] and answers[0][0] == 404, (path, answers)
+        status, _, body = await _rest(
+            env,
+            "POST",
+            "/api/v1/flickr/jobs/status",
+            headers={"x-api-key": other},
+            body={"job_id": job.job_id, "user_id": DEMO_USER},
+        )
+        assert (status, body["error"]["code"]) == (404, "ERR_JOB_NOT_FOUND")
+    doc = await env.stack.store.get(job.job_id)
+    assert doc is not None and doc["status"] == "queued"  # the refused cancels changed nothing
+    status, _, body = await _rest(env, "GET", f"/v1/jobs/{job.job_id}", headers={"x-api-key": a.api_key})
+    assert status == 200 and body["client_id"] == a.key.key_id
+    status, _, body = await _rest(
+        env,
+        "POST",
+        "/api/v1/flickr/jobs/status",
+        headers={"x-api-key": a.api_key},
+        body={"job_id": job.job_id, "user_id": DEMO_USER},
+    )
+    assert status == 200 and body["data"]["id"] == job.job_id
+
+
+async def test_a_job_without_a_client_is_seen_by_admins_only(env: Env) -> None:
+    """Jobs written before jobs named their client (or by a path without a key) have no owner to match."""
+    a = await env.new_key(name="client a")
+    job = await env.jobs.SubmitJob(ECHO, metadata=_bearer(a.api_key))
+    await env.stack.store.jobs.update_one({"job_id": job.job_id}, {"$unset": {"client_id": ""}})
+    await env.stack.gateway.redis.delete(job_state(job.job_id))  # the hot copy still names the client
+    get = jobs_pb2.GetJobRequest(job_id=job.job_id)
+    err = await _code(env.jobs.GetJob(get, metadata=_bearer(a.api_key)))
+    assert (err.code(), reason(err)) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+    listed = await env.jobs.ListJobs(jobs_pb2.ListJobsRequest(user_id=DEMO_USER), metadata=_bearer(a.api_key))
+    assert job.job_id not in {j.job_id for j in listed.jobs}  # ListJobs agrees
+    assert (await env.jobs.GetJob(get, metadata=_bearer(env.admin_key))).client_id == ""
+    listed = await env.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(user_id=DEMO_USER), metadata=_bearer(env.admin_key)
+    )
+    assert job.job_id in {j.job_id for j in listed.jobs}
 
 
 async def test_admin_rpcs_need_an_admin_key(env: Env) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from common import jobs, keys, redisio
+from common import jobs, jobstore, keys, redisio
 from common.hotstate import HotState
 from flickrhub.v1 import jobs_pb2, legacy_pb2, legacy_pb2_grpc
 from gateway import convert
@@ -167,3 +167,26 @@ async def test_status_reads_never_go_back_while_jobs_run(stack: Stack) -> None:
         final = await stack.mongo.jobs.find_one({"job_id": job_id})
         assert final is not None and reads[-1] == (final["rev"], final["status"])
     assert any(len({s for _, s in reads}) > 1 for reads in seen.values())  # states were seen changing
+
+
+async def test_a_copy_left_behind_by_a_dead_recorder_stops_answering_once_it_is_stale(
+    stack: Stack, redis: redisio.Redis, monkeypatch: Any
+) -> None:
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"stale": "1"})
+    )
+    await _final(stack, submitted.job_id)
+    doc = await stack.mongo.jobs.find_one({"job_id": submitted.job_id}, {"_id": 0})
+    assert doc is not None
+    # A worker recorded the end in MongoDB and died before touching the copy: the copy says running.
+    hot = HotState(redis, 60, 10_000)
+    await redis.delete(keys.job_state(submitted.job_id))
+    running = {**doc, "rev": doc["rev"] - 1, "status": jobs.RUNNING, "updated_at": datetime.now(UTC)}
+    await hot.put(running)
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id))
+    assert job.state == jobs_pb2.JOB_STATE_RUNNING  # fresh enough to be believed
+    monkeypatch.setattr(jobstore, "HOT_RECHECK_AFTER", timedelta(0))
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id))
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED  # an unchanged live copy is checked against MongoDB
+    held = await hot.get(submitted.job_id)
+    assert held is not None and held["status"] == jobs.COMPLETED  # and repaired

@@ -8,14 +8,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import timestamp_pb2
 
-from common import jobs
+from common import history, jobs
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc, keys_pb2, keys_pb2_grpc
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 
@@ -54,7 +54,10 @@ async def env(
             await raw.close()
 
 
-async def _all_pages(env: Env, key: Any, page_size: int, **filters: Any) -> list[str]:
+async def _all_pages(
+    env: Env, key: Any, page_size: int, shapes: list[tuple[int, bool]] | None = None, **filters: Any
+) -> list[str]:
+    """Every page's job ids in order; `shapes` collects (jobs on the page, has a next token)."""
     ids: list[str] = []
     token = ""
     while True:
@@ -64,8 +67,19 @@ async def _all_pages(env: Env, key: Any, page_size: int, **filters: Any) -> list
         )
         ids += [j.job_id for j in page.jobs]
         token = page.next_page_token
+        if shapes is not None:
+            shapes.append((len(page.jobs), bool(token)))
         if not token:
             return ids
+
+
+@pytest.fixture(params=[None, 7], ids=["default-bound", "bound-7"])
+def max_examined(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int | None:
+    """Rows one ListJobs call may read: the default, or so few that pages stop short (3 per round)."""
+    if request.param is not None:
+        monkeypatch.setattr(history, "MAX_EXAMINED", request.param)
+        monkeypatch.setattr(history, "ROUND_ROWS", 3)
+    return cast(int | None, request.param)
 
 
 async def _submit(env: Env, key: keys_pb2.ApiKeySecret, n: int) -> list[str]:
@@ -78,7 +92,9 @@ async def _submit(env: Env, key: keys_pb2.ApiKeySecret, n: int) -> list[str]:
     return out
 
 
-async def test_pages_have_no_duplicates_and_no_gaps_while_new_jobs_arrive(env: Env) -> None:
+async def test_pages_have_no_duplicates_and_no_gaps_while_new_jobs_arrive(
+    env: Env, max_examined: int | None
+) -> None:
     await _submit(env, env.key_a, 25)
     before = [
         d["job_id"]
@@ -125,13 +141,46 @@ async def test_a_client_sees_only_its_own_jobs_and_an_admin_sees_all(env: Env) -
     assert set(await _all_pages(env, admin, 100, client_id=env.key_b.key.key_id)) == theirs
 
 
+async def test_a_rare_method_is_found_through_short_pages_that_go_on(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`method` is filtered while walking: a call reads at most MAX_EXAMINED rows, then where it stopped."""
+    monkeypatch.setattr(history, "MAX_EXAMINED", 10)
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    client = env.key_a.key.key_id
+    docs = [
+        {
+            "job_id": uuid.uuid4().hex,
+            "client_id": client,
+            "user_id": DEMO_USER,
+            "method": SEARCH if i == 0 else ECHO,  # the oldest job is the only search
+            "status": jobs.QUEUED,
+            "rev": 0,
+            "created_at": base + timedelta(seconds=i),
+            "updated_at": base,
+        }
+        for i in range(31)
+    ]
+    await env.stack.mongo.jobs.insert_many(docs)
+    shapes: list[tuple[int, bool]] = []
+    assert await _all_pages(env, env.key_a, 5, shapes, method=SEARCH) == [docs[0]["job_id"]]
+    # Rows 1-10, 11-20, 21-30 hold no search: three empty pages that go on, then the match.
+    assert shapes == [(0, True), (0, True), (0, True), (1, False)]
+    # Without the method filter the same bound still fills pages (every row read is a match).
+    shapes.clear()
+    assert len(await _all_pages(env, env.key_a, 5, shapes)) == 31
+    assert shapes == [(5, True)] * 6 + [(1, False)]
+
+
 def _ts(at: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(at)
     return ts
 
 
-async def test_every_filter_combination_pages_exactly_the_matching_jobs_newest_first(env: Env) -> None:
+async def test_every_filter_combination_pages_exactly_the_matching_jobs_newest_first(
+    env: Env, max_examined: int | None
+) -> None:
     rng = random.Random(6)
     base = datetime(2026, 11, 1, tzinfo=UTC)
     same_ms = base + timedelta(days=3)  # a run of jobs created in one millisecond: the cursor's ties
@@ -167,6 +216,7 @@ async def test_every_filter_combination_pages_exactly_the_matching_jobs_newest_f
         (same_ms, base + timedelta(days=8)),  # inclusive start: the tied run is in
     ]
     viewers = [(env.key_a, clients[0]), (env.stack.keys.admin_key, None)]
+    short_pages_went_on = False
     for (key, client), state, method, (after, before) in itertools.product(
         viewers, [None, jobs.COMPLETED], [None, SEARCH], windows
     ):
@@ -190,9 +240,13 @@ async def test_every_filter_combination_pages_exactly_the_matching_jobs_newest_f
             filters["created_after"] = _ts(after)
         if before:
             filters["created_before"] = _ts(before)
-        got = await _all_pages(env, key, 5, **filters)
+        shapes: list[tuple[int, bool]] = []
+        got = await _all_pages(env, key, 5, shapes, **filters)
         assert got == [d["job_id"] for d in expected], (client, state, method, after, before)
         assert expected or (state and method)  # the data leaves no combination trivially empty
+        short_pages_went_on |= any(n < 5 and more for n, more in shapes)
+    # With a bound of 7 rows a call, a method filter stops pages short, and they go on.
+    assert short_pages_went_on == (max_examined is not None)
 
 
 async def test_bad_filters_are_invalid_argument(env: Env) -> None:
