@@ -36,6 +36,7 @@ from gateway.authn import client_ip
 from gateway.ratelimit import RATE_LIMITED
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import reason, status_of
+from tests.helpers.uploads import upload_end
 
 SUBMIT = "/flickrhub.v1.JobService/SubmitJob"
 ECHO = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"a": "1"})
@@ -203,48 +204,50 @@ async def test_a_job_is_seen_by_the_client_that_submitted_it_and_by_admins_only(
     """GetJob, WatchJob, CancelJob and the legacy status route: another client's job is NOT_FOUND."""
     a = await env.new_key(name="client a")
     b = await env.new_key(name="client b")  # bound to the same user
-    every = await env.new_key(name="every user", user_ids=["*"])  # not admin, bound to every user
     job = await env.jobs.SubmitJob(ECHO, metadata=_bearer(a.api_key))
     missing = "f" * 32
     get, watch = jobs_pb2.GetJobRequest(job_id=job.job_id), jobs_pb2.WatchJobRequest(job_id=job.job_id)
     seen = await env.jobs.GetJob(get, metadata=_bearer(a.api_key))
     assert seen.client_id == a.key.key_id
     assert (await env.jobs.GetJob(get, metadata=_bearer(env.admin_key))).job_id == job.job_id
-    assert (await env.jobs.WatchJob(watch, metadata=_bearer(env.admin_key)).read()).job_id == job.job_id
-    for other in (b.api_key, every.api_key):
-        for err in (
-            await _code(env.jobs.GetJob(get, metadata=_bearer(other))),
-            await _stream_code(env.jobs.WatchJob(watch, metadata=_bearer(other))),
-            await _code(
-                env.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=_bearer(other))
-            ),
-        ):
-            assert (err.code(), reason(err)) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
-        # Over REST, the same answer as for a job that does not exist.
-        for method, path in (
-            ("GET", "/v1/jobs/{}"),
-            ("GET", "/v1/jobs/{}:watch"),
-            ("POST", "/v1/jobs/{}:cancel"),
-        ):
-            answers = []
-            for job_id in (job.job_id, missing):
-                status, _, body = await _rest(
-                    env,
-                    method,
-                    path.format(job_id),
-                    headers={"x-api-key": other},
-                    body={} if method == "POST" else None,
-                )
-                answers.append((status, body["code"], body["message"].replace(job_id, "…")))
-            assert answers[0] == answers[1] and answers[0][0] == 404, (path, answers)
-        status, _, body = await _rest(
-            env,
-            "POST",
-            "/api/v1/flickr/jobs/status",
-            headers={"x-api-key": other},
-            body={"job_id": job.job_id, "user_id": DEMO_USER},
-        )
-        assert (status, body["error"]["code"]) == (404, "ERR_JOB_NOT_FOUND")
+    watching = env.jobs.WatchJob(watch, metadata=_bearer(env.admin_key))
+    first = await watching.read()
+    watching.cancel()  # the job stays queued: its stream would not end by itself
+    assert isinstance(first, jobs_pb2.Job) and first.job_id == job.job_id
+    other = b.api_key
+    for err in (
+        await _code(env.jobs.GetJob(get, metadata=_bearer(other))),
+        await _stream_code(env.jobs.WatchJob(watch, metadata=_bearer(other))),
+        await _code(
+            env.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=_bearer(other))
+        ),
+    ):
+        assert (err.code(), reason(err)) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+    # Over REST, the same answer as for a job that does not exist.
+    for method, path in (
+        ("GET", "/v1/jobs/{}"),
+        ("GET", "/v1/jobs/{}:watch"),
+        ("POST", "/v1/jobs/{}:cancel"),
+    ):
+        answers = []
+        for job_id in (job.job_id, missing):
+            status, _, body = await _rest(
+                env,
+                method,
+                path.format(job_id),
+                headers={"x-api-key": other},
+                body={} if method == "POST" else None,
+            )
+            answers.append((status, body["code"], body["message"].replace(job_id, "…")))
+        assert answers[0] == answers[1] and answers[0][0] == 404, (path, answers)
+    status, _, body = await _rest(
+        env,
+        "POST",
+        "/api/v1/flickr/jobs/status",
+        headers={"x-api-key": other},
+        body={"job_id": job.job_id, "user_id": DEMO_USER},
+    )
+    assert (status, body["error"]["code"]) == (404, "ERR_JOB_NOT_FOUND")
     doc = await env.stack.store.get(job.job_id)
     assert doc is not None and doc["status"] == "queued"  # the refused cancels changed nothing
     status, _, body = await _rest(env, "GET", f"/v1/jobs/{job.job_id}", headers={"x-api-key": a.api_key})
@@ -257,6 +260,10 @@ async def test_a_job_is_seen_by_the_client_that_submitted_it_and_by_admins_only(
         body={"job_id": job.job_id, "user_id": DEMO_USER},
     )
     assert status == 200 and body["data"]["id"] == job.job_id
+    cancel = jobs_pb2.CancelJobRequest(job_id=job.job_id)
+    assert (
+        await env.jobs.CancelJob(cancel, metadata=_bearer(a.api_key))
+    ).state == jobs_pb2.JOB_STATE_CANCELLED
 
 
 async def test_a_job_without_a_client_is_seen_by_admins_only(env: Env) -> None:
@@ -528,6 +535,7 @@ async def test_uploads_need_a_key_too_over_grpc_and_rest(env: Env) -> None:
             job=jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, target=jobs_pb2.TARGET_UPLOAD)
         )
         yield jobs_pb2.UploadJobRequest(chunk=b"\x89PNG" * 10)
+        yield upload_end(b"\x89PNG" * 10)
 
     err = await _code(env.jobs.UploadJob(parts()))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
