@@ -37,13 +37,13 @@ _STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token
 HOT_RECHECK_AFTER = timedelta(seconds=10)
 
 
-def _unsettled(held: Doc) -> bool:
-    """True for a copy of a live job that has not changed for a while (it may be behind MongoDB)."""
+def _unsettled(held: Doc, after: timedelta) -> bool:
+    """True for a copy of a live job that has not changed for `after` (it may be behind MongoDB)."""
     updated = held.get("updated_at")
     return (
         held.get("status") not in jobs.FINAL_STATES
         and isinstance(updated, datetime)
-        and now() - updated > HOT_RECHECK_AFTER
+        and now() - updated > after
     )
 
 
@@ -90,10 +90,12 @@ class JobStore:
         *,
         hot: HotState | None = None,
         retention: Retention | None = None,
+        hot_recheck_after: timedelta = HOT_RECHECK_AFTER,
     ) -> None:
         self.jobs = collection
         self.hot = hot
         self.retention = retention or Retention()
+        self._hot_recheck_after = hot_recheck_after
 
     @classmethod
     def from_settings(cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings) -> JobStore:
@@ -112,7 +114,7 @@ class JobStore:
         """
         if self.hot is not None:
             held = await self.hot.get(job_id)
-            if held is not None and not _unsettled(held):
+            if held is not None and not _unsettled(held, self._hot_recheck_after):
                 return held, "redis"
         doc = await self.get(job_id)
         if doc is not None and self.hot is not None:
