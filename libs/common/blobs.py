@@ -13,12 +13,19 @@ it arrives, so a writer holds at most the piece being written plus one partial
 chunk. Reads go through `AsyncGridFSBucket`, which proves the layout standard.
 A writer that never closes leaves chunks without a file document; they are
 invisible to readers, and `abort()` (or `delete`) removes them.
+
+Every write runs in a task of its own that a cancelled caller does not cancel, and
+`abort()` waits for it before deleting: a cancelled `insert_many` may still reach
+the server after the delete (its request is already on the wire), which left
+orphan chunks behind a cancelled upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +81,7 @@ class BlobWriter:
         self._sha = hashlib.sha256()
         self._pending = bytearray()
         self._n = 0
+        self._inflight: asyncio.Future[Any] | None = None
         self.size = 0
         self.closed = False
 
@@ -81,6 +89,15 @@ class BlobWriter:
     def blob_id(self) -> str:
         """The id the blob will have (known before the first byte is written)."""
         return str(self._id)
+
+    def digest(self) -> bytes:
+        """SHA-256 of every byte written so far (the 32-byte digest)."""
+        return self._sha.digest()
+
+    async def _run(self, operation: Awaitable[Any]) -> Any:
+        """Await a write that runs on even if the caller is cancelled, so `abort()` can wait for it."""
+        self._inflight = asyncio.ensure_future(operation)
+        return await asyncio.shield(self._inflight)
 
     async def write(self, data: bytes) -> None:
         """Append `data`; every full GridFS chunk is written at once."""
@@ -99,7 +116,7 @@ class BlobWriter:
         for start in range(0, len(data), CHUNK_SIZE):
             docs.append({"files_id": self._id, "n": self._n, "data": data[start : start + CHUNK_SIZE]})
             self._n += 1
-        await self._chunks.insert_many(docs, ordered=True)
+        await self._run(self._chunks.insert_many(docs, ordered=True))
 
     async def close(self) -> BlobInfo:
         """Write the last partial chunk and the file document (with size and SHA-256 in metadata)."""
@@ -108,15 +125,17 @@ class BlobWriter:
             self._pending.clear()
         self.closed = True
         digest = self._sha.hexdigest()
-        await self._files.insert_one(
-            {
-                "_id": self._id,
-                "length": Int64(self.size),
-                "chunkSize": CHUNK_SIZE,
-                "uploadDate": datetime.now(UTC),
-                "filename": self._filename,
-                "metadata": {**self._metadata, "sha256": digest, "size": self.size},
-            }
+        await self._run(
+            self._files.insert_one(
+                {
+                    "_id": self._id,
+                    "length": Int64(self.size),
+                    "chunkSize": CHUNK_SIZE,
+                    "uploadDate": datetime.now(UTC),
+                    "filename": self._filename,
+                    "metadata": {**self._metadata, "sha256": digest, "size": self.size},
+                }
+            )
         )
         return BlobInfo(self.blob_id, self.size, digest)
 
@@ -124,6 +143,9 @@ class BlobWriter:
         """Remove every chunk written so far (and the file document, if close() got that far)."""
         self.closed = True
         self._pending.clear()
+        if self._inflight is not None:  # a write its cancelled caller left running: let it land first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._inflight)
         await self._chunks.delete_many({"files_id": self._id})
         await self._files.delete_one({"_id": self._id})
 

@@ -12,7 +12,7 @@ What the edge really sends, per route kind:
 - unary: `application/json` of the response message (or its `response_body` field);
 - server streaming: `application/x-ndjson`, one `{"result": <message>}` per line and a
   final `{"error": <Status>}` line if the call fails after the first message;
-- client streaming (`oneof {job, chunk}`): `multipart/form-data` in, with a JSON `job`
+- client streaming (`oneof {job, chunk, end}`): `multipart/form-data` in, with a JSON `job`
   part followed by a `photo` file part;
 - errors: `{"code", "message", "details"}` (google.rpc.Status, details as JSON with `@type`).
 """
@@ -335,7 +335,7 @@ def _json_body(
 
 def _multipart_body(builder: SchemaBuilder, method: descriptor.MethodDescriptor) -> dict[str, Any]:
     job_type = method.input_type.fields_by_name[uploads.JOB_PART].message_type
-    assert job_type is not None  # uploads._method_routes checked the `oneof {job, chunk}` form
+    assert job_type is not None  # uploads._method_routes checked the `oneof {job, chunk, end}` form
     schema = {
         "type": "object",
         "required": [uploads.JOB_PART, uploads.PHOTO_PART],

@@ -1,13 +1,16 @@
 """Client-streaming routes over REST: `multipart/form-data` in, the gRPC client stream out.
 
 Routes come from the google.api.http options of client-streaming methods whose
-request is `oneof {job, chunk}` (UploadJob: `POST /v1/uploads`). The body is
+request is `oneof {job, chunk, end}` (UploadJob: `POST /v1/uploads`). The body is
 read part by part with aiohttp's multipart reader, never whole:
 
 - a `job` part first: JSON of SubmitJobRequest (proto field names, unknown fields
   ignored, as every other edge route);
 - then a `photo` file part, forwarded as it arrives in `chunk` messages of at
-  most 1 MiB; nothing may follow it.
+  most 1 MiB, counted and hashed on the way; nothing may follow it;
+- once the body has ended cleanly, an `end` message with the part's size and
+  SHA-256. The gateway accepts the job only with a matching `end`, so a body cut
+  short never becomes a job with part of the photo.
 
 Refusals: a verb other than the binding's → 405 with Allow; a content type other
 than multipart/form-data → 415; a body over the limit (EDGE_UPLOAD_MAX_BYTES) →
@@ -20,15 +23,18 @@ Two rules keep refusals clean while a large body is still arriving:
   go-ahead) before sending a byte of the photo, so a refused credential, user or
   job comes back with its own status (a client still writing when a call ends
   sees only grpc's local "Internal error from Core");
-- the edge never just cancels a started upload: gRPC may show a cancelled stream
-  to the server as a clean end (seen with ~100 MB bodies: the gateway then stored
-  a truncated photo and ran the job). It sends one message the gateway must refuse
-  (a second `job`) and half-closes, and cancels only if no answer comes.
+- an upload given up after the go-ahead (413, a malformed or broken body) is
+  half-closed without `end`, which the gateway refuses and cleans up; the edge
+  waits for that answer in the background and cancels only if none comes. (A
+  cancel alone would also be safe now, since gRPC may show it to the server as a
+  clean end of the stream, which lacks `end` all the same; the refusal just ends
+  the call sooner and without an error in the gateway's log.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -51,6 +57,8 @@ log = logging.getLogger("edge")
 
 JOB_PART = "job"
 PHOTO_PART = "photo"
+# The request field of the stream's last message: the photo's size and SHA-256.
+END_PART = "end"
 CHUNK_BYTES = 1024 * 1024
 # A SubmitJobRequest as JSON: 64 params of up to 4 KiB and 16 KiB of meta fit well within this.
 MAX_JOB_BYTES = 1024 * 1024
@@ -67,13 +75,14 @@ _CORE_WRITE_FAILURE = "Internal error from Core"
 
 @dataclass(frozen=True)
 class UploadRoute:
-    """One REST binding of a client-streaming `oneof {job, chunk}` method."""
+    """One REST binding of a client-streaming `oneof {job, chunk, end}` method."""
 
     verb: str
     path: str
     method_path: str
     request_cls: type[message.Message]
     job_cls: type[message.Message]
+    end_cls: type[message.Message]
     response_cls: type[message.Message]
 
     @property
@@ -101,9 +110,20 @@ def _method_routes(
     if method.server_streaming:
         raise routes.RouteError(f"{method.full_name}: bidirectional streams have no REST form here")
     fields = method.input_type.fields_by_name
-    job, chunk = fields.get(JOB_PART), fields.get("chunk")
-    if job is None or job.message_type is None or chunk is None or chunk.type != chunk.TYPE_BYTES:
-        raise routes.RouteError(f"{method.full_name}: a client stream needs `oneof {{job, chunk}}` for REST")
+    job, chunk, end = fields.get(JOB_PART), fields.get("chunk"), fields.get(END_PART)
+    end_fields = end.message_type.fields_by_name if end is not None and end.message_type is not None else {}
+    if (
+        job is None
+        or job.message_type is None
+        or chunk is None
+        or chunk.type != chunk.TYPE_BYTES
+        or end is None
+        or end.message_type is None
+        or set(end_fields) != {"size", "sha256"}
+    ):
+        raise routes.RouteError(
+            f"{method.full_name}: a client stream needs `oneof {{job, chunk, end {{size, sha256}}}}` for REST"
+        )
     out = []
     for binding in [rule, *rule.additional_bindings]:
         kind = binding.WhichOneof("pattern")
@@ -119,6 +139,7 @@ def _method_routes(
                 method_path=f"/{service.full_name}/{method.name}",
                 request_cls=message_factory.GetMessageClass(method.input_type),
                 job_cls=message_factory.GetMessageClass(job.message_type),
+                end_cls=message_factory.GetMessageClass(end.message_type),
                 response_cls=message_factory.GetMessageClass(method.output_type),
             )
         )
@@ -218,9 +239,11 @@ class UploadHandler:
             if (GO_AHEAD_KEY, "1") not in tuple(await call.initial_metadata() or ()):
                 await call  # refused: raises its status
                 return _bad_gateway("the gateway answered the upload before accepting it", request_id)
-            await self._stream_photo(call, photo, len(raw_job))
+            end = await self._stream_photo(call, photo, len(raw_job))
             if await reader.next() is not None:
                 raise _Refused(400, f"nothing may follow the `{PHOTO_PART}` part")
+            # Only now, with the whole body read, does the edge vouch for the photo.
+            await self._send(call, self.route.request_cls(end=end))
             await call.done_writing()
             reply = await call
         except grpc.aio.AioRpcError as exc:
@@ -253,18 +276,24 @@ class UploadHandler:
             raise _Refused(400, f"the `{JOB_PART}` part is empty")
         return bytes(raw)
 
-    async def _stream_photo(self, call: Any, photo: BodyPartReader, received: int) -> None:
+    async def _stream_photo(self, call: Any, photo: BodyPartReader, received: int) -> message.Message:
+        """Forward the photo part in chunks; its `end` (size, SHA-256), to send once the body is over."""
         pending = bytearray()
+        digest = hashlib.sha256()
+        size = 0
         while chunk := await photo.read_chunk(CHUNK_BYTES):
             received += len(chunk)
             if received > self.max_body:
                 raise self._too_large()  # not a byte more is read; _upload abandons the call
+            digest.update(chunk)
+            size += len(chunk)
             pending += chunk
             while len(pending) >= CHUNK_BYTES:
                 await self._send(call, self.route.request_cls(chunk=bytes(pending[:CHUNK_BYTES])))
                 del pending[:CHUNK_BYTES]
         if pending:
             await self._send(call, self.route.request_cls(chunk=bytes(pending)))
+        return self.route.end_cls(size=size, sha256=digest.digest())
 
     @staticmethod
     async def _send(call: Any, item: message.Message) -> None:
@@ -275,7 +304,7 @@ class UploadHandler:
             raise
 
     def _abandon(self, call: Any) -> None:
-        """End a started upload so that the gateway refuses it, in the background (see the module doc)."""
+        """Half-close a started upload without `end`, which the gateway refuses, in the background."""
         if call.done():
             return
         task = asyncio.get_running_loop().create_task(self._refuse(call))
@@ -285,8 +314,7 @@ class UploadHandler:
     async def _refuse(self, call: Any) -> None:
         try:
             async with asyncio.timeout(ABANDON_TIMEOUT_S):
-                await call.write(self.route.request_cls(job=self.route.job_cls()))  # refused: a 2nd job
-                await call.done_writing()
+                await call.done_writing()  # no `end`: refused
                 await call
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
             pass  # refused (as meant), already over, or stuck

@@ -3,26 +3,36 @@
 Contract (jobs.proto `UploadJobRequest`): the first message carries `job`
 (validated like SubmitJob, plus: target TARGET_UPLOAD or TARGET_REPLACE; method
 `flickr.photos.upload` / `flickr.photos.replace`, filled in when empty; params
-only Flickr's upload fields, and `photo_id` is required for a replace); every
-later message carries a `chunk` of at most 1 MiB, 100 MiB in all. Each of those
-rules answers INVALID_ARGUMENT with a field violation (`job`, `chunk`,
-`params[...]`): an oversize photo is a bad request, not a quota.
+only Flickr's upload fields, and `photo_id` is required for a replace); the next
+messages carry a `chunk` of at most 1 MiB, 100 MiB in all; the last one carries
+`end`, the photo's size and SHA-256, and nothing may follow it. Each of those
+rules answers INVALID_ARGUMENT with a field violation (`job`, `chunk`, `end`,
+`end.size`, `end.sha256`, `params[...]`): an oversize photo is a bad request, not
+a quota.
+
+`end` is what makes the stream self-verifying: gRPC can show a client's cancel to
+the server as a clean end of the stream (seen at ~97 MiB: a job was created with
+93 MiB of the photo). A stream that ends without `end`, or whose `end` disagrees
+with the bytes that arrived (counted and hashed while they stream in, no second
+pass), is refused before the blob is published.
 
 The photo is written to the blob store as it streams in, then the job document
 (with blob_id, blob_size, blob_sha256), then the token stream entry (carrying
-only the blob id). Any failure or refusal on the way removes what was written:
-a refused upload leaves no job, no blob and no stream entry. Backpressure
-(`JobServicer.admit`) is checked as soon as the first message validates, before a
-byte of the photo is stored.
+only the blob id). Any failure, refusal or cancel on the way removes what was
+written, and the cleanup runs to its end even if the call is cancelled again: a
+refused upload leaves no job, no blob (no chunk) and no stream entry.
+Backpressure (`JobServicer.admit`) is checked as soon as the first message
+validates, before a byte of the photo is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 GO_AHEAD_KEY = "x-fh-upload-go-ahead"
 MAX_CHUNK_BYTES = 1024 * 1024
 MAX_PHOTO_BYTES = 100 * 1024 * 1024
+SHA256_BYTES = 32
 METHODS = {"upload": "flickr.photos.upload", "replace": "flickr.photos.replace"}
 _BINARY = frozenset({"0", "1"})
 # Flickr's upload and replace fields (FLICKR-API.md §3) and the values each takes.
@@ -107,11 +118,38 @@ def _copy(job: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobRequest:
     return out
 
 
+def end_violations(end: jobs_pb2.UploadEnd | None, size: int, digest: bytes) -> list[FieldViolation]:
+    """What is wrong with a finished stream: no `end`, an `end` that disagrees with the bytes, no bytes."""
+    bad: list[FieldViolation] = []
+    if end is None:
+        bad.append(FieldViolation("end", "required as the last message: the photo's size and SHA-256"))
+    else:
+        if end.size != size:
+            bad.append(FieldViolation("end.size", f"{end.size} bytes announced, {size} received"))
+        if len(end.sha256) != SHA256_BYTES:
+            bad.append(FieldViolation("end.sha256", f"the {SHA256_BYTES}-byte SHA-256 digest of the photo"))
+        elif end.sha256 != digest:
+            bad.append(FieldViolation("end.sha256", "does not match the SHA-256 of the bytes received"))
+    if size == 0:
+        bad.append(FieldViolation("chunk", "the photo has no bytes"))
+    return bad
+
+
 async def _receive(writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJobRequest]) -> BlobInfo:
+    end: jobs_pb2.UploadEnd | None = None
     async for message in messages:
-        if message.WhichOneof("part") != "chunk":
+        part = message.WhichOneof("part")
+        if end is not None:
             raise InvalidArgument(
-                "only the first UploadJobRequest carries `job`; the rest carry `chunk`",
+                "nothing may follow `end` in an upload stream",
+                [FieldViolation("end", "must be the last message")],
+            )
+        if part == "end":
+            end = message.end
+            continue
+        if part != "chunk":
+            raise InvalidArgument(
+                "only the first UploadJobRequest carries `job`; then `chunk` messages, then `end`",
                 [FieldViolation("job", "only in the first message")],
             )
         size = len(message.chunk)
@@ -126,9 +164,33 @@ async def _receive(writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJo
                 [FieldViolation("chunk", f"the photo is at most {MAX_PHOTO_BYTES} bytes in all")],
             )
         await writer.write(message.chunk)
-    if writer.size == 0:
-        raise InvalidArgument("the photo is empty", [FieldViolation("chunk", "the photo has no bytes")])
+    bad = end_violations(end, writer.size, writer.digest())
+    if bad:
+        # Checked before close(): a photo that does not match is never published, only aborted.
+        if end is None:
+            what = "the upload stream ended without `end` (the photo may be incomplete)"
+        elif any(v.field.startswith("end") for v in bad):
+            what = "the photo received does not match the upload's `end`"
+        else:
+            what = "the photo is empty"
+        raise InvalidArgument(f"{what}: " + "; ".join(v.field for v in bad), bad)
     return await writer.close()
+
+
+async def undo(cleanup: Awaitable[object]) -> None:
+    """Run a cleanup to its end even if the call is cancelled (again) meanwhile, then pass the cancel on."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # a cancel of this wait leaves the cleanup running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancel wins over a failed cleanup
+        raise asyncio.CancelledError
+    task.result()  # its own error, if any
 
 
 async def accept(
@@ -152,7 +214,7 @@ async def accept(
     try:
         response = await _store_and_submit(servicer, blobs, messages, context, job, target, job_id)
     except BaseException:
-        await servicer.release(client, [job_id])
+        await undo(servicer.release(client, [job_id]))
         raise
     if response.job_id != job_id:  # a duplicate: the first job already counts
         await servicer.release(client, [job_id])
@@ -181,7 +243,7 @@ async def _store_and_submit(
         info = await _receive(writer, messages)
     except BaseException as exc:  # refused, failed or cancelled mid-stream: nothing may remain
         with contextlib.suppress(PyMongoError):
-            await writer.abort()
+            await undo(writer.abort())
         if isinstance(exc, PyMongoError):
             raise Unavailable("blob store unavailable; retry shortly") from exc
         raise
@@ -189,7 +251,7 @@ async def _store_and_submit(
         return await _submit(servicer, job, target, token.token_id_hash, job_id, info, context)
     except BaseException:
         with contextlib.suppress(PyMongoError):
-            await blobs.delete(info.blob_id)
+            await undo(blobs.delete(info.blob_id))
         raise
 
 
@@ -242,9 +304,9 @@ async def _submit(
         except BaseException:
             with contextlib.suppress(PyMongoError):  # _record may have written before failing
                 # Revision 0: as accepted, untouched by any worker (the fields of the job_revision index).
-                await servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0})
+                await undo(servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0}))
             if idem_key:
-                await servicer._release_idempotency(token, idem_key, job_id)
+                await undo(servicer._release_idempotency(token, idem_key, job_id))
             raise
     metrics.SUBMITTED.labels(outcome="accepted").inc()
     log.info("upload accepted", extra={"job_id": job_id, "method": job.method, "size": info.size})

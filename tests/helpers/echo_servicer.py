@@ -129,7 +129,7 @@ class EchoJobs(jobs_pb2_grpc.JobServiceServicer):
         async for part in request_iterator:
             if part.HasField("job"):
                 header.CopyFrom(part.job)
-            else:
+            elif part.HasField("chunk"):
                 chunks += 1
         job = jobs_pb2.Job(job_id=f"up{len(self.jobs)}", user_id=header.user_id, method=header.method)
         job.params["chunks"] = str(chunks)

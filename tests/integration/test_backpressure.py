@@ -27,6 +27,7 @@ from mover.app import MoverApp
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import reason, status_of
+from tests.helpers.uploads import upload_messages
 from worker.app import WorkerApp
 
 CAP = 4
@@ -118,9 +119,8 @@ async def test_a_client_at_its_cap_is_refused_with_retry_info_and_nothing_is_wri
         await stack.jobs.SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=[echo(100)]))
     assert batch_err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     upload = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, target=jobs_pb2.TARGET_UPLOAD)
-    messages = [jobs_pb2.UploadJobRequest(job=upload), jobs_pb2.UploadJobRequest(chunk=b"\xff\xd8" * 500)]
     with pytest.raises(grpc.aio.AioRpcError) as upload_err:
-        await stack.jobs.UploadJob(iter(messages))
+        await stack.jobs.UploadJob(upload_messages(upload, b"\xff\xd8" * 500))
     assert upload_err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await written(stack, redis) == before
     assert await stack.mongo.db["uploads.files"].count_documents({}) == 0

@@ -20,6 +20,7 @@ from flickrhub.v1 import jobs_pb2
 from mover.app import MoverApp
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import bad_fields, reason
+from tests.helpers.uploads import upload_end
 from worker.app import WorkerApp
 
 
@@ -218,7 +219,7 @@ async def test_an_upload_dedupes_on_its_bytes_under_the_same_key(stack: Stack) -
         job = jobs_pb2.SubmitJobRequest(
             user_id=DEMO_USER, target=jobs_pb2.TARGET_UPLOAD, params={"title": "t"}, idempotency_key="up-1"
         )
-        return [jobs_pb2.UploadJobRequest(job=job), jobs_pb2.UploadJobRequest(chunk=data)]
+        return [jobs_pb2.UploadJobRequest(job=job), jobs_pb2.UploadJobRequest(chunk=data), upload_end(data)]
 
     first = await stack.jobs.UploadJob(iter(messages(photo)))
     second = await stack.jobs.UploadJob(iter(messages(photo)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 from typing import Any
@@ -74,3 +76,20 @@ async def test_reading_a_missing_or_malformed_blob_id_is_file_not_found(mongo_db
             continue
         raise AssertionError(f"{blob_id} read without error")
     assert await store.info("not-an-id") is None
+
+
+async def test_a_write_cancelled_in_flight_leaves_no_chunk_after_abort(mongo_db: AsyncDatabase[Any]) -> None:
+    store = BlobStore(mongo_db)
+    await store.ensure_indexes()
+    data = os.urandom(40 * CHUNK_SIZE)  # one insert_many of 40 chunks, ~10 MiB on the wire
+    for delay_ms in range(0, 40, 2):
+        writer = store.writer("photo")
+        write = asyncio.create_task(writer.write(data))
+        await asyncio.sleep(delay_ms / 1000)  # cancel it at different points of its round trip
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        await writer.abort()
+        await asyncio.sleep(0.1)  # room for an insert that was still on its way to land
+        left = await mongo_db[f"{BUCKET}.chunks"].count_documents({"files_id": ObjectId(writer.blob_id)})
+        assert left == 0, f"{left} orphan chunks after a cancel at {delay_ms} ms"

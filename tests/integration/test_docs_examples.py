@@ -215,8 +215,11 @@ async def _wait_state(
 
 
 async def _submit(live: Live, method: str, **fields: Any) -> str:
+    # Submitted with the client key the examples present: a client sees only the jobs it submitted.
+    assert live.stack.keys is not None
     reply = await live.stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method=method, **fields)
+        jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method=method, **fields),
+        metadata=(("authorization", f"Bearer {live.stack.keys.client_key}"),),
     )
     return reply.job_id
 

@@ -33,7 +33,8 @@ from tests.helpers.inproc import (
     seed_demo_token,
     stack_settings,
 )
-from tests.integration.test_uploads import jpeg, upload_job, upload_messages
+from tests.helpers.uploads import upload_messages
+from tests.integration.test_uploads import jpeg, upload_job
 
 FINAL = {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from flickrhub.v1 import jobs_pb2
 from gateway import uploads as gateway_uploads
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import bad_fields, result_of
+from tests.helpers.uploads import chunks_of, upload_end, upload_messages
 
 FINAL = {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 MIB = 1024 * 1024
@@ -33,16 +34,6 @@ JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
 def jpeg(size: int) -> bytes:
     """A photo the sandbox recognises as JPEG, random after the magic bytes."""
     return JPEG_HEAD + os.urandom(size - len(JPEG_HEAD))
-
-
-def chunks_of(data: bytes, size: int = MIB) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def upload_messages(job: jobs_pb2.SubmitJobRequest, data: bytes, size: int = MIB) -> Iterator[Any]:
-    yield jobs_pb2.UploadJobRequest(job=job)
-    for piece in chunks_of(data, size):
-        yield jobs_pb2.UploadJobRequest(chunk=piece)
 
 
 def upload_job(**params: str) -> jobs_pb2.SubmitJobRequest:
@@ -308,7 +299,8 @@ async def test_cancel_removes_the_blob(idle_stack: Stack) -> None:
     [
         pytest.param([], "job", id="empty-stream"),
         pytest.param([jobs_pb2.UploadJobRequest(chunk=b"x")], "job", id="chunk-first"),
-        pytest.param([jobs_pb2.UploadJobRequest(job=upload_job())], "chunk", id="no-photo"),
+        pytest.param([jobs_pb2.UploadJobRequest(job=upload_job()), upload_end(b"")], "chunk", id="no-photo"),
+        pytest.param([jobs_pb2.UploadJobRequest(job=upload_job())], "end", id="nothing-after-job"),
         pytest.param(
             [jobs_pb2.UploadJobRequest(job=upload_job()), jobs_pb2.UploadJobRequest(chunk=b"")],
             "chunk",
@@ -405,6 +397,140 @@ async def test_a_client_that_gives_up_mid_stream_leaves_nothing_behind(stack: St
         await asyncio.sleep(0.05)  # the gateway has started writing chunks
     call.cancel()
     await assert_nothing_written(stack, redis)
+
+
+# -- the `end` message: a stream proves it is whole -------------------------------------------
+
+
+async def stored(stack: Stack, redis: Any) -> tuple[int, int, int, int]:
+    """(job documents, GridFS files, GridFS chunks, token stream entries)."""
+    files, chunks = await blob_counts(stack)
+    streams = [k async for k in redis.scan_iter(match="fh:q:*")]
+    entries = sum([await redis.xlen(s) for s in streams])
+    return await stack.mongo.jobs.count_documents({}), files, chunks, entries
+
+
+async def wait_stored(stack: Stack, redis: Any, expected: tuple[int, int, int, int]) -> None:
+    """Wait (briefly) until exactly `expected` is stored: a cleanup may still be on its way."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while (now := await stored(stack, redis)) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"stored {now}, expected {expected}")
+        await asyncio.sleep(0.05)
+
+
+async def kept_upload(stack: Stack, redis: Any) -> tuple[int, int, int, int]:
+    """Accept one upload (it stays queued on an idle stack): refusals are counted against non-zero state."""
+    await stack.jobs.UploadJob(upload_messages(upload_job(title="kept"), jpeg(600_000)))
+    before = await stored(stack, redis)
+    assert before == (1, 1, 3, 1)
+    return before
+
+
+async def test_a_stream_that_stops_without_end_is_refused_and_its_stored_chunks_removed(
+    idle_stack: Stack, redis: Any
+) -> None:
+    before = await kept_upload(idle_stack, redis)
+
+    async def cut_short() -> AsyncIterator[jobs_pb2.UploadJobRequest]:
+        yield jobs_pb2.UploadJobRequest(job=upload_job())
+        for piece in chunks_of(jpeg(2 * MIB)):
+            yield jobs_pb2.UploadJobRequest(chunk=piece)
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await blob_counts(idle_stack))[1] == before[2]:  # until the gateway has stored chunks
+            assert asyncio.get_running_loop().time() < deadline, "the gateway stored no chunk"
+            await asyncio.sleep(0.02)
+        # Then a clean end of the stream without `end`: what a client's cancel can look like to the server.
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await idle_stack.jobs.UploadJob(cut_short())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == {"end"}
+    assert "ended without `end`" in (err.value.details() or "")
+    await wait_stored(idle_stack, redis, before)
+
+
+PHOTO = jpeg(2 * MIB + 4321)
+_JOB = jobs_pb2.UploadJobRequest(job=upload_job())
+_CHUNKS = [jobs_pb2.UploadJobRequest(chunk=piece) for piece in chunks_of(PHOTO)]
+
+
+def _end(size: int, sha256: bytes) -> jobs_pb2.UploadJobRequest:
+    return jobs_pb2.UploadJobRequest(end=jobs_pb2.UploadEnd(size=size, sha256=sha256))
+
+
+@pytest.mark.parametrize(
+    ("messages", "fields"),
+    [
+        pytest.param(
+            [_JOB, *_CHUNKS, _end(len(PHOTO) - 1, hashlib.sha256(PHOTO).digest())],
+            {"end.size"},
+            id="size-short",
+        ),
+        pytest.param(
+            [_JOB, *_CHUNKS, _end(len(PHOTO) + MIB, hashlib.sha256(PHOTO).digest())],
+            {"end.size"},
+            id="size-long",
+        ),
+        pytest.param(
+            [_JOB, *_CHUNKS, _end(len(PHOTO), hashlib.sha256(PHOTO[:-1]).digest())],
+            {"end.sha256"},
+            id="digest-of-other-bytes",
+        ),
+        pytest.param(
+            [_JOB, *_CHUNKS, _end(len(PHOTO), hashlib.sha256(PHOTO).hexdigest().encode())],
+            {"end.sha256"},
+            id="hex-digest",
+        ),
+        pytest.param([_JOB, *_CHUNKS, _end(len(PHOTO), b"")], {"end.sha256"}, id="no-digest"),
+        pytest.param(
+            [_JOB, *_CHUNKS[:-1], upload_end(PHOTO)], {"end.size", "end.sha256"}, id="last-chunk-lost"
+        ),
+        pytest.param([_JOB, *_CHUNKS, upload_end(PHOTO), _CHUNKS[0]], {"end"}, id="chunk-after-end"),
+        pytest.param([_JOB, *_CHUNKS, upload_end(PHOTO), upload_end(PHOTO)], {"end"}, id="end-twice"),
+        pytest.param([_JOB, upload_end(PHOTO), *_CHUNKS], {"end"}, id="end-first"),
+    ],
+)
+async def test_an_end_that_does_not_match_the_stream_is_refused_and_nothing_is_stored(
+    idle_stack: Stack, redis: Any, messages: list[jobs_pb2.UploadJobRequest], fields: set[str]
+) -> None:
+    before = await kept_upload(idle_stack, redis)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await idle_stack.jobs.UploadJob(iter(messages))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert bad_fields(err.value) == fields
+    await wait_stored(idle_stack, redis, before)
+
+
+@pytest.mark.parametrize("cancel_after", ["first-chunks-stored", "every-chunk-sent"])
+async def test_a_client_cancel_before_end_stores_nothing(
+    idle_stack: Stack, redis: Any, cancel_after: str
+) -> None:
+    before = await kept_upload(idle_stack, redis)
+    data = jpeg(6 * MIB)
+    sent = asyncio.Event()
+
+    async def messages() -> AsyncIterator[jobs_pb2.UploadJobRequest]:
+        yield jobs_pb2.UploadJobRequest(job=upload_job())
+        for i, piece in enumerate(chunks_of(data)):
+            yield jobs_pb2.UploadJobRequest(chunk=piece)
+            if i == 1 and cancel_after == "first-chunks-stored":
+                break
+        sent.set()
+        await asyncio.Event().wait()  # `end` never comes: the client cancels instead
+
+    call = idle_stack.jobs.UploadJob(messages())
+    await asyncio.wait_for(sent.wait(), 10)
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await blob_counts(idle_stack))[1] == before[2]:  # the gateway has stored chunks of this photo
+        assert asyncio.get_running_loop().time() < deadline, "the gateway stored no chunk"
+        await asyncio.sleep(0.02)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await wait_stored(idle_stack, redis, before)
+    await asyncio.sleep(0.3)  # and it stays that way: no write lands after the cleanup
+    assert await stored(idle_stack, redis) == before
 
 
 async def test_submit_job_points_uploads_to_upload_job(stack: Stack, redis: Any) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+
 import pytest
 
 from common import flickr_errors
 from common.flickr_errors import Failure
 from common.jobs import JobEntry
 from flickrhub.v1 import jobs_pb2
-from gateway.uploads import prepare
+from gateway.uploads import end_violations, prepare, undo
 from worker.uploads import UploadAnswer, parse_upload_answer, ticket_state
 
 XML = '<?xml version="1.0" encoding="utf-8" ?>\n'
@@ -122,3 +125,44 @@ def test_the_blob_id_rides_in_the_entry_only_when_set() -> None:
     rest = JobEntry("j", "t", "u", "flickr.test.echo", "rest", {}, 5)
     assert "blob_id" not in rest.to_fields()
     assert JobEntry.from_fields(rest.to_fields()).blob_id == ""
+
+
+PHOTO = b"\xff\xd8" + bytes(range(256)) * 40
+DIGEST = hashlib.sha256(PHOTO).digest()
+
+
+@pytest.mark.parametrize(
+    ("end", "size", "fields"),
+    [
+        (jobs_pb2.UploadEnd(size=len(PHOTO), sha256=DIGEST), len(PHOTO), []),
+        (None, len(PHOTO), ["end"]),
+        (None, 0, ["end", "chunk"]),
+        (jobs_pb2.UploadEnd(size=len(PHOTO) + 1, sha256=DIGEST), len(PHOTO), ["end.size"]),
+        (jobs_pb2.UploadEnd(size=len(PHOTO), sha256=DIGEST[::-1]), len(PHOTO), ["end.sha256"]),
+        (jobs_pb2.UploadEnd(size=len(PHOTO), sha256=DIGEST.hex().encode()), len(PHOTO), ["end.sha256"]),
+        (jobs_pb2.UploadEnd(size=len(PHOTO)), len(PHOTO), ["end.sha256"]),
+        (jobs_pb2.UploadEnd(sha256=hashlib.sha256(b"").digest()), 0, ["chunk"]),
+    ],
+    ids=["match", "no-end", "no-end-no-bytes", "size", "digest", "hex-digest", "no-digest", "empty-photo"],
+)
+def test_end_must_announce_the_size_and_digest_of_the_bytes_received(
+    end: jobs_pb2.UploadEnd | None, size: int, fields: list[str]
+) -> None:
+    digest = DIGEST if size else hashlib.sha256(b"").digest()
+    assert [v.field for v in end_violations(end, size, digest)] == fields
+
+
+async def test_a_cleanup_runs_to_its_end_however_often_the_call_is_cancelled() -> None:
+    done: list[str] = []
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0.05)
+        done.append("cleaned")
+
+    caller = asyncio.ensure_future(undo(cleanup()))
+    for _ in range(3):  # the client's cancel, then a server shutdown, then another
+        await asyncio.sleep(0.005)
+        caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert done == ["cleaned"]  # the cancel was passed on only once the cleanup had finished
