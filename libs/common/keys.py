@@ -62,6 +62,11 @@ def work_stream(target: str) -> str:
     return f"{PREFIX}:work:{{work}}:{target}"
 
 
+def token_in_flight(token_id_hash: str) -> str:
+    """Sorted set of a token's jobs in the work streams (job id → when moved, ms), for its in-flight cap."""
+    return f"{PREFIX}:inflight:{{{token_id_hash}}}"
+
+
 def delayed_lock() -> str:
     """Lease held by the one mover that pumps due retries back into token queues."""
     return f"{PREFIX}:lock:delayed"

@@ -177,6 +177,12 @@ class Settings:
         "Entries the mover lets wait undelivered in the work streams; more stays in the token queues, "
         "where fairness and priorities still apply (too low starves the workers between rounds).",
     )
+    mover_token_in_flight: int = _env(
+        "MOVER_TOKEN_IN_FLIGHT",
+        16,
+        "Entries of one token in the work streams at once, waiting or running (0: no cap); a flood then "
+        "cannot fill every worker slot, so other tokens' jobs do not queue behind it.",
+    )
     flickr_budget_per_hour: int = _env(
         "FLICKR_BUDGET_PER_HOUR",
         3500,
@@ -463,6 +469,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+        if self.mover_token_in_flight < 0:
+            raise SettingsError("MOVER_TOKEN_IN_FLIGHT: must be 0 (no cap) or more")
         if not BCRYPT_MIN_ROUNDS <= self.api_key_bcrypt_rounds <= BCRYPT_MAX_ROUNDS:
             raise SettingsError(
                 f"API_KEY_BCRYPT_ROUNDS: must be {BCRYPT_MIN_ROUNDS}..{BCRYPT_MAX_ROUNDS}, "

@@ -14,6 +14,10 @@ BUDGET_WAITS = Counter("flickrhub_mover_budget_waits_total", "Rounds that found 
 WORK_FULL = Counter(
     "flickrhub_mover_work_full_total", "Rounds that found the work streams' undelivered backlog full"
 )
+IN_FLIGHT_FULL = Counter(
+    "flickrhub_mover_in_flight_full_total",
+    "Rounds in which every queued token had MOVER_TOKEN_IN_FLIGHT entries in the work streams",
+)
 ACTIVE_TOKENS = Gauge("flickrhub_mover_active_tokens", "Tokens with queued work seen in the last round")
 ROUND_SECONDS = Histogram(
     "flickrhub_mover_round_seconds",

@@ -11,6 +11,11 @@ MongoDB turns the duplicate into a no-op.
 The work streams are kept shallow (MOVER_WORK_BACKLOG undelivered entries): what
 waits, waits in the token queues, where the scheduler still orders it. A work
 stream filled with one token's flood would put every later job behind the flood.
+For the same reason one token may have at most MOVER_TOKEN_IN_FLIGHT entries in the
+work streams at once, waiting or running: the mover records each entry it moves in
+the token's in-flight set and the worker removes it when it acknowledges the entry.
+A member whose worker died before removing it stops counting after the workers'
+visibility timeout, so a lost removal can tighten the cap for a while, never for good.
 """
 
 from __future__ import annotations
@@ -73,8 +78,13 @@ class Mover:
         self._redis = redis
         self.consumer = consumer
         self.scheduler = FairScheduler(
-            settings.client_weights, settings.priority_weights, token_cap=settings.mover_batch
+            settings.client_weights,
+            settings.priority_weights,
+            token_cap=settings.mover_batch,
+            in_flight_cap=settings.mover_token_in_flight,
         )
+        # Older than this, an in-flight member is taken for a removal that never came (see the module doc).
+        self._in_flight_horizon_ms = int(settings.worker_visibility_timeout_s * 1000)
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_pump = 0.0
@@ -149,16 +159,21 @@ class Mover:
         the fair scheduler shares the grant out, so a flood on one token cannot take a small
         token's share.
         """
+        queues = await self._queues(tokens)
+        await self._deactivate([q.token for q in queues if q.total == 0])
+        demand = self.scheduler.demand(queues)
+        if demand <= 0:
+            if any(q.total for q in queues):
+                # Every queued token has its in-flight cap in the work streams: workers free slots soon.
+                metrics.IN_FLIGHT_FULL.inc()
+                self.wait_s = WORK_FULL_WAIT_S
+            return {}
         decision = await self._guard.may_move()
         metrics.PAUSED.set(0 if decision.allowed else 1)
         if not decision.allowed:
             self.wait_s = min(1.0, decision.retry_after_ms / 1000)
             return {}
-        queues = await self._queues(tokens)
-        await self._deactivate([q.token for q in queues if q.total == 0])
-        wanted = 1 if decision.state == PROBE else min(room, self.scheduler.demand(queues))
-        if wanted <= 0:
-            return {}
+        wanted = 1 if decision.state == PROBE else min(room, demand)
         grant = await self._guard.budget.take(wanted)
         if grant.granted == 0:
             metrics.BUDGET_WAITS.inc()
@@ -187,22 +202,28 @@ class Mover:
         return self._settings.mover_work_backlog - waiting
 
     async def _queues(self, tokens: list[str]) -> list[TokenQueue]:
-        """Each token's depth per priority and the client it counts against, in one round trip."""
+        """Each token's depth per priority, entries in flight and client, in one round trip."""
+        since = int(time.time() * 1000) - self._in_flight_horizon_ms
         pipe = self._redis.pipeline(transaction=False)
         pipe.hmget(keys.TOKEN_CLIENTS, tokens)
         for token in tokens:
             for stream in keys.token_streams(token):
                 pipe.xlen(stream)
-        clients, *lengths = await pipe.execute()
-        width = len(keys.PRIORITIES)
-        return [
-            TokenQueue(
-                token,
-                str(client or ""),  # queued by an older gateway: counted against one unnamed client
-                dict(zip(keys.PRIORITIES, map(int, lengths[i * width : (i + 1) * width]), strict=True)),
+            pipe.zcount(keys.token_in_flight(token), since, "+inf")
+        clients, *counts = await pipe.execute()
+        width = len(keys.PRIORITIES) + 1
+        queues = []
+        for i, (token, client) in enumerate(zip(tokens, clients, strict=True)):
+            *lengths, in_flight = map(int, counts[i * width : (i + 1) * width])
+            queues.append(
+                TokenQueue(
+                    token,
+                    str(client or ""),  # queued by an older gateway: counted against one unnamed client
+                    dict(zip(keys.PRIORITIES, lengths, strict=True)),
+                    in_flight,
+                )
             )
-            for i, (token, client) in enumerate(zip(tokens, clients, strict=True))
-        ]
+        return queues
 
     async def _read(self, tokens: Sequence[str], plan: Plan) -> tuple[list[Read], list[str]]:
         """Read what the plan allows, high streams first so that they reach the work streams first."""
@@ -258,6 +279,9 @@ class Mover:
         pipe = self._redis.pipeline(transaction=False)
         done: dict[str, list[str]] = {}
         targets: list[str] = []
+        appends: list[tuple[str, JobEntry]] = []
+        in_flight: dict[str, dict[str, int]] = {}  # token -> job id -> when moved (ms)
+        now_ms = int(time.time() * 1000)
         for source, entry_id, fields in reads:
             done.setdefault(source, []).append(entry_id)
             try:
@@ -281,6 +305,17 @@ class Mover:
                 span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
                 span.set_attribute(telemetry.ATTR_STREAM, stream)
                 entry = entry.with_trace(dict(telemetry.inject_fields({})))
+            appends.append((stream, entry))
+            if self.scheduler.in_flight_cap:
+                in_flight.setdefault(entry.token, {})[entry.job_id] = now_ms
+        for token, members in in_flight.items():
+            # Before the work entries, so no worker can finish one before its member exists (MULTI cannot
+            # span a token key and a work stream on a cluster); members past the horizon go.
+            name = keys.token_in_flight(token)
+            pipe.zremrangebyscore(name, "-inf", f"({now_ms - self._in_flight_horizon_ms}")
+            pipe.zadd(name, dict(members))
+            pipe.pexpire(name, 2 * self._in_flight_horizon_ms)
+        for stream, entry in appends:
             pipe.xadd(stream, redisio.fields(entry.to_fields()))
             targets.append(entry.target)
         await pipe.execute()

@@ -12,6 +12,11 @@ Credit a flow could not spend because the round's grant ran out is kept, and its
 resumes next round; a flow with nothing queued keeps no credit (classic DRR), so an idle
 client cannot save up a burst. A flood on one token is one flow among many: it gets its
 weighted share of each round and nothing it takes is another token's share.
+
+A token may also have at most `in_flight_cap` entries in the work streams at once (waiting
+or running): sharing out the moves is not enough when the workers, not the budget, are the
+bottleneck, since a flood would otherwise fill every worker slot and each small job would
+wait behind all of them.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class TokenQueue:
     token: str
     client: str
     depths: Mapping[str, int]
+    in_flight: int = 0  # entries of this token in the work streams now (waiting or running)
 
     @property
     def total(self) -> int:
@@ -94,10 +100,12 @@ class FairScheduler:
         priority_weights: Mapping[str, int],
         token_cap: int,
         default_weight: int = 1,
+        in_flight_cap: int = 0,
     ) -> None:
         self._client_weights = dict(client_weights)
         self._priority_weights = {p: float(w) for p, w in priority_weights.items()}
         self._token_cap = token_cap
+        self.in_flight_cap = in_flight_cap  # 0: no cap
         self._default_weight = default_weight
         self._clients = Drr()
         self._tokens: dict[str, Drr] = {}  # per client
@@ -107,9 +115,16 @@ class FairScheduler:
         """A client's configured weight (the default for clients not named)."""
         return self._client_weights.get(client, self._default_weight)
 
+    def token_demand(self, queue: TokenQueue) -> int:
+        """The most one token may move this round: its queue, up to the round cap and its in-flight room."""
+        demand = min(self._token_cap, queue.total)
+        if self.in_flight_cap > 0:
+            demand = min(demand, max(0, self.in_flight_cap - queue.in_flight))
+        return demand
+
     def demand(self, queues: Sequence[TokenQueue]) -> int:
-        """The most this round could move: each token's queue, up to the per-token cap."""
-        return sum(min(self._token_cap, q.total) for q in queues)
+        """The most this round could move: the sum of every token's demand."""
+        return sum(self.token_demand(q) for q in queues)
 
     def plan(self, queues: Sequence[TokenQueue], granted: int) -> dict[tuple[str, str], int]:
         """How many entries to read from each (token, priority) stream, `granted` in all at most."""
@@ -121,8 +136,7 @@ class FairScheduler:
         self._tokens = {c: d for c, d in self._tokens.items() if c in by_client}
         live = {t for tokens in by_client.values() for t in tokens}
         self._priorities = {t: d for t, d in self._priorities.items() if t in live}
-        cap = self._token_cap
-        token_demand = {c: {t: min(cap, q.total) for t, q in ts.items()} for c, ts in by_client.items()}
+        token_demand = {c: {t: self.token_demand(q) for t, q in ts.items()} for c, ts in by_client.items()}
         client_share = self._clients.split(
             granted,
             {c: sum(d.values()) for c, d in token_demand.items()},

@@ -75,7 +75,7 @@ class Executor:
         except ValueError as exc:
             log.error("malformed work entry %s: %s", entry_id, exc)
             await self._dead_letter(stream, entry_id, fields, "malformed", str(exc))
-            await self._ack(stream, entry_id)
+            await self._ack(stream, entry_id, None)
             return
         job_id_var.set(entry.job_id)
         parent = telemetry.extract_fields(entry.trace)
@@ -123,7 +123,7 @@ class Executor:
                 metrics.IN_FLIGHT.dec()
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
             if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
-                await self._ack(stream, entry_id)
+                await self._ack(stream, entry_id, entry)
 
     def _run_deadline(self, entry: jobs.JobEntry) -> float:
         """Longest a run may take: a Flickr call plus slack; uploads also follow their ticket."""
@@ -146,7 +146,7 @@ class Executor:
         await self._discard_blob(entry.blob_id)
         await announce(self._redis, entry.job_id, jobs.EXPIRED, has_callback=entry.has_callback)
         await self._release(entry)
-        await self._ack(stream, entry_id)
+        await self._ack(stream, entry_id, entry)
         return True
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
@@ -161,13 +161,13 @@ class Executor:
             await self._discard_blob(entry.blob_id)
             await announce(self._redis, entry.job_id, jobs.FAILED, has_callback=entry.has_callback)
             await self._release(entry)
-            await self._ack(stream, entry_id)
+            await self._ack(stream, entry_id, entry)
 
     async def _defer(self, stream: str, entry_id: str, entry: jobs.JobEntry, paused_ms: int) -> None:
         """Flickr is paused: put the entry back for after the pause, untouched (no attempt spent)."""
         due_ms = int(time.time() * 1000) + paused_ms + random.randint(0, 1000)
         await self._redis.zadd(keys.DELAYED, {json.dumps(entry.to_fields(), sort_keys=True): due_ms})
-        await self._ack(stream, entry_id)
+        await self._ack(stream, entry_id, entry)
         metrics.JOBS.labels(outcome="deferred").inc()
 
     async def _not_claimed(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> None:
@@ -176,7 +176,7 @@ class Executor:
             log.warning("entry for unknown job; dropping it")
             await self._discard_blob(entry.blob_id)
             await self._release(entry)
-            await self._ack(stream, entry_id)
+            await self._ack(stream, entry_id, entry)
         elif doc["status"] in jobs.FINAL_STATES:
             # Its recorder may have died before updating the hot copy: status reads must see the end.
             await self._store.refresh_hot(doc)
@@ -187,7 +187,7 @@ class Executor:
             metrics.JOBS.labels(outcome="duplicate").inc()
             # Released again: repairs a worker killed between recording and releasing, and a cancel.
             await self._release(entry)
-            await self._ack(stream, entry_id)
+            await self._ack(stream, entry_id, entry)
         # Otherwise another worker holds a live lease: leave the entry pending; it is claimed again later.
 
     async def _run(self, entry: jobs.JobEntry) -> tuple[Success | Failure, bool]:
@@ -320,10 +320,13 @@ class Executor:
                 # A store hiccup must not abort a call already sent to Flickr: the next beat tries again.
                 log.warning("heartbeat failed: %s", type(exc).__name__)
 
-    async def _ack(self, stream: str, entry_id: str) -> None:
+    async def _ack(self, stream: str, entry_id: str, entry: jobs.JobEntry | None) -> None:
+        """Acknowledge and delete a handled entry; its job leaves its token's in-flight count."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.xack(stream, keys.WORKER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
+        if entry is not None:
+            pipe.zrem(keys.token_in_flight(entry.token), entry.job_id)
         await pipe.execute()
 
     async def _dead_letter(

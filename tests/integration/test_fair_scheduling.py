@@ -42,11 +42,15 @@ async def _fill(redis: Any, entries: list[JobEntry]) -> None:
 
 
 async def _take_work(redis: Any) -> list[dict[str, str]]:
-    """What the mover appended to the rest work stream since last time (then empties it, as workers do)."""
+    """What the mover appended to the rest work stream since last time (then finishes it, as workers do)."""
     stream = keys.work_stream("rest")
     entries = await redis.xrange(stream)
     if entries:
-        await redis.xdel(stream, *[entry_id for entry_id, _ in entries])
+        pipe = redis.pipeline(transaction=False)
+        pipe.xdel(stream, *[entry_id for entry_id, _ in entries])
+        for _, fields in entries:
+            pipe.zrem(keys.token_in_flight(fields["token"]), fields["job_id"])
+        await pipe.execute()
     return [fields for _, fields in entries]
 
 
@@ -118,6 +122,7 @@ async def test_client_weights_give_a_weighted_share(
         mongo_db_name,
         mover_client_weights="heavy=3",
         mover_work_backlog=40,
+        mover_token_in_flight=0,  # the heavy client's one token takes 30 a round
     )
     await _fill(redis, [_entry(i, "h1", "heavy") for i in range(500)])
     await _fill(redis, [_entry(i, t, "light") for t in ("l1", "l2") for i in range(500)])
@@ -131,6 +136,38 @@ async def test_client_weights_give_a_weighted_share(
     assert sum(per_client.values()) == 400  # each round fills the work stream's room of 40
     assert per_client["heavy"] == 300
     assert per_client["light"] == 100
+
+
+async def test_a_flood_holds_at_most_its_in_flight_cap_of_the_work_streams(
+    redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = _mover_settings(
+        redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_work_backlog=100, mover_token_in_flight=8
+    )
+    await _fill(redis, [_entry(i, "flood") for i in range(200)])
+    mover = Mover(settings, redis, "m")
+    await mover.run_round()  # creates the consumer groups
+    stream = keys.work_stream("rest")
+    for _ in range(3):
+        await mover.run_round()
+    # Room for 100 in the work streams, but the flood's 8 are there and no worker finished one.
+    assert await redis.xlen(stream) == 8
+    await _fill(redis, [_entry(0, "small")])
+    for _ in range(2):  # the first round creates the new token's consumer group
+        await mover.run_round()
+    assert await redis.xlen(stream) == 9  # another token's job goes at once
+    finished = await _take_work(redis)  # workers finish all nine
+    assert Counter(f["token"] for f in finished) == {"flood": 8, "small": 1}
+    await mover.run_round()
+    assert await redis.xlen(stream) == 8
+    # A removal that never came (a worker died after acknowledging) stops counting after the
+    # workers' visibility timeout: the cap tightens for a while, never for good.
+    await redis.xdel(stream, *[entry_id for entry_id, _ in await redis.xrange(stream)])
+    stale = (time.time() - settings.worker_visibility_timeout_s - 1) * 1000
+    members = await redis.zrange(keys.token_in_flight("flood"), 0, -1)
+    await redis.zadd(keys.token_in_flight("flood"), dict.fromkeys(members, stale))
+    await mover.run_round()
+    assert await redis.xlen(stream) == 8
 
 
 async def test_high_priority_goes_first_but_low_is_not_starved(

@@ -144,3 +144,29 @@ def test_every_queued_token_is_served_within_a_bounded_number_of_rounds(grant: i
     assert all(round_no > 0 for round_no in last_served.values())
     # Nine tokens, total weight 8 with the lightest at 1: a token waits at most a few passes.
     assert worst_gap <= max(1, 8 * 3 * 9 // grant)
+
+
+def test_a_tokens_in_flight_cap_leaves_the_rest_of_the_round_to_others() -> None:
+    scheduler = FairScheduler({}, PRIORITY_WEIGHTS, token_cap=50, in_flight_cap=16)
+    flood = TokenQueue("flood", "c", {"high": 0, "normal": 10_000, "low": 0}, in_flight=12)
+    small = TokenQueue("small", "c", {"high": 0, "normal": 1, "low": 0}, in_flight=0)
+    # The flood has 12 of its 16 in the work streams: 4 more may go, however large the grant.
+    assert scheduler.demand([flood, small]) == 5
+    assert scheduler.plan([flood, small], 100) == {("flood", "normal"): 4, ("small", "normal"): 1}
+
+
+def test_a_token_at_its_in_flight_cap_moves_nothing_until_its_entries_finish() -> None:
+    scheduler = FairScheduler({}, PRIORITY_WEIGHTS, token_cap=50, in_flight_cap=16)
+    full = TokenQueue("flood", "c", {"high": 5, "normal": 10_000, "low": 0}, in_flight=16)
+    over = TokenQueue("flood", "c", {"high": 5, "normal": 10_000, "low": 0}, in_flight=40)  # lost removals
+    assert scheduler.demand([full]) == scheduler.demand([over]) == 0
+    assert scheduler.plan([full], 100) == {}
+    # Workers finished three: three move.
+    freed = TokenQueue("flood", "c", full.depths, in_flight=13)
+    assert sum(scheduler.plan([freed], 100).values()) == 3
+
+
+def test_no_in_flight_cap_by_default() -> None:
+    scheduler = FairScheduler({}, PRIORITY_WEIGHTS, token_cap=50)
+    busy = TokenQueue("t", "c", {"high": 0, "normal": 500, "low": 0}, in_flight=10_000)
+    assert scheduler.plan([busy], 100) == {("t", "normal"): 50}
