@@ -116,7 +116,57 @@ async def wait_all_final(
         for j, d in zip(job_ids, done, strict=True)
         if d is None
     ]
-    assert not stuck, f"{len(stuck)} of {len(job_ids)} jobs not final after {timeout:.0f}s:\n" + "\n".join(
-        stuck[:20]
-    )
+    if stuck:
+        raise JobsNotFinal(
+            [j for j, d in zip(job_ids, done, strict=True) if d is None],
+            f"{len(stuck)} of {len(job_ids)} jobs not final after {timeout:.0f}s:\n" + "\n".join(stuck[:20]),
+        )
     return [d for d in done if d is not None]
+
+
+class JobsNotFinal(AssertionError):
+    """Jobs that did not end in time, by id (for `diagnose`)."""
+
+    def __init__(self, job_ids: list[str], message: str) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
+
+
+async def diagnose(stack: ProcessStack, job_ids: list[str]) -> str:
+    """Where stuck jobs are: their MongoDB record, their Redis entries and every log line naming them."""
+    from common import keys, redisio
+    from common.mongo import Mongo
+
+    ids = job_ids[:5]
+    out: list[str] = []
+    mongo = Mongo.connect(stack.settings.mongo_url, stack.settings.mongo_db)
+    redis = redisio.client(stack.settings.redis_url)
+    try:
+        fields = dict.fromkeys(("job_id", "status", "rev", "worker_id", "lease_until", "attempts"), 1)
+        fields["_id"] = 0
+        async for doc in mongo.jobs.find({"job_id": {"$in": ids}}, fields):
+            out.append(f"mongo: {doc}")
+        for target in keys.TARGETS:
+            stream = keys.work_stream(target)
+            raw: Any = await redis.xrange(stream)
+            entries: dict[str, str] = {str(eid): str(f.get("job_id")) for eid, f in raw}
+            pending: Any = await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10_000)
+            for item in pending:
+                if entries.get(str(item["message_id"])) in ids:
+                    out.append(f"{stream} pending: {entries[str(item['message_id'])]} {item!r}")
+            for eid, job_id in entries.items():
+                if job_id in ids:
+                    out.append(f"{stream} entry {eid}: {job_id}")
+        async for name in redis.scan_iter(match=f"{keys.PREFIX}:q:*"):
+            out.append(f"{name!r}: {await redis.xlen(name)} entries")
+        delayed = [m for m in await redis.zrange(keys.DELAYED, 0, -1) if any(j in m for j in ids)]
+        out.append(f"delayed: {delayed!r}")
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        out.append(f"diagnosis failed: {exc!r}")
+    finally:
+        await redis.aclose()
+        await mongo.close()
+    for proc in stack.procs.values():
+        lines = [line for line in proc.tail(1_000_000).splitlines() if any(j in line for j in ids)]
+        out += [f"{proc.name}: {line}" for line in lines[-10:]]
+    return "\n".join(out)

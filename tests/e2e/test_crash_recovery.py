@@ -13,8 +13,10 @@ from devstack.seed import DEMO_USER
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.conftest import process_stack
 from tests.e2e.helpers import (
+    JobsNotFinal,
     add_fault,
     auth_headers,
+    diagnose,
     grpc_stub,
     sandbox_calls,
     wait_all_final,
@@ -155,7 +157,10 @@ async def test_three_movers_and_three_workers_under_random_sigkills_finish_every
                 else:
                     stack.add_mover()
             await submitting
-            done = await wait_all_final(stub, job_ids)
+            try:
+                done = await wait_all_final(stub, job_ids)
+            except JobsNotFinal as exc:
+                raise AssertionError(f"{exc}\n{await diagnose(stack, exc.job_ids)}") from None
             calls = await sandbox_calls(http, stack, "flickr.test.echo")
     assert len(done) == 600
     assert {d.state for d in done} == {jobs_pb2.JOB_STATE_COMPLETED}
