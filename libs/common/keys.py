@@ -21,7 +21,11 @@ WORKER_GROUP = "workers"
 WEBHOOK_GROUP = "webhooks"
 
 # Global streams and sets (queue Redis)
-ACTIVE_TOKENS = f"{PREFIX}:active"
+# The scheduler's sets share one hash tag, so a script may touch them together on a cluster.
+ACTIVE_TOKENS = f"{PREFIX}:{{sched}}:active"
+# Tokens a mover is taking out of the active set, by when it began (a mover killed midway
+# leaves the token here, and another mover finishes the job).
+DRAINING_TOKENS = f"{PREFIX}:{{sched}}:draining"
 DELAYED = f"{PREFIX}:delayed"
 DEAD_LETTERS = f"{PREFIX}:dlq"
 # The dead-letter stream is trimmed (approximately) to this length; the job document keeps every failure.
@@ -32,7 +36,7 @@ WEBHOOKS = f"{PREFIX}:hooks"
 # Job priorities, most urgent first; each has its own queue stream per token.
 PRIORITIES = ("high", "normal", "low")
 # Which client (API key id) last queued work for a token: the mover's fair scheduler groups tokens by it.
-TOKEN_CLIENTS = f"{PREFIX}:token-client"
+TOKEN_CLIENTS = f"{PREFIX}:{{sched}}:token-client"
 
 
 def token_stream(token_id_hash: str, priority: str = "normal") -> str:

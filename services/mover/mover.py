@@ -60,14 +60,22 @@ return 1
 
 # Leave the active set only while every priority stream of the token is empty (the gateway appends,
 # then adds). KEYS: the token's streams, then the active set, then the token → client hash.
-_DROP_IF_EMPTY = """
-local n = #KEYS
-for i = 1, n - 2 do
-  if redis.call('XLEN', KEYS[i]) > 0 then return 0 end
-end
-redis.call('HDEL', KEYS[n], ARGV[1])
-return redis.call('SREM', KEYS[n - 1], ARGV[1])
+# KEYS: active set, draining zset. ARGV: token, now ms. Step one of taking a token out: it is
+# marked draining in the same step, so a mover killed before step two leaves a trace.
+_BEGIN_DRAIN = """
+redis.call('SREM', KEYS[1], ARGV[1])
+return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 """
+# KEYS: active set, draining zset, token-client hash. ARGV: token, 1 if its queues hold entries.
+# Step two: back into the active set, or gone (its client too, unless the gateway re-added it).
+_END_DRAIN = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then return redis.call('SADD', KEYS[1], ARGV[1]) end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
+return 0
+"""
+# A token draining this long was left by a mover that died between the two steps.
+DRAIN_ABANDONED_S = 2.0
 
 
 class Mover:
@@ -124,6 +132,7 @@ class Mover:
         if now - self._last_pump >= DELAYED_PUMP_S:
             self._last_pump = now
             await self.pump_delayed()
+            await self.repair_draining()
         if now - self._last_gauges >= GAUGES_S:
             self._last_gauges = now
             await self.export_depths()
@@ -329,21 +338,57 @@ class Mover:
         return len(reads)
 
     async def _deactivate(self, tokens: Iterable[str]) -> None:
-        """Drop drained tokens from the active set, atomically with the check that they are empty.
+        """Drop drained tokens from the active set, re-adding any whose queues received work meanwhile.
 
-        One script per token: a mover killed between "remove" and "re-check" would strand a
-        token whose queue just received work, so the check of every priority stream and the
-        removal happen as one step.
+        The gateway appends before it adds the token, so removing first and checking the
+        length after can never strand a job. The token's queues and the scheduler's sets live in
+        different cluster slots, so this cannot be one atomic step: the removal marks the token
+        draining instead, and a mover killed before the check leaves it there for
+        `repair_draining` (any mover) to finish.
         """
         tokens = list(tokens)
         if not tokens:
             return
+        sched = (keys.ACTIVE_TOKENS, keys.DRAINING_TOKENS)
+        now_ms = int(time.time() * 1000)
         pipe = self._redis.pipeline(transaction=False)
         for token in tokens:
-            # EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot; this one is tiny.
-            names = (*keys.token_streams(token), keys.ACTIVE_TOKENS, keys.TOKEN_CLIENTS)
-            pipe.eval(_DROP_IF_EMPTY, len(names), *names, token)
+            # EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot; these are tiny.
+            pipe.eval(_BEGIN_DRAIN, 2, *sched, token, now_ms)
         await pipe.execute()
+        await self._end_drain(tokens)
+
+    async def _end_drain(self, tokens: list[str]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            for stream in keys.token_streams(token):
+                pipe.xlen(stream)
+        lengths = await pipe.execute()
+        width = len(keys.PRIORITIES)
+        pipe = self._redis.pipeline(transaction=False)
+        for i, token in enumerate(tokens):
+            holds = any(int(n) > 0 for n in lengths[i * width : (i + 1) * width])
+            pipe.eval(
+                _END_DRAIN,
+                3,
+                keys.ACTIVE_TOKENS,
+                keys.DRAINING_TOKENS,
+                keys.TOKEN_CLIENTS,
+                token,
+                "1" if holds else "0",
+            )
+        await pipe.execute()
+
+    async def repair_draining(self) -> int:
+        """Finish taking out the tokens a dead mover left draining; returns how many."""
+        cutoff = int((time.time() - DRAIN_ABANDONED_S) * 1000)
+        left: list[Any] = await self._redis.zrangebyscore(
+            keys.DRAINING_TOKENS, "-inf", cutoff, start=0, num=500
+        )
+        if left:
+            log.warning("finishing %d token(s) a mover left draining", len(left))
+            await self._end_drain([str(t) for t in left])
+        return len(left)
 
     async def export_depths(self) -> None:
         """Refresh the queue-depth gauges (every mover exports them; any replica's value is current)."""

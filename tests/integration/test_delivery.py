@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,20 @@ async def test_a_started_job_whose_worker_died_is_taken_over_not_stuck_past_its_
             await mover.stop(2.0)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETED  # a read is re-run; it never expires once started
     assert job.attempts == 2
+
+
+async def test_a_token_left_draining_by_a_dead_mover_is_put_back_by_another(
+    redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name)
+    mover = Mover(settings, redis, "m")
+    await redis.xadd(keys.token_stream("stranded"), {"job": "1"})
+    # A mover took the token out of the active set and died before checking its queue.
+    long_ago = int((time.time() - 60) * 1000)
+    await redis.zadd(keys.DRAINING_TOKENS, {"stranded": long_ago, "empty": long_ago})
+    await redis.hset(keys.TOKEN_CLIENTS, mapping={"stranded": "c1", "empty": "c2"})
+    assert await mover.repair_draining() == 2
+    assert await redis.smembers(keys.ACTIVE_TOKENS) == {"stranded"}
+    assert await redis.zcard(keys.DRAINING_TOKENS) == 0
+    assert await redis.hgetall(keys.TOKEN_CLIENTS) == {"stranded": "c1"}
+    assert await mover.repair_draining() == 0
