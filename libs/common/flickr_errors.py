@@ -22,7 +22,7 @@ FLICKR_AUTH_REJECTED = "FLICKR_AUTH_REJECTED"
 FLICKR_BAD_RESPONSE = "FLICKR_BAD_RESPONSE"
 ATTEMPTS_EXHAUSTED = "ATTEMPTS_EXHAUSTED"
 # A write whose outcome FlickrHub cannot know (its worker died mid-call, or the call timed out
-# after it was sent): never resent; the client decides (docs/delivery.md).
+# after it was sent): never resent; the client decides (docs/architecture.md, effectively-once writes).
 WRITE_OUTCOME_UNKNOWN = "WRITE_OUTCOME_UNKNOWN"
 TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
 

@@ -93,6 +93,11 @@ def job_state(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def webhook_lease(job_id: str) -> str:
+    """Held by the one worker delivering a job's webhook, so two queued deliveries never both POST."""
+    return f"{PREFIX}:hooklease:{job_id}"
+
+
 def job_events(job_id: str) -> str:
     """Pub/sub channel on which a job's state changes are announced."""
     return f"{PREFIX}:ev:{job_id}"

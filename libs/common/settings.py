@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from common import flickr_methods
+from common import failpoints, flickr_methods
 
 # A cached answer lives at most a day, whatever its method's TTL says.
 CACHE_MAX_TTL_S = 24 * 3600
@@ -221,8 +221,21 @@ class Settings:
         "WORKER_BACKOFF_BASE_S", 1.0, "First retry delay; doubles each attempt."
     )
     worker_backoff_max_s: float = _env("WORKER_BACKOFF_MAX_S", 300.0, "Longest retry delay.")
+    failpoints: str = _env(
+        "FAILPOINTS",
+        "",
+        "Chaos testing only, must stay empty in production (refused there): `point=exit` or "
+        "`point=exit-after:<ms>`, comma-separated, kills the process (`os._exit(137)`, like SIGKILL) "
+        "at that step of a job; points in `common/failpoints.py`, e.g. `worker.recorded=exit`.",
+    )
     webhook_max_attempts: int = _env("WEBHOOK_MAX_ATTEMPTS", 8, "Delivery attempts of one webhook.")
     webhook_timeout_s: float = _env("WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook POST.")
+    webhook_visibility_timeout_s: float = _env(
+        "WEBHOOK_VISIBILITY_TIMEOUT_S",
+        600.0,
+        "Idle time after which another worker takes over a webhook delivery a worker held (it must "
+        "outlast every attempt and backoff of one delivery: delivery entries have no heartbeat).",
+    )
     webhook_allowed_hosts: str = _env(
         "WEBHOOK_ALLOWED_HOSTS",
         "",
@@ -454,6 +467,12 @@ class Settings:
             raise SettingsError(f"TRUSTED_PROXIES: {exc}") from None
         _check_webhook_hosts(self.webhook_allowed_hosts, self.webhook_host_overrides)
         _check_origins(self.cors_allowed_origins)
+        try:
+            failpoints.parse(self.failpoints)
+        except ValueError as exc:
+            raise SettingsError(f"FAILPOINTS: {exc}") from None
+        if self.failpoints.strip() and self.environment == "production":
+            raise SettingsError("FAILPOINTS: a chaos-testing aid, must be empty in production")
         for name in (
             "worker_concurrency",
             "worker_max_attempts",
@@ -498,7 +517,7 @@ class Settings:
             )
         if self.recovery_interval_s < 0:
             raise SettingsError("RECOVERY_INTERVAL_S: must be 0 (off) or positive")
-        for name in ("recovery_min_age_s", "recovery_check_s"):
+        for name in ("recovery_min_age_s", "recovery_check_s", "webhook_visibility_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}: must be positive")
         for name in ("mover_client_weights", "mover_priority_weights"):

@@ -160,19 +160,21 @@ class ProcessStack:
             self.keys = pool.submit(asyncio.run, seed.seed_api_keys(self.settings)).result()
         return self
 
-    def add_worker(self) -> Managed:
-        """Start one more worker process (its own metrics port when metrics are on)."""
-        return self._add_replica("worker", self.workers)
+    def add_worker(self, env: dict[str, str] | None = None) -> Managed:
+        """Start one more worker process (its own metrics port when metrics are on); `env` adds to its env."""
+        return self._add_replica("worker", self.workers, env)
 
     def add_mover(self) -> Managed:
         """Start one more mover process."""
         return self._add_replica("mover", self.movers)
 
-    def _add_replica(self, service: str, replicas: list[Managed]) -> Managed:
+    def _add_replica(
+        self, service: str, replicas: list[Managed], extra: dict[str, str] | None = None
+    ) -> Managed:
         index = len(replicas)
         metrics = self.ports.metrics.get(service, -1)
         env = {f"{service.upper()}_METRICS_PORT": str(metrics + index if metrics > 0 else -1)}
-        replica = self._service(f"{service}-{index}", service, 0, env)
+        replica = self._service(f"{service}-{index}", service, 0, {**env, **(extra or {})})
         replica.start(wait=False)
         replicas.append(replica)
         self.procs[replica.name] = replica

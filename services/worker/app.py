@@ -21,8 +21,6 @@ from worker.flickr import FlickrClient
 from worker.warmer import Warmer
 from worker.webhooks import WebhookSender
 
-WEBHOOK_VISIBILITY_S = 600.0
-
 
 class WorkerApp:
     """One worker replica: job consumer, webhook consumer, health."""
@@ -71,8 +69,11 @@ class WorkerApp:
         self.webhooks = WebhookSender(
             self.store,
             self.vault,
+            self.redis,
             settings.webhook_max_attempts,
             settings.webhook_timeout_s,
+            # Shorter than the stream's visibility timeout: a dead holder's entry finds it gone.
+            lease_s=0.8 * settings.webhook_visibility_timeout_s,
             guard=urlguard.UrlGuard.from_settings(settings),
         )
         self.hooks = StreamConsumer(
@@ -83,7 +84,7 @@ class WorkerApp:
             self.consumer_name,
             self._deliver,
             concurrency=max(4, settings.worker_concurrency // 2),
-            visibility_timeout_s=WEBHOOK_VISIBILITY_S,
+            visibility_timeout_s=settings.webhook_visibility_timeout_s,
         )
         self.grpc = GrpcServer([], settings.bind_host, settings.worker_port)
         self.port = self.grpc.port

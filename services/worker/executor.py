@@ -2,7 +2,9 @@
 
 The entry is acknowledged only after the outcome is recorded, so a worker that
 dies at any point leaves the entry pending for another worker to claim; the
-guarded claim in MongoDB makes a redelivered entry of a finished job a no-op.
+guarded claim in MongoDB makes a redelivered entry of a finished job a no-op, and a claim that
+takes over a dead worker's write ends it WRITE_OUTCOME_UNKNOWN instead of sending it again. The
+`failpoints.hit` lines are where chaos tests kill the worker (FAILPOINTS; no-ops otherwise).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from opentelemetry import trace
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from common import backoff, flickr_errors, jobs, keys, redisio, telemetry
+from common import backoff, failpoints, flickr_errors, jobs, keys, redisio, telemetry
 from common.admission import Admission
 from common.announce import announce
 from common.blobs import BlobStore
@@ -67,6 +69,8 @@ class Executor:
         self._uploads = Uploader(
             flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
         )
+        # Empty unless a chaos test arms FAILPOINTS: each `hit` below is then one dict lookup.
+        self._failpoints = failpoints.Failpoints.from_config(settings.failpoints)
 
     async def execute(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
         """Run one entry to a recorded outcome and acknowledge it (or leave it pending for its owner)."""
@@ -105,6 +109,7 @@ class Executor:
                 # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly.
                 await self._finish_unknown(stream, entry_id, entry, rev)
                 return
+            self._failpoints.hit(failpoints.WORKER_CLAIMED)
             await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
             heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id, rev))
@@ -121,9 +126,11 @@ class Executor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
                 metrics.IN_FLIGHT.dec()
+            self._failpoints.hit(failpoints.WORKER_ANSWERED)
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
             if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id, entry)
+                self._failpoints.hit(failpoints.WORKER_ACKED)
 
     def _run_deadline(self, entry: jobs.JobEntry) -> float:
         """Longest a run may take: a Flickr call plus slack; uploads also follow their ticket."""
@@ -261,7 +268,10 @@ class Executor:
             )
         else:
             error = _error(outcome)
-            if outcome.retryable:
+            if outcome.ambiguous and _is_write(entry):
+                # No answer to a write that may have reached Flickr: the client decides, not a retry.
+                error = {**error, "code": flickr_errors.WRITE_OUTCOME_UNKNOWN, "retryable": False}
+            elif outcome.retryable:
                 error = {
                     **error,
                     "code": flickr_errors.ATTEMPTS_EXHAUSTED,
@@ -277,12 +287,14 @@ class Executor:
         if not owned:
             log.warning("lost ownership of the job before recording %s", state)
             return False
+        self._failpoints.hit(failpoints.WORKER_RECORDED)
         metrics.JOBS.labels(outcome=state).inc()
         if state in jobs.FINAL_STATES:
             await self._discard_blob(entry.blob_id)
         if state in jobs.FINAL_STATES and entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
         await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
+        self._failpoints.hit(failpoints.WORKER_ANNOUNCED)
         if state in jobs.FINAL_STATES:
             await self._release(entry)
         log.info(

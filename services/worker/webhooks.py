@@ -9,6 +9,13 @@ and should deduplicate on (job_id, state): delivery is at least once.
 Before every attempt the URL's host is resolved and checked again (`common.urlguard`),
 and the POST connects to exactly the checked addresses (a pinned resolver), so a
 host that turned private after submission (DNS rebinding) is refused, not called.
+
+One job's webhook may be queued twice (a worker that died between queuing it and acknowledging
+the job's entry leaves the entry to another, which queues it again when no delivery is recorded
+yet). A delivery lease in Redis (`keys.webhook_lease`, SET NX) lets only one of them POST; the
+other is dropped, because the holder's own entry stays pending until the outcome is recorded, and
+a dead holder's entry is taken over only after the lease (shorter than the stream's visibility
+timeout) has run out.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from redis.asyncio import Redis
 
-from common import backoff, legacy, telemetry, urlguard, webhook
+from common import backoff, keys, legacy, telemetry, urlguard, webhook
 from common.jobstore import JobStore
 from common.mongo import Doc
 from common.vault import Vault
@@ -68,13 +76,18 @@ class WebhookSender:
         self,
         store: JobStore,
         vault: Vault,
+        redis: Redis,
         max_attempts: int,
         timeout_s: float,
+        *,
+        lease_s: float,
         base_delay_s: float = 1.0,
         guard: urlguard.UrlGuard | None = None,
     ) -> None:
         self.guard = guard or urlguard.UrlGuard()
         self._store = store
+        self._redis = redis
+        self._lease_ms = max(1, int(lease_s * 1000))
         self._vault = vault
         self._max_attempts = max_attempts
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -96,9 +109,23 @@ class WebhookSender:
 
     async def deliver(self, job_id: str) -> str:
         """POST the job's webhook until it is accepted, refused or out of attempts; returns the outcome."""
+        lease = keys.webhook_lease(job_id)
+        if not await self._redis.set(lease, "1", nx=True, px=self._lease_ms):
+            # Another worker is delivering it; its entry stays pending until the outcome is recorded.
+            metrics.WEBHOOKS.labels(result="duplicate").inc()
+            log.info("webhook already being delivered", extra={"job_id": job_id})
+            return "duplicate"
         doc = await self._store.get(job_id)
         if doc is None or not doc.get("callback_url") or "callback_secret" not in doc:
-            return "skipped"
+            outcome = "skipped"  # none asked for, or one was delivered already (its secret is gone)
+        else:
+            outcome = await self._send(job_id, doc)
+        # Any outcome is recorded and the secret dropped: a later entry is skipped without the lease.
+        await self._redis.delete(lease)
+        return outcome
+
+    async def _send(self, job_id: str, doc: Doc) -> str:
+        """The attempts of one delivery; records the outcome on the job."""
         secret = self._vault.decrypt(doc["callback_secret"], purpose=CALLBACK_PURPOSE, record_id=job_id)
         body = json.dumps(payload(doc), separators=(",", ":"), ensure_ascii=False).encode()
         headers = {

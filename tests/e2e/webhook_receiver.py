@@ -27,9 +27,10 @@ class Delivery:
 
 @dataclass
 class Receiver:
-    """Collects deliveries; `fail_first` answers 503 to that many POSTs first."""
+    """Collects deliveries; `fail_first` answers 503 to that many POSTs first; `delay_s` answers late."""
 
     fail_first: int = 0
+    delay_s: float = 0.0
     deliveries: list[Delivery] = field(default_factory=list)
     attempts: int = 0
     url: str = ""
@@ -39,6 +40,8 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
         body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.attempts <= self.fail_first:
             return web.Response(status=503)
         self.deliveries.append(Delivery(dict(request.headers), body))

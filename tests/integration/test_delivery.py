@@ -288,6 +288,27 @@ async def test_a_write_whose_worker_died_mid_call_is_never_sent_twice(quiet_stac
     assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) <= 1
 
 
+async def test_a_write_whose_answer_never_came_ends_unknown_and_is_not_retried(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    # The sandbox takes the write, then closes the connection without answering.
+    stack.sandbox.faults.append(Fault(id="cut", method="flickr.photos.setMeta", kind="drop", times=1))
+    mover = MoverApp(stack.settings, consumer="m")
+    worker = WorkerApp(stack.settings, consumer="w")
+    await mover.start()
+    await worker.start()
+    try:
+        req = jobs_pb2.SubmitJobRequest(
+            user_id=DEMO_USER, method="flickr.photos.setMeta", params={"photo_id": "123", "title": "cut"}
+        )
+        job = await _final(stack, (await stack.jobs.SubmitJob(req)).job_id)
+    finally:
+        await worker.stop(2.0)
+        await mover.stop(2.0)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert (job.error.code, job.attempts) == ("WRITE_OUTCOME_UNKNOWN", 1)
+    assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) == 1
+
+
 async def test_a_drained_token_leaves_the_active_set_only_while_its_queue_is_empty(
     redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
 ) -> None:

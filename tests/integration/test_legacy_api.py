@@ -219,3 +219,39 @@ async def test_delivery_rechecks_the_host_and_refuses_a_rebound_private_answer(
     finally:
         sender.guard = original
         await receiver.stop()
+
+
+async def test_a_webhook_queued_twice_is_posted_once(
+    legacy: tuple[Stack, str, aiohttp.ClientSession],
+) -> None:
+    # A worker that dies after queuing a webhook and before acking its job leaves a second entry queued.
+    stack, edge, http = legacy
+    receiver = await Receiver(delay_s=1.0).start()  # the first delivery is still in flight below
+    try:
+        body = {
+            "method": "flickr.photos.getInfo",
+            "params": {"photo_id": "78"},
+            "user_id": DEMO_USER,
+            "callback_url": receiver.url,
+            "callback_secret": SECRET,
+        }
+        status, submitted = await _post(http, f"{edge}/api/v1/flickr/rest", body)
+        assert status == 202, submitted
+        job_id = submitted["data"]["job_id"]
+        for _ in range(400):
+            if receiver.attempts:
+                break
+            await asyncio.sleep(0.01)
+        assert receiver.attempts == 1
+        second = await stack.workers[0].webhooks.deliver(job_id)  # the second entry, while the first posts
+        for _ in range(400):
+            doc = await stack.store.get(job_id)
+            if doc and doc.get("webhook"):
+                break
+            await asyncio.sleep(0.01)
+        third = await stack.workers[0].webhooks.deliver(job_id)  # a later one finds it delivered
+    finally:
+        await receiver.stop()
+    assert (second, third) == ("duplicate", "skipped")
+    assert receiver.attempts == 1
+    assert doc is not None and doc["webhook"]["status"] == "delivered"

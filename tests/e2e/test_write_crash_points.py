@@ -1,0 +1,120 @@
+"""A worker killed at every step of a Flickr write: the write reaches Flickr at most once.
+
+The first worker has one failpoint armed (common.failpoints) and dies there with exit code 137,
+as a SIGKILL would leave it; a second, unarmed worker starts once it is dead and finishes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from common import failpoints, jobs, keys, redisio
+from devstack.procs import Managed
+from devstack.seed import DEMO_USER
+from devstack.stack import ProcessStack
+from flickrhub.v1 import jobs_pb2
+from tests.e2e.conftest import process_stack
+from tests.e2e.helpers import add_fault, auth_headers, grpc_stub, sandbox_calls, wait_final_grpc
+from tests.e2e.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.e2e
+
+METHOD = "flickr.photos.setMeta"
+
+
+@dataclass(frozen=True)
+class CrashPoint:
+    """Where the first worker dies, and what the job must look like afterwards."""
+
+    armed: str  # the first worker's FAILPOINTS
+    latency_ms: int  # a slow Flickr keeps the call in flight while the worker dies
+    state: int
+    error_code: str
+    calls: int  # writes the sandbox saw
+    attempts: int
+
+
+UNKNOWN = jobs_pb2.JOB_STATE_FAILED, "WRITE_OUTCOME_UNKNOWN"
+DONE = jobs_pb2.JOB_STATE_COMPLETED, ""
+
+CASES = {
+    # The claim recorded the attempt, nothing was sent; a takeover cannot tell, so it never resends.
+    "claimed": CrashPoint(f"{failpoints.WORKER_CLAIMED}=exit", 0, *UNKNOWN, calls=0, attempts=2),
+    # Dies 1 s into a 3 s call: Flickr still carries the write out, the worker never hears of it.
+    "in_flight": CrashPoint(
+        f"{failpoints.WORKER_CLAIMED}=exit-after:1000", 3000, *UNKNOWN, calls=1, attempts=2
+    ),
+    "answered": CrashPoint(f"{failpoints.WORKER_ANSWERED}=exit", 0, *UNKNOWN, calls=1, attempts=2),
+    # Recorded: the redelivered entry meets a final job, queues the missing webhook, changes nothing.
+    "recorded": CrashPoint(f"{failpoints.WORKER_RECORDED}=exit", 0, *DONE, calls=1, attempts=1),
+    "announced": CrashPoint(f"{failpoints.WORKER_ANNOUNCED}=exit", 0, *DONE, calls=1, attempts=1),
+    "acked": CrashPoint(f"{failpoints.WORKER_ACKED}=exit", 0, *DONE, calls=1, attempts=1),
+}
+
+# Short takeovers keep each case to seconds; the dead worker may also hold the webhook's entry.
+ENV = {"WORKER_VISIBILITY_TIMEOUT_S": "3", "WEBHOOK_VISIBILITY_TIMEOUT_S": "3"}
+
+
+async def _work_entries(stack: ProcessStack) -> int:
+    """Entries still in the work streams (a handled entry is acknowledged and deleted)."""
+    redis = redisio.client(stack.settings.redis_url)
+    try:
+        return sum([await redis.xlen(keys.work_stream(target)) for target in keys.TARGETS])
+    finally:
+        await redis.aclose()
+
+
+async def _wait_exit(worker: Managed, timeout: float = 30.0) -> int:
+    """The exit code of a worker that is expected to die at its failpoint."""
+    assert worker.proc is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (code := worker.proc.poll()) is None:
+        assert loop.time() < deadline, f"{worker.name} never reached its failpoint"
+        await asyncio.sleep(0.05)
+    return code
+
+
+@pytest.mark.parametrize("point", list(CASES))
+async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(point: str) -> None:
+    case = CASES[point]
+    receiver = await Receiver().start()
+    try:
+        with process_stack(workers=0, env=ENV) as stack:
+            channel, stub = grpc_stub(stack)
+            async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
+                if case.latency_ms:
+                    await add_fault(
+                        http, stack, method=METHOD, kind="latency", latency_ms=case.latency_ms, times=1
+                    )
+                first = stack.add_worker(env={"FAILPOINTS": case.armed})
+                job = await stub.SubmitJob(
+                    jobs_pb2.SubmitJobRequest(
+                        user_id=DEMO_USER,
+                        method=METHOD,
+                        params={"photo_id": "123", "title": f"once at {point}"},
+                        callback_url=receiver.url,
+                        callback_secret="0123456789abcdef-secret",
+                    )
+                )
+                assert await _wait_exit(first) == failpoints.EXIT_CODE
+                stack.add_worker()
+                done = await wait_final_grpc(stub, job.job_id, timeout=40)
+                await receiver.wait_for(job.job_id)
+                await asyncio.sleep(1.5)  # a second call or a second webhook would be here by now
+                calls = await sandbox_calls(http, stack, METHOD)
+                again = await wait_final_grpc(stub, job.job_id)
+                left = await _work_entries(stack)
+    finally:
+        await receiver.stop()
+    assert (done.state, done.error.code) == (case.state, case.error_code)
+    assert done.attempts == case.attempts
+    assert (again.state, again.attempts) == (done.state, done.attempts)  # nothing ran after
+    assert len(calls) == case.calls
+    assert left == 0
+    deliveries = [d for d in receiver.deliveries if d.payload["job_id"] == job.job_id]
+    assert [d.payload["state"] for d in deliveries] == [jobs.state_from_proto(case.state)]
