@@ -131,6 +131,8 @@ CACHE_STATS = f"{PREFIX}c:stats"
 # Warming (cache Redis): request counts per key, and the lock that lets one replica decay them.
 CACHE_HOT = f"{PREFIX}c:hot"
 CACHE_HOT_DECAY = f"{PREFIX}c:hot:decay"
+# Set (no expiry) by the first maintenance pass: counting has begun, so the next period may decay.
+CACHE_HOT_SINCE = f"{PREFIX}c:hot:since"
 
 
 def cache_canonical(method: str, params: Mapping[str, str], token_id_hash: str) -> str:

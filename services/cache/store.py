@@ -258,13 +258,15 @@ class CacheStore:
         """Keep the popularity set to the most requested keys; halve its counts once a minute.
 
         Every replica trims (idempotent); the decay runs where the lock was taken, so the
-        counts halve once per HOT_DECAY_S however many replicas there are.
+        counts halve once per HOT_DECAY_S however many replicas there are. The very first pass
+        only starts the clock: counts a second old are not halved as if a minute had passed.
         """
         pipe = self._redis.pipeline(transaction=False)
         pipe.zremrangebyrank(keys.CACHE_HOT, 0, -(self._hot_keep + 1))
         pipe.set(keys.CACHE_HOT_DECAY, b"1", nx=True, ex=HOT_DECAY_S)
-        _, decay = await pipe.execute()
-        if decay:
+        pipe.set(keys.CACHE_HOT_SINCE, b"1", nx=True)
+        _, decay, first = await pipe.execute()
+        if decay and not first:
             pipe = self._redis.pipeline(transaction=False)
             pipe.zunionstore(keys.CACHE_HOT, {keys.CACHE_HOT: 0.5})
             pipe.zremrangebyscore(keys.CACHE_HOT, "-inf", f"({HOT_FLOOR}")

@@ -555,6 +555,11 @@ async def test_warming_offers_popular_entries_near_expiry_once_and_never_unpopul
                 "claim_seconds",
             }
         # The popularity set is bounded (CACHE_WARM_TOP x 50) and its counts halve once a minute.
+        # The first pass ever only starts the clock; a minute later (the marker gone) counts halve.
+        await cache_redis.delete(keys.CACHE_HOT_DECAY, keys.CACHE_HOT_SINCE)
+        await app.store.maintain_hot()
+        popular = keys.cache_canonical("flickr.photos.getInfo", {"photo_id": "popular"}, TOKEN_A)
+        assert await cache_redis.zscore(keys.CACHE_HOT, popular) == 5.0
         await cache_redis.delete(keys.CACHE_HOT_DECAY)
         await cache_redis.zadd(keys.CACHE_HOT, {f"x{i}": 1 for i in range(2000)})
         await app.store.maintain_hot()
