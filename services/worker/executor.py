@@ -3,7 +3,9 @@
 The entry is acknowledged only after the outcome is recorded, so a worker that
 dies at any point leaves the entry pending for another worker to claim; the
 guarded claim in MongoDB makes a redelivered entry of a finished job a no-op, and a claim that
-takes over a dead worker's write ends it WRITE_OUTCOME_UNKNOWN instead of sending it again. The
+takes over a dead worker's write never sends it blindly: a Flickr read settles it where one can
+(common.reconcile: completed if applied, sent if certainly absent), else it ends
+WRITE_OUTCOME_UNKNOWN. The
 `failpoints.hit` lines are where chaos tests kill the worker (FAILPOINTS; no-ops otherwise).
 """
 
@@ -15,6 +17,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +25,7 @@ from opentelemetry import trace
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from common import backoff, failpoints, flickr_errors, jobs, keys, redisio, telemetry
+from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, telemetry
 from common.admission import Admission
 from common.announce import announce
 from common.blobs import BlobStore
@@ -106,25 +109,29 @@ class Executor:
                 return
             rev = claim.rev
             if claim.taken_over and _is_write(entry):
-                # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly.
-                await self._finish_unknown(stream, entry_id, entry, rev)
-                return
+                # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly:
+                # a Flickr read settles a few methods (common.reconcile); the rest end unknown.
+                verdict = await self._reconcile(stream, entry_id, entry, rev)
+                if verdict == reconcile.APPLIED:
+                    await self._finish_reconciled(stream, entry_id, entry, rev)
+                    return
+                if verdict != reconcile.ABSENT:
+                    await self._finish_unknown(stream, entry_id, entry, rev)
+                    return
+                # ABSENT: the write certainly did not happen; the run below sends it.
             self._failpoints.hit(failpoints.WORKER_CLAIMED)
             await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
-            heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, entry.job_id, rev))
             try:
-                try:
-                    # A deadline over the whole run: whatever await might hang, the job moves on.
-                    outcome, from_cache = await asyncio.wait_for(
-                        self._run(entry), timeout=self._run_deadline(entry)
-                    )
-                except TimeoutError:
-                    outcome, from_cache = flickr_errors.from_transport(TimeoutError()), False
+                async with self._lease_kept(stream, entry_id, entry.job_id, rev):
+                    try:
+                        # A deadline over the whole run: whatever await might hang, the job moves on.
+                        outcome, from_cache = await asyncio.wait_for(
+                            self._run(entry), timeout=self._run_deadline(entry)
+                        )
+                    except TimeoutError:
+                        outcome, from_cache = flickr_errors.from_transport(TimeoutError()), False
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
                 metrics.IN_FLIGHT.dec()
             self._failpoints.hit(failpoints.WORKER_ANSWERED)
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
@@ -155,6 +162,75 @@ class Executor:
         await self._release(entry)
         await self._ack(stream, entry_id, entry)
         return True
+
+    async def _reconcile(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> str:
+        """Read Flickr to learn whether a taken-over write took effect; never raises (UNKNOWN)."""
+        check = reconcile.check_for(entry.method, entry.params) if entry.target == "rest" else None
+        if check is None:
+            metrics.RECONCILED.labels(verdict="unchecked").inc()
+            return reconcile.UNKNOWN
+        try:
+            async with self._lease_kept(stream, entry_id, entry.job_id, rev):
+                answer = await asyncio.wait_for(
+                    self._read_for(entry, check), timeout=self._settings.flickr_timeout_s * 2 + 5
+                )
+            verdict = reconcile.UNKNOWN if answer is None else check.verdict(answer)
+        except Exception:
+            # Whatever broke the read (a store, the token lookup, a bug), the outcome stays unknown.
+            log.warning("the reconciling read failed", exc_info=True, extra={"job_id": entry.job_id})
+            verdict = reconcile.UNKNOWN
+        metrics.RECONCILED.labels(verdict=verdict).inc()
+        log.info(
+            "reconciled a write taken over mid-flight: %s",
+            verdict,
+            extra={"job_id": entry.job_id, "method": entry.method, "read": check.method},
+        )
+        return verdict
+
+    async def _read_for(self, entry: jobs.JobEntry, check: reconcile.Check) -> reconcile.Answer | None:
+        """The reconciling read, signed with the job's token and reported to the breakers like a run."""
+        token = await self._tokens.get(entry.user_id)
+        if token is None or token.token_id_hash != entry.token:
+            return None
+        if not await self._take_budget():
+            log.warning("no Flickr budget for the reconciling read", extra={"job_id": entry.job_id})
+            return None
+        outcome = await self._flickr.call_rest(check.method, check.params, token)
+        await self._guard.report(None if isinstance(outcome, Success) else outcome)
+        if isinstance(outcome, Success):
+            return reconcile.Answer(body=outcome.body)
+        return reconcile.Answer(flickr_code=outcome.flickr_code)
+
+    async def _take_budget(self) -> bool:
+        """One call from the shared Flickr budget: a move paid for the job's call, not for this read.
+
+        Waits for the budget's next slot for up to one Flickr timeout (movers take slots too).
+        """
+        deadline = time.monotonic() + self._settings.flickr_timeout_s
+        while True:
+            grant = await self._guard.budget.take(1)
+            if grant.granted:
+                return True
+            wait_s = grant.wait_ms / 1000
+            if time.monotonic() + wait_s > deadline:
+                return False
+            await asyncio.sleep(wait_s)
+
+    async def _finish_reconciled(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
+        """Complete a taken-over write whose effect Flickr shows, without sending it again."""
+        result = {"stat": "ok", "reconciled": True}
+        if not await self._store.finish(entry.job_id, rev, jobs.COMPLETED, result=result):
+            log.warning("lost ownership of the job before recording %s", jobs.COMPLETED)
+            return
+        # Its dead worker may have died before dropping the token's cached reads.
+        await self._cache.invalidate(entry.token)
+        metrics.JOBS.labels(outcome=jobs.COMPLETED).inc()
+        await self._discard_blob(entry.blob_id)
+        if entry.enqueued_ms:
+            metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
+        await announce(self._redis, entry.job_id, jobs.COMPLETED, has_callback=entry.has_callback)
+        await self._release(entry)
+        await self._ack(stream, entry_id, entry)
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
         error = {
@@ -314,6 +390,17 @@ class Executor:
             await self._blobs.delete(blob_id)
         except PyMongoError as exc:
             log.warning("could not delete blob %s: %s", blob_id, type(exc).__name__)
+
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, stream: str, entry_id: str, job_id: str, rev: int) -> AsyncIterator[None]:
+        """Run the body with the heartbeat keeping the job's lease and the entry fresh."""
+        heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, job_id, rev))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
 
     async def _heartbeat(self, stream: str, entry_id: str, job_id: str, rev: int) -> None:
         """Keep the lease and the entry's idle time fresh while a call is slow."""

@@ -18,6 +18,12 @@ CACHE_WARMED = Counter(
     ["outcome"],
 )
 IN_FLIGHT = Gauge("flickrhub_worker_in_flight", "Jobs being executed")
+RECONCILED = Counter(
+    "flickrhub_worker_reconciled_total",
+    "Writes taken over from a dead worker, by what a Flickr read showed "
+    "(applied, absent, unknown; unchecked: no read proves the method's effect)",
+    ["verdict"],
+)
 CLAIMED = Counter("flickrhub_worker_claimed_total", "Entries claimed back from dead workers")
 DEAD_LETTERS = Counter(
     "flickrhub_worker_dead_letters_total", "Jobs sent to the dead-letter stream", ["reason"]

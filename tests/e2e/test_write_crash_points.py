@@ -2,6 +2,8 @@
 
 The first worker has one failpoint armed (common.failpoints) and dies there with exit code 137,
 as a SIGKILL would leave it; a second, unarmed worker starts once it is dead and finishes the job.
+A takeover of setMeta reads the photo first (common.reconcile): a title already set completes the
+job unsent, a title certainly absent is sent now; a write no read can prove ends unknown.
 """
 
 from __future__ import annotations
@@ -13,17 +15,29 @@ import aiohttp
 import pytest
 
 from common import failpoints, jobs, keys, redisio
+from common.settings import SANDBOX_DEMO_CONSUMER_KEY
 from devstack.procs import Managed
 from devstack.seed import DEMO_USER
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.conftest import process_stack
-from tests.e2e.helpers import add_fault, auth_headers, grpc_stub, sandbox_calls, wait_final_grpc
+from tests.e2e.helpers import (
+    add_fault,
+    auth_headers,
+    grpc_stub,
+    sandbox_calls,
+    sandbox_url,
+    wait_final_grpc,
+)
 from tests.e2e.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
-METHOD = "flickr.photos.setMeta"
+SET_META = "flickr.photos.setMeta"
+# A write method no Flickr read can prove (not in common.reconcile): its takeover never sends it.
+UNPROVABLE = "flickr.photos.addTags"
+PHOTO_ID = "123"
+DEFAULT_TITLE = f"Sandbox photo {PHOTO_ID}"  # what the sandbox's getInfo says before any setMeta
 
 
 @dataclass(frozen=True)
@@ -36,24 +50,61 @@ class CrashPoint:
     error_code: str
     calls: int  # writes the sandbox saw
     attempts: int
+    method: str = SET_META
+    reconciled: bool = False  # completed from a Flickr read, without sending the write again
 
 
 UNKNOWN = jobs_pb2.JOB_STATE_FAILED, "WRITE_OUTCOME_UNKNOWN"
 DONE = jobs_pb2.JOB_STATE_COMPLETED, ""
 
 CASES = {
-    # The claim recorded the attempt, nothing was sent; a takeover cannot tell, so it never resends.
-    "claimed": CrashPoint(f"{failpoints.WORKER_CLAIMED}=exit", 0, *UNKNOWN, calls=0, attempts=2),
-    # Dies 1 s into a 3 s call: Flickr still carries the write out, the worker never hears of it.
+    # The claim recorded the attempt, nothing was sent: the takeover reads the photo, finds the
+    # title absent and sends the write, once.
+    "claimed": CrashPoint(f"{failpoints.WORKER_CLAIMED}=exit", 0, *DONE, calls=1, attempts=2),
+    # Dies 1 s into a 2 s call: Flickr still carries the write out (the sandbox sleeps, then applies
+    # it, though the client is gone) about 2 s after the claim; the takeover comes at 3.8 s at the
+    # earliest (the entry's 3 s idle time counts from the last heartbeat, at 0.8 s), reads the title
+    # and completes the job unsent.
     "in_flight": CrashPoint(
-        f"{failpoints.WORKER_CLAIMED}=exit-after:1000", 3000, *UNKNOWN, calls=1, attempts=2
+        f"{failpoints.WORKER_CLAIMED}=exit-after:1000", 2000, *DONE, calls=1, attempts=2, reconciled=True
     ),
-    "answered": CrashPoint(f"{failpoints.WORKER_ANSWERED}=exit", 0, *UNKNOWN, calls=1, attempts=2),
+    # Flickr applied it; the answer died with the worker: the takeover's read shows the title.
+    "answered": CrashPoint(
+        f"{failpoints.WORKER_ANSWERED}=exit", 0, *DONE, calls=1, attempts=2, reconciled=True
+    ),
     # Recorded: the redelivered entry meets a final job, queues the missing webhook, changes nothing.
     "recorded": CrashPoint(f"{failpoints.WORKER_RECORDED}=exit", 0, *DONE, calls=1, attempts=1),
     "announced": CrashPoint(f"{failpoints.WORKER_ANNOUNCED}=exit", 0, *DONE, calls=1, attempts=1),
     "acked": CrashPoint(f"{failpoints.WORKER_ACKED}=exit", 0, *DONE, calls=1, attempts=1),
+    # The same crash before sending, for a write no read can prove: a takeover cannot tell
+    # "not sent" from "sent", so it never sends.
+    "claimed_unprovable": CrashPoint(
+        f"{failpoints.WORKER_CLAIMED}=exit", 0, *UNKNOWN, calls=0, attempts=2, method=UNPROVABLE
+    ),
 }
+
+
+def _params(case: CrashPoint, point: str) -> dict[str, str]:
+    if case.method == SET_META:
+        return {"photo_id": PHOTO_ID, "title": f"once at {point}"}
+    return {"photo_id": PHOTO_ID, "tags": f"once-at-{point}"}
+
+
+async def _title(http: aiohttp.ClientSession, stack: ProcessStack) -> str:
+    """The photo's title as the sandbox's getInfo tells it (a read needing no token)."""
+    params = {
+        "method": "flickr.photos.getInfo",
+        "api_key": SANDBOX_DEMO_CONSUMER_KEY,
+        "photo_id": PHOTO_ID,
+        "format": "json",
+        "nojsoncallback": "1",
+    }
+    async with http.get(sandbox_url(stack, "/services/rest"), params=params) as resp:
+        body = await resp.json(content_type=None)
+    assert body["stat"] == "ok", body
+    title: str = body["photo"]["title"]["_content"]
+    return title
+
 
 # Short takeovers keep each case to seconds; the dead worker may also hold the webhook's entry.
 ENV = {"WORKER_VISIBILITY_TIMEOUT_S": "3", "WEBHOOK_VISIBILITY_TIMEOUT_S": "3"}
@@ -89,14 +140,14 @@ async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(point
             async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
                 if case.latency_ms:
                     await add_fault(
-                        http, stack, method=METHOD, kind="latency", latency_ms=case.latency_ms, times=1
+                        http, stack, method=case.method, kind="latency", latency_ms=case.latency_ms, times=1
                     )
                 first = stack.add_worker(env={"FAILPOINTS": case.armed})
                 job = await stub.SubmitJob(
                     jobs_pb2.SubmitJobRequest(
                         user_id=DEMO_USER,
-                        method=METHOD,
-                        params={"photo_id": "123", "title": f"once at {point}"},
+                        method=case.method,
+                        params=_params(case, point),
                         callback_url=receiver.url,
                         callback_secret="0123456789abcdef-secret",
                     )
@@ -106,8 +157,9 @@ async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(point
                 done = await wait_final_grpc(stub, job.job_id, timeout=40)
                 await receiver.wait_for(job.job_id)
                 await asyncio.sleep(1.5)  # a second call or a second webhook would be here by now
-                calls = await sandbox_calls(http, stack, METHOD)
+                calls = await sandbox_calls(http, stack, case.method)
                 again = await wait_final_grpc(stub, job.job_id)
+                title = await _title(http, stack)
                 left = await _work_entries(stack)
     finally:
         await receiver.stop()
@@ -115,6 +167,8 @@ async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(point
     assert done.attempts == case.attempts
     assert (again.state, again.attempts) == (done.state, done.attempts)  # nothing ran after
     assert len(calls) == case.calls
+    assert ("reconciled" in done.result.fields) == case.reconciled
+    assert title == (f"once at {point}" if case.method == SET_META else DEFAULT_TITLE)
     assert left == 0
     deliveries = [d for d in receiver.deliveries if d.payload["job_id"] == job.job_id]
     assert [d.payload["state"] for d in deliveries] == [jobs.state_from_proto(case.state)]

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest_asyncio
+from google.protobuf import json_format
 
 from common import keys, redisio
 from flickrhub.v1 import jobs_pb2
@@ -283,9 +284,98 @@ async def test_a_write_whose_worker_died_mid_call_is_never_sent_twice(quiet_stac
     finally:
         await second.stop(2.0)
         await mover.stop(2.0)
+    # The slow call was carried out after its worker died: the takeover reads the title and stops.
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED, job.error
+    assert json_format.MessageToDict(job.result) == {"stat": "ok", "reconciled": True}
+    assert job.attempts == 2
+    assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) == 1
+    assert stack.sandbox.photo_meta["123"]["title"] == "once"
+
+
+async def _taken_over(stack: Stack, method: str, params: dict[str, str]) -> jobs_pb2.Job:
+    """Run a job whose first run's worker claimed it and died (the claim's lease runs out at once)."""
+    req = jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method=method, params=params)
+    job_id = (await stack.jobs.SubmitJob(req)).job_id
+    assert await stack.store.claim(job_id, "worker-that-died", 0, 0.05, expected_rev=0) is not None
+    await asyncio.sleep(0.1)
+    mover = MoverApp(stack.settings, consumer="m")
+    worker = WorkerApp(stack.settings, consumer="w")
+    await mover.start()
+    await worker.start()
+    try:
+        return await _final(stack, job_id)
+    finally:
+        await worker.stop(2.0)
+        await mover.stop(2.0)
+
+
+def _calls(stack: Stack, method: str) -> int:
+    return len([c for c in stack.sandbox.calls if c.method == method])
+
+
+async def test_a_taken_over_write_already_on_flickr_completes_without_being_sent(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    # The dead worker's setMeta reached Flickr; only its answer was lost.
+    stack.sandbox.photo_meta["123"] = {"title": "applied", "description": "seen"}
+
+    job = await _taken_over(
+        stack, "flickr.photos.setMeta", {"photo_id": "123", "title": "applied", "description": "seen"}
+    )
+
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED, job.error
+    assert json_format.MessageToDict(job.result) == {"stat": "ok", "reconciled": True}
+    assert job.attempts == 2
+    assert _calls(stack, "flickr.photos.setMeta") == 0
+    assert _calls(stack, "flickr.photos.getInfo") == 1
+
+
+async def test_a_taken_over_write_absent_from_flickr_is_sent_once(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+
+    job = await _taken_over(stack, "flickr.photos.setMeta", {"photo_id": "123", "title": "missing"})
+
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED, job.error
+    assert json_format.MessageToDict(job.result) == {"stat": "ok"}  # Flickr's own answer
+    assert job.attempts == 2
+    assert _calls(stack, "flickr.photos.getInfo") == 1
+    assert _calls(stack, "flickr.photos.setMeta") == 1
+    assert stack.sandbox.photo_meta["123"]["title"] == "missing"
+
+
+async def test_a_taken_over_delete_already_done_completes_without_being_sent(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    stack.sandbox.deleted_photos.add("123")
+
+    job = await _taken_over(stack, "flickr.photos.delete", {"photo_id": "123"})
+
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETED, job.error
+    assert json_format.MessageToDict(job.result) == {"stat": "ok", "reconciled": True}
+    assert _calls(stack, "flickr.photos.delete") == 0
+
+
+async def test_a_taken_over_write_no_read_can_prove_ends_unknown_unsent(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+
+    job = await _taken_over(stack, "flickr.photos.addTags", {"photo_id": "123", "tags": "once"})
+
     assert job.state == jobs_pb2.JOB_STATE_FAILED
-    assert job.error.code == "WRITE_OUTCOME_UNKNOWN"
-    assert len([c for c in stack.sandbox.calls if c.method == "flickr.photos.setMeta"]) <= 1
+    assert (job.error.code, job.attempts) == ("WRITE_OUTCOME_UNKNOWN", 2)
+    assert stack.sandbox.calls == []  # neither a read nor the write
+
+
+async def test_a_taken_over_write_whose_read_fails_ends_unknown_unsent(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    stack.sandbox.faults.append(
+        Fault(id="read-down", method="flickr.photos.getInfo", kind="http_status", status=503, times=-1)
+    )
+
+    job = await _taken_over(stack, "flickr.photos.setMeta", {"photo_id": "123", "title": "unsure"})
+
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert (job.error.code, job.attempts) == ("WRITE_OUTCOME_UNKNOWN", 2)
+    assert _calls(stack, "flickr.photos.getInfo") == 1  # one read, not retried
+    assert _calls(stack, "flickr.photos.setMeta") == 0
+    assert "123" not in stack.sandbox.photo_meta
 
 
 async def test_a_write_whose_answer_never_came_ends_unknown_and_is_not_retried(quiet_stack: Stack) -> None:
