@@ -179,9 +179,11 @@ class Settings:
     )
     mover_token_in_flight: int = _env(
         "MOVER_TOKEN_IN_FLIGHT",
-        16,
+        4,
         "Entries of one token in the work streams at once, waiting or running (0: no cap); a flood then "
-        "cannot fill every worker slot, so other tokens' jobs do not queue behind it.",
+        "holds few worker slots and little CPU, so other tokens' jobs do not queue behind it. One "
+        "token's calls are bounded by the Flickr budget (about 1/s per API key), which 4 in flight "
+        "sustains at any Flickr latency under 4 s.",
     )
     flickr_budget_per_hour: int = _env(
         "FLICKR_BUDGET_PER_HOUR",

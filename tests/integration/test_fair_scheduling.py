@@ -173,7 +173,9 @@ async def test_a_flood_holds_at_most_its_in_flight_cap_of_the_work_streams(
 async def test_high_priority_goes_first_but_low_is_not_starved(
     redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
 ) -> None:
-    settings = _mover_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_work_backlog=14)
+    settings = _mover_settings(
+        redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_work_backlog=14, mover_token_in_flight=0
+    )
     await _fill(redis, [_entry(i, "t", "c", p) for p in ("low", "normal", "high") for i in range(40)])
     mover = Mover(settings, redis, "m")
     await mover.run_round()
