@@ -48,6 +48,20 @@ def _history_indexes() -> list[IndexModel]:
     return models
 
 
+def _key_version_index(field: str) -> IndexModel:
+    """(field.v, _id): key rotation (common.rotation) finds each old key version of an encrypted field
+    here, then walks that version's records in `_id` pages: equality, then a range, on one index.
+
+    Partial on `v > 0` (every key version is >= 1), so records without the secret hold no entry;
+    each rotation query names a `v` bound that implies it.
+    """
+    return IndexModel(
+        [(f"{field}.v", ASCENDING), ("_id", ASCENDING)],
+        name=f"{field}_key_version",
+        partialFilterExpression={f"{field}.v": {"$gt": 0}},
+    )
+
+
 # The ListJobs indexes, by name (tests check every history query walks one of them).
 HISTORY_INDEXES = tuple(str(m.document["name"]) for m in _history_indexes())
 
@@ -70,23 +84,21 @@ INDEXES: dict[str, list[IndexModel]] = {
         # range in order; `method` is filtered while walking.
         *_history_indexes(),
         # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
-        IndexModel(
-            [("callback_secret.v", ASCENDING)],
-            name="callback_key_version",
-            partialFilterExpression={"callback_secret": {"$exists": True}},
-        ),
+        _key_version_index("callback_secret"),
         # Each job gets expire_at from its final state; live jobs have none and never expire.
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
     TOKENS: [
         IndexModel([("user_id", ASCENDING)], unique=True, name="user_id_unique"),
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
-        IndexModel([("oauth_token.v", ASCENDING)], name="key_version"),
+        _key_version_index("oauth_token"),
+        _key_version_index("oauth_token_secret"),
     ],
     API_KEYS: [
         IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique"),
         # Rotation updates a key only while it is live: its filter names both fields.
         IndexModel([("key_id", ASCENDING), ("revoked", ASCENDING)], name="key_id_revoked"),
+        _key_version_index("signing_secret"),
     ],
     # Pending OAuth authorizations, found by the hash of their request token; purged after expire_at.
     AUTH_REQUESTS: [
@@ -95,6 +107,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("request_id_hash", ASCENDING), ("claim", ASCENDING), ("state", ASCENDING)], name="request_claim"
         ),
+        _key_version_index("secret"),
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
     AUDIT_LOG: [
@@ -115,7 +128,9 @@ RETIRED_INDEXES: dict[str, tuple[str, ...]] = {
         "user_state_method_recent",
         "client_user_method_recent",
         "client_user_state_method_recent",
+        "callback_key_version",  # on callback_secret.v alone: now callback_secret_key_version
     ),
+    TOKENS: ("key_version",),  # on oauth_token.v alone: now oauth_token_key_version
 }
 
 

@@ -15,10 +15,12 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from common.mongo import API_KEYS, AUDIT_LOG, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
@@ -60,8 +62,66 @@ class RotationReport:
     finished_at: str = ""
 
 
-def _stale_query(spec: SecretFields, version: int) -> dict[str, Any]:
-    return {"$or": [{f"{name}.v": {"$exists": True, "$ne": version}} for name in spec.fields]}
+# A query as rotation runs it: a filter and its sort (tests explain exactly these).
+Query = tuple[dict[str, Any], list[tuple[str, int]]]
+
+
+def version_query(name: str, after: int) -> Query:
+    """The lowest key version above `after` that encrypts field `name` somewhere (versions start at 1).
+
+    One range on the `<name>.v` index (mongo._key_version_index), which a `$gt` of 0 or more implies.
+    Not a `$ne` on the current version, nor a top-level `$or` over the fields: SecantusDB scans both.
+    """
+    return {f"{name}.v": {"$gt": after}}, [(f"{name}.v", 1)]
+
+
+def page_query(name: str, version: int, last_id: Any = None) -> Query:
+    """The records of field `name` under key `version` after `last_id` (from the first when None), by `_id`.
+
+    An equality then a range on the (`<name>.v`, `_id`) index: each page starts where the last ended,
+    so a record that cannot be rewritten (a concurrent writer still on the old key) is passed, not re-read.
+    """
+    query: dict[str, Any] = {f"{name}.v": version}
+    if last_id is not None:
+        query["_id"] = {"$gt": last_id}
+    return query, [("_id", 1)]
+
+
+async def _stale_pages(
+    collection: AsyncCollection[Doc], name: str, current: int, projection: dict[str, int], batch: int
+) -> AsyncIterator[list[Doc]]:
+    """Pages of the records whose field `name` is on a key version other than `current`.
+
+    Each old version in turn (found by `version_query`, skipping the current one), walked in `_id`
+    pages: the versions are few, so this reads only stale records and a handful of index probes.
+    """
+    after = 0
+    while True:
+        query, order = version_query(name, after)
+        found = await collection.find_one(query, {f"{name}.v": 1}, sort=order)
+        if found is None:
+            return
+        after = found[name]["v"]
+        if after == current:
+            continue
+        last_id: Any = None
+        while True:
+            query, order = page_query(name, after, last_id)
+            docs = [d async for d in collection.find(query, projection).sort(order).limit(batch)]
+            if docs:
+                yield docs
+            if len(docs) < batch:
+                break
+            last_id = docs[-1]["_id"]
+
+
+async def _count_stale(collection: AsyncCollection[Doc], spec: SecretFields, current: int, batch: int) -> int:
+    """How many records still hold a secret on an old key: the same walk, by `_id`, counted once each."""
+    ids: set[Any] = set()
+    for name in spec.fields:
+        async for docs in _stale_pages(collection, name, current, {"_id": 1}, batch):
+            ids.update(doc["_id"] for doc in docs)
+    return len(ids)
 
 
 async def rotate(
@@ -73,35 +133,31 @@ async def rotate(
     for spec in SECRETS:
         collection = db[spec.collection]
         done = 0
-        last_id: Any = None
-        while True:
-            query = _stale_query(spec, version)
-            if last_id is not None:
-                query = {"$and": [query, {"_id": {"$gt": last_id}}]}
-            projection = {"_id": 1, spec.record_id_field: 1, **dict.fromkeys(spec.fields, 1)}
-            docs = [d async for d in collection.find(query, projection).sort("_id", 1).limit(batch)]
-            if not docs:
-                break
-            last_id = docs[-1]["_id"]
-            for doc in docs:
-                changed, guard = {}, {"_id": doc["_id"]}
-                for name in spec.fields:
-                    blob = doc.get(name)
-                    if isinstance(blob, dict) and vault.needs_rotation(blob):
-                        record_id = str(doc[spec.record_id_field])
-                        changed[name] = vault.reencrypt(blob, purpose=spec.purpose, record_id=record_id)
-                        guard[f"{name}.n"] = blob["n"]
-                if not changed:
-                    continue
-                result = await collection.update_one(guard, {"$set": changed})
-                if result.modified_count:
-                    done += 1
-                else:
-                    report.skipped_concurrent += 1  # rewritten meanwhile, already under the current key
+        projection = {"_id": 1, spec.record_id_field: 1, **dict.fromkeys(spec.fields, 1)}
+        # One walk per field; a record is rewritten whole (every stale field at once) where first found,
+        # so a later field's walk no longer sees it.
+        for stale_field in spec.fields:
+            async for docs in _stale_pages(collection, stale_field, version, projection, batch):
+                for doc in docs:
+                    changed, guard = {}, {"_id": doc["_id"]}
+                    for name in spec.fields:
+                        blob = doc.get(name)
+                        if isinstance(blob, dict) and vault.needs_rotation(blob):
+                            record_id = str(doc[spec.record_id_field])
+                            changed[name] = vault.reencrypt(blob, purpose=spec.purpose, record_id=record_id)
+                            guard[f"{name}.n"] = blob["n"]
+                    if not changed:
+                        continue
+                    # By _id and each nonce read (a secret changed meanwhile is never overwritten).
+                    # SecantusDB scans the collection for this filter (its _id index answers `_id`
+                    # alone); MongoDB uses the _id index.
+                    result = await collection.update_one(guard, {"$set": changed})
+                    if result.modified_count:
+                        done += 1
+                    else:
+                        report.skipped_concurrent += 1  # rewritten meanwhile, already under the current key
         report.rotated[spec.collection] = done
-        report.left_on_old_keys[spec.collection] = await collection.count_documents(
-            _stale_query(spec, version)
-        )
+        report.left_on_old_keys[spec.collection] = await _count_stale(collection, spec, version, batch)
     report.finished_at = datetime.now(UTC).isoformat()
     await db[AUDIT_LOG].insert_one(
         {
