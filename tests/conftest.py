@@ -32,10 +32,14 @@ from devstack.stores import redis_server, secantus
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every coroutine test the watchdog below."""
+    """Give every coroutine test the watchdog below, set up first so it is torn down last.
+
+    pytest-timeout counts a test's fixture teardown too: a stack that hangs while stopping is
+    then shown the same way as a hung test body.
+    """
     for item in items:
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.fixturenames.append("_dump_tasks_before_timeout")
+            item.fixturenames.insert(0, "_dump_tasks_before_timeout")
 
 
 @pytest_asyncio.fixture

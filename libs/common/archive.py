@@ -93,7 +93,8 @@ class RestoreReport:
     retention_extended: int = 0
 
 
-def _line(doc: Doc) -> bytes:
+def encode_line(doc: Doc) -> bytes:
+    """One job as an archive line (JSON with MongoDB types kept, no secrets), newline included."""
     kept = {k: v for k, v in doc.items() if k not in EXCLUDED}
     return (json_util.dumps(kept, json_options=_JSON) + "\n").encode()
 
@@ -114,7 +115,7 @@ async def _write_day(jobs: AsyncCollection[Doc], day: datetime, path: Path) -> i
         batch: list[bytes] = []
         projection = {name: 0 for name in EXCLUDED}
         async for doc in jobs.find(day_filter(day), projection).sort("created_at", 1):
-            batch.append(_line(doc))
+            batch.append(encode_line(doc))
             if len(batch) >= _BATCH:
                 await asyncio.to_thread(writer.write, b"".join(batch))  # compression off the event loop
                 count += len(batch)
