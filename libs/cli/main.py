@@ -4,7 +4,7 @@
     flickrhub tokens list                                        stored tokens (never a secret)
     flickrhub tokens revoke USER_ID                              revoke a user's token
     flickrhub keys create|list|rotate|revoke|bootstrap-admin     API keys (see cli.keys)
-    flickrhub recover [--dry-run] [--min-age S]                  re-enqueue jobs Redis lost (see cli.recover)
+    flickrhub recover [--dry-run] [--min-age S]                  re-enqueue lost jobs, drop orphan blobs
     flickrhub archive [--dir D] [--older-than-days N]            export old jobs (see cli.archive)
     flickrhub restore FILE [--keep-days N]                       bring archived jobs back
 

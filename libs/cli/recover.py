@@ -2,8 +2,10 @@
 
 Re-enqueues the live jobs MongoDB holds that the queue Redis no longer does (see common.recovery):
 a full sweep when Redis lost its marker (everything it held is gone), else the jobs left alone
-for at least `--min-age` seconds (default RECOVERY_MIN_AGE_S). `--dry-run` lists them and changes
-nothing. Safe beside running movers: one sweep runs at a time, and a duplicate entry is a no-op.
+for at least `--min-age` seconds (default RECOVERY_MIN_AGE_S); then it removes the upload blobs
+older than BLOB_ORPHAN_AGE_S that no live job holds (common.blobsweep). `--dry-run` lists the jobs,
+counts the blobs and changes nothing. Safe beside running movers: one sweep runs at a time, and a
+duplicate entry is a no-op.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from common.settings import Settings
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `recover` command."""
     recover = commands.add_parser(
-        "recover", help="re-enqueue live jobs the queue Redis lost (talks to MongoDB and Redis directly)"
+        "recover",
+        help="re-enqueue live jobs the queue Redis lost and remove orphan upload blobs "
+        "(talks to MongoDB and Redis directly)",
     )
     recover.add_argument(
         "--dry-run", action="store_true", help="list what would be re-enqueued; change nothing"
@@ -69,5 +73,6 @@ def _summary(report: SweepReport) -> str:
     )
     return (
         f"{verb} {len(report.recovered)} job(s) ({kind}); {report.candidates} candidate(s), "
-        f"{report.held} still in Redis, {report.moved_on} changed meanwhile, {report.unusable} unusable"
+        f"{report.held} still in Redis, {report.moved_on} changed meanwhile, {report.unusable} unusable; "
+        f"{'would remove' if report.dry_run else 'removed'} {report.orphan_blobs} orphan upload blob(s)"
     )

@@ -12,7 +12,8 @@ photo under that size would sit whole in memory. Here each piece is written as
 it arrives, so a writer holds at most the piece being written plus one partial
 chunk. Reads go through `AsyncGridFSBucket`, which proves the layout standard.
 A writer that never closes leaves chunks without a file document; they are
-invisible to readers, and `abort()` (or `delete`) removes them.
+invisible to readers, and `abort()` (or `delete`) removes them. What a killed
+gateway leaves behind, the orphan sweep (common.blobsweep) removes.
 
 Every write runs in a task of its own that a cancelled caller does not cancel, and
 `abort()` waits for it before deleting: a cancelled `insert_many` may still reach
@@ -45,7 +46,12 @@ CHUNK_SIZE = 255 * 1024
 # The indexes GridFS drivers create (same names, so PyMongo's own check finds them in place).
 INDEXES: dict[str, list[IndexModel]] = {
     f"{BUCKET}.chunks": [
-        IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1")
+        IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1"),
+        # One entry per blob (its first chunk): the orphan sweep (common.blobsweep) finds old blobs
+        # here with `n: 0` and a range on `files_id`; every other chunk pays nothing.
+        IndexModel(
+            [("n", ASCENDING), ("files_id", ASCENDING)], name="first_chunk", partialFilterExpression={"n": 0}
+        ),
     ],
     f"{BUCKET}.files": [
         IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1")

@@ -18,6 +18,9 @@ When it sweeps:
   ago: the partial losses the marker cannot see.
 - `flickrhub recover [--dry-run]` runs one sweep (a full one when the marker is gone).
 
+Each sweep ends with the orphan-blob sweep (common.blobsweep): upload blobs older than
+BLOB_ORPHAN_AGE_S that no live job holds, left by a gateway killed mid-upload, are removed.
+
 One process sweeps at a time (`keys.recovery_lock()`, a lease with a TTL released at the end).
 
 How it knows Redis "no longer holds" a job: age alone proves nothing (with a spent Flickr budget
@@ -76,7 +79,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from common import jobs, keys, redisio, telemetry, tokenqueue
+from common import blobsweep, jobs, keys, redisio, telemetry, tokenqueue
 from common.jobs import JobEntry
 from common.jobstore import now
 from common.mongo import Doc
@@ -131,6 +134,7 @@ class SweepReport:
     moved_on: int = 0  # of those, changed while the sweep looked (someone holds them)
     unusable: int = 0  # documents no entry can be built from (logged)
     recovered: list[Recovered] = field(default_factory=list)
+    orphan_blobs: int = 0  # upload blobs no live job held, removed (common.blobsweep)
     seconds: float = 0.0
 
     def by_status(self) -> dict[str, int]:
@@ -221,6 +225,12 @@ class Sweeper:
             await self._sweep(report)
             if full and not dry_run:
                 await self._mark_whole()
+            # Same lock and turn: one replica at a time, every RECOVERY_INTERVAL_S.
+            blob_cutoff = now() - timedelta(seconds=self._settings.blob_orphan_age_s)
+            swept = await blobsweep.sweep(
+                self._jobs.database, blob_cutoff, dry_run=dry_run, keep_alive=self._keep_lock
+            )
+            report.orphan_blobs = swept.removed
         finally:
             await self._release(keys=[lock], args=[self.holder])
         report.seconds = time.perf_counter() - started

@@ -417,6 +417,12 @@ class Settings:
         "How often each mover looks for the queue Redis's marker; when it is gone (FLUSHALL, a restart "
         "without persistence) a full sweep starts at once.",
     )
+    blob_orphan_age_s: float = _env(
+        "BLOB_ORPHAN_AGE_S",
+        3600.0,
+        "Each recovery sweep removes upload blobs begun this long ago that no live job holds (left by a "
+        "gateway killed mid-upload); must outlast the longest upload stream.",
+    )
 
     # Backpressure (gateway admission; see common.admission)
     client_max_pending_jobs: int = _env(
@@ -519,7 +525,12 @@ class Settings:
             )
         if self.recovery_interval_s < 0:
             raise SettingsError("RECOVERY_INTERVAL_S: must be 0 (off) or positive")
-        for name in ("recovery_min_age_s", "recovery_check_s", "webhook_visibility_timeout_s"):
+        for name in (
+            "recovery_min_age_s",
+            "recovery_check_s",
+            "blob_orphan_age_s",
+            "webhook_visibility_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}: must be positive")
         for name in ("mover_client_weights", "mover_priority_weights"):

@@ -65,6 +65,7 @@ def _count_sweep(report: SweepReport) -> None:
     metrics.RECOVERY_SWEEPS.labels(kind="full" if report.full else "periodic").inc()
     for status, count in report.by_status().items():
         metrics.RECOVERED.labels(status=status).inc(count)
+    metrics.ORPHAN_BLOBS.inc(report.orphan_blobs)
 
 
 async def run(settings: Settings) -> None:

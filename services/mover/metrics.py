@@ -30,3 +30,7 @@ RECOVERED = Counter(
     ["status"],
 )
 RECOVERY_SWEEPS = Counter("flickrhub_recovery_sweeps_total", "Recovery sweeps run", ["kind"])
+ORPHAN_BLOBS = Counter(
+    "flickrhub_recovery_orphan_blobs_removed_total",
+    "Upload blobs no live job held (left by a gateway killed mid-upload), removed by a recovery sweep",
+)

@@ -16,7 +16,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from common import archive, blobs, history, recovery
+from common import archive, blobs, blobsweep, history, recovery
 from common.mongo import HISTORY_INDEXES, INDEXES, RETIRED_INDEXES, Mongo
 from common.rotation import SECRETS, page_query, version_query
 
@@ -95,6 +95,10 @@ CASES: list[Case] = [
     ("BlobStore.info/delete", f"{blobs.BUCKET}.files", {"_id": ObjectId()}, None),
     ("BlobStore.delete chunks", f"{blobs.BUCKET}.chunks", {"files_id": ObjectId()}, None),
     ("GridFS read chunks", f"{blobs.BUCKET}.chunks", {"files_id": ObjectId(), "n": {"$gte": 0}}, [("n", 1)]),
+    # common.blobsweep: old blobs (their first chunks), their file documents, the jobs they were written for.
+    ("blobsweep candidates", blobsweep.CHUNKS, blobsweep.candidate_filter(T), None),
+    ("blobsweep files", blobsweep.FILES, blobsweep.files_filter([ObjectId(), ObjectId()]), None),
+    ("blobsweep owners", "jobs", blobsweep.owners_filter(["J1", "J2"]), None),
 ]
 
 
@@ -172,6 +176,13 @@ async def test_every_history_page_walks_a_history_index(mongo_url: str, mongo_db
     used = {label: _stages(plan, "indexName") for label, plan in plans.items()}
     assert all(names and names <= set(HISTORY_INDEXES) for names in used.values()), used
     assert set().union(*used.values()) == set(HISTORY_INDEXES)  # and each of them serves some filter
+
+
+async def test_the_orphan_blob_sweep_walks_one_entry_per_blob(mongo_url: str, mongo_db_name: str) -> None:
+    """Its candidates come from the partial first-chunk index, not from every chunk of every blob."""
+    cases = [case for case in CASES if case[0] == "blobsweep candidates"]
+    plans = await _plans(mongo_url, mongo_db_name, cases)
+    assert _stages(plans["blobsweep candidates"], "indexName") == {"first_chunk"}
 
 
 def _rotation_cases() -> list[Case]:
