@@ -14,7 +14,6 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import asyncio
 import inspect
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from common import redisio
 from devstack.procs import Managed
 from devstack.stores import mongo_url as make_mongo_url
 from devstack.stores import redis_server, secantus
+from tests.helpers.tasks import dump_tasks
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -57,12 +57,7 @@ async def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> AsyncIte
 
 
 def _dump_tasks(nodeid: str) -> None:
-    # The test's own coroutine first (where it waits), then the others (what it waits for).
-    tasks = sorted(asyncio.all_tasks(), key=lambda t: not t.get_coro().__qualname__.startswith("test_"))  # type: ignore[union-attr]
-    print(f"--- {nodeid}: still running; {len(tasks)} asyncio tasks ---", file=sys.stderr)
-    for task in tasks[:80]:
-        print(f"task {task.get_name()}:", file=sys.stderr)
-        task.print_stack(limit=8, file=sys.stderr)
+    dump_tasks(f"{nodeid}: still running")
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,11 @@ missing, which lets tests read spans from an in-memory exporter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ from gateway.app import GatewayApp
 from mover.app import MoverApp
 from sandbox import app as sandbox_app
 from sandbox import state as sandbox_state
+from tests.helpers.tasks import dump_tasks
 from worker.app import WorkerApp
 
 DEMO_USER = devstack_seed.DEMO_USER
@@ -143,13 +147,25 @@ async def running_stack(
                 settings, state, sandbox_url, gateway, mover_apps, worker_apps, channel, mongo, demo_keys
             )
         finally:
-            await channel.close()
-            await mongo.close()
+            await _stopped("the test channel", channel.close())
+            await _stopped("the test MongoDB client", mongo.close())
     finally:
         for app in reversed(started):
-            with contextlib.suppress(Exception):
-                await app.stop(2.0)
-        await runner.cleanup()
+            await _stopped(type(app).__name__, app.stop(2.0))
+        await _stopped("the sandbox", runner.cleanup())
+
+
+async def _stopped(what: str, stopping: Awaitable[Any], timeout: float = 30.0) -> None:
+    """Await one step of stopping the stack; a step that hangs is reported (every task's await
+    chain, to find why) and abandoned, so one hung close does not hang the whole suite."""
+    try:
+        await asyncio.wait_for(stopping, timeout)
+    except TimeoutError:
+        # Shown in the suite's warnings summary even when the test passes; the dump is in its stderr.
+        warnings.warn(f"running_stack: stopping {what} hung over {timeout:.0f} s", stacklevel=1)
+        dump_tasks(f"running_stack: stopping {what} took over {timeout:.0f} s; abandoned")
+    except Exception as exc:  # a stop that fails leaves nothing for the next test to trip on
+        print(f"running_stack: stopping {what} failed: {exc!r}", file=sys.stderr)
 
 
 async def sandbox_calls(stack: Stack, method: str | None = None) -> list[dict[str, Any]]:
