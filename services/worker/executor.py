@@ -225,12 +225,9 @@ class Executor:
         # Its dead worker may have died before dropping the token's cached reads.
         await self._cache.invalidate(entry.token)
         metrics.JOBS.labels(outcome=jobs.COMPLETED).inc()
-        await self._discard_blob(entry.blob_id)
         if entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
-        await announce(self._redis, entry.job_id, jobs.COMPLETED, has_callback=entry.has_callback)
-        await self._release(entry)
-        await self._ack(stream, entry_id, entry)
+        await self._settle_taken_over(stream, entry_id, entry, jobs.COMPLETED)
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
         error = {
@@ -241,10 +238,14 @@ class Executor:
         }
         if await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error):
             metrics.JOBS.labels(outcome="write_unknown").inc()
-            await self._discard_blob(entry.blob_id)
-            await announce(self._redis, entry.job_id, jobs.FAILED, has_callback=entry.has_callback)
-            await self._release(entry)
-            await self._ack(stream, entry_id, entry)
+            await self._settle_taken_over(stream, entry_id, entry, jobs.FAILED)
+
+    async def _settle_taken_over(self, stream: str, entry_id: str, entry: jobs.JobEntry, state: str) -> None:
+        """After a taken-over write's final state is recorded: drop its blob, announce, release, ack."""
+        await self._discard_blob(entry.blob_id)
+        await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
+        await self._release(entry)
+        await self._ack(stream, entry_id, entry)
 
     async def _defer(self, stream: str, entry_id: str, entry: jobs.JobEntry, paused_ms: int) -> None:
         """Flickr is paused: put the entry back for after the pause, untouched (no attempt spent)."""
