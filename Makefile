@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup proto proto-check run test test-fast lint fmt bench clean
+.PHONY: setup proto proto-check run test test-fast lint fmt bench bench-smoke bench-readme clean
 
 setup: $(STAMP) gen/.stamp  ## create .venv, install, generate gRPC code
 
@@ -48,8 +48,16 @@ fmt: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: setup  ## load driver and micro-benchmarks; results go to bench/results/
-	$(PY) -m bench
+bench: setup  ## issue 9's measurements vs same-run baselines; PASS/FAIL per target; bench/results/ (PROFILE=1: flame graphs, STRICT=1: fail on a FAIL)
+	$(PY) scripts/ensure_redis.py
+	$(PY) -m bench $(if $(PROFILE),--profile) $(if $(STRICT),--strict)
+
+bench-smoke: setup  ## every part of `make bench` with tiny numbers into a temporary folder (checks it runs, not the targets)
+	$(PY) scripts/ensure_redis.py
+	$(PY) -m bench --smoke
+
+bench-readme: setup  ## rewrite README's Performance table from bench/results/latest.json
+	$(PY) -m bench.report --readme
 
 clean:
 	rm -rf $(VENV) gen .data .coverage .coverage.* htmlcov

@@ -1,153 +1,196 @@
-"""`make bench`: every benchmark in one run, each as a ratio to a baseline measured in the same run.
+"""`make bench`: issue 9's measurements in one command, each against a baseline of the same run.
 
-Results go to bench/results/latest.json (and are appended to history.jsonl) so a
-closing note can quote them. The machine is shared and noisy: compare ratios, not
-absolute figures.
+Parts (each on a stack of its own, started on free ports in a temporary folder):
+
+* cost      — CPU per job of every process and store, MongoDB and Redis operations per job,
+              RSS, the stand-in's write capacity (bench.cost, bench.storecap);
+* ingress   — gRPC and REST submit throughput/latency at c=50/200 and open loop, against bare
+              grpc.aio and aiohttp servers; CPU per request (bench.ingress);
+* baselines — arq (own venv) and a bare redis-py Streams pipeline (bench.baselines);
+* fairness  — a small token's jobs alone and while another token floods (bench.flood).
+
+Prints one PASS/FAIL line per target (bench.targets), writes latest.json and latest.md to the
+output folder (bench/results by default) and appends the run to history.jsonl. `--smoke`
+runs every part with tiny numbers into a temporary folder (never bench/results) and checks
+that the files were written: it tests the bench, not the targets. `--profile` records a py-spy
+flame graph of each service during the cost run into <out>/flame/<service>.svg.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
+import subprocess
 import tempfile
 import time
-import uuid
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from bench import auth_cost, cache_latency, edge_overhead, fairness, job_writes
-from bench.load import run_load
-from common.mongo import Mongo
-from devstack.seed import DEMO_USER
-from devstack.stack import Ports, ProcessStack
-from devstack.stores import redis_server
+from bench import baselines, cost, flood, ingress, report
+from bench.targets import as_dicts, evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("cost", "ingress", "baselines", "fairness")
 
 
-async def bare_unary_rate(target: str, n: int, concurrency: int) -> float:
-    """Baseline: health Check round trips per second against the same gateway process."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        per = n // concurrency
+@dataclass
+class Scale:
+    """How big each part is."""
 
-        async def one() -> None:
-            for _ in range(per):
-                await stub.Check(health_pb2.HealthCheckRequest())
+    jobs: int = 4000
+    users: int = 50
+    concurrency: int = 50
+    warmup: int = 200
+    idle_s: float = 3.0
+    capacity_docs: int = 3000
+    ingress: dict[str, Any] = field(
+        default_factory=lambda: {
+            "users": 50,
+            "concurrency": [50, 200],
+            "requests": 2000,
+            "bare_requests": 10000,
+            "open_s": 10.0,
+        }
+    )
+    baseline_jobs: int = 4000
+    small: int = 40
+    period_s: float = 0.1
+    flood: int = 4000
+    flood_concurrency: int = 50
+    driver_processes: int = 2
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return per * concurrency / (time.perf_counter() - t0)
+
+FULL = Scale()
+SMOKE = Scale(
+    jobs=60,
+    users=3,
+    concurrency=6,
+    warmup=6,
+    idle_s=0.5,
+    capacity_docs=60,
+    ingress={"users": 3, "concurrency": [4, 8], "requests": 40, "bare_requests": 80, "open_s": 1.0},
+    baseline_jobs=100,
+    small=5,
+    flood=60,
+    flood_concurrency=6,
+)
 
 
-async def store_write_rate(mongo_url: str, db_name: str, n: int = 300) -> dict[str, float]:
-    """Baseline: sequential job-shaped inserts and revision-guarded updates per second on the same MongoDB."""
-    mongo = Mongo.connect(mongo_url, db_name)
+def _git() -> str:
     try:
-        await mongo.ensure_indexes()
-        ids = [uuid.uuid4().hex for _ in range(n)]
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def run_parts(scale: Scale, parts: list[str], profile_dir: Path | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    k = scale.driver_processes
+    for part in parts:
+        print(f"bench: {part} …", flush=True)
         t0 = time.perf_counter()
-        for job_id in ids:
-            await mongo.jobs.insert_one({"job_id": job_id, "rev": 0, "status": "queued", "user_id": "bench"})
-        inserts = n / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for job_id in ids:
-            await mongo.jobs.update_one(
-                {"job_id": job_id, "rev": 0}, {"$set": {"status": "running"}, "$inc": {"rev": 1}}
+        if part == "cost":
+            results["cost"] = cost.run(
+                scale.jobs,
+                scale.users,
+                scale.concurrency,
+                k,
+                profile_dir=profile_dir,
+                warmup=scale.warmup,
+                idle_s=scale.idle_s,
+                capacity_docs=scale.capacity_docs,
             )
-        updates = n / (time.perf_counter() - t0)
-        await mongo.client.drop_database(db_name)
-    finally:
-        await mongo.close()
-    return {"inserts_per_s": round(inserts, 1), "updates_per_s": round(updates, 1)}
+        elif part == "ingress":
+            results["ingress"] = ingress.run(scale.ingress, k)
+        elif part == "baselines":
+            results["baselines"] = baselines.run(scale.baseline_jobs)
+        elif part == "fairness":
+            results["fairness"] = flood.run(
+                scale.small, scale.period_s, scale.flood, scale.flood_concurrency, k
+            )
+        timings[part] = round(time.perf_counter() - t0, 1)
+    results["seconds"] = timings
+    return results
 
 
-def pipeline_bench(jobs: int, concurrency: int) -> dict[str, Any]:
-    """End-to-end throughput of the process stack against the bare gRPC baseline."""
-    with tempfile.TemporaryDirectory(prefix="flickrhub-bench-") as tmp:
-        # One key submits every job faster than they finish: lift its pending-jobs cap (backpressure).
-        env = {"LOG_LEVEL": "WARNING", "CLIENT_MAX_PENDING_JOBS": "1000000"}
-        stack = ProcessStack(Path(tmp), Ports.free(), workers=2, movers=1, env=env)
-        try:
-            stack.start()
-            target = f"127.0.0.1:{stack.ports.gateway}"
-            assert stack.keys is not None
-            key = stack.keys.admin_key
-            asyncio.run(run_load(target, 200, concurrency, DEMO_USER, api_key=key))  # warm-up
-            baseline = asyncio.run(bare_unary_rate(target, 4000, concurrency))
-            store = asyncio.run(store_write_rate(stack.settings.mongo_url, "bench_store_baseline"))
-            load = asyncio.run(run_load(target, jobs, concurrency, DEMO_USER, api_key=key))
-        finally:
-            stack.stop()
-    return {
-        "baseline_bare_unary_per_s": round(baseline, 1),
-        **asdict(load),
-        "submit_vs_bare_unary": round(load.submits_per_s / baseline, 3),
-        "baseline_store": store,
-        # A job costs one insert and two guarded updates (claim, outcome) in MongoDB.
-        "completed_vs_store_bound": round(
-            load.completed_per_s / (1 / (1 / store["inserts_per_s"] + 2 / store["updates_per_s"])), 3
-        ),
-    }
-
-
-def main() -> None:
-    """Run every benchmark and write the results."""
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--edge-requests", type=int, default=2000)
-    parser.add_argument("--auth-requests", type=int, default=2000)
-    parser.add_argument("--job-writes", type=int, default=500)
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny numbers, temporary output, checks the files"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graphs of the services (cost run)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default bench/results; smoke: a temporary one)"
+    )
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma list of parts ({','.join(PARTS)})")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     opts = parser.parse_args()
+    parts = [p for p in opts.only.split(",") if p]
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}")
+    complete = set(parts) == set(PARTS)
+    out: Path = opts.out or (
+        Path(tempfile.mkdtemp(prefix="flickrhub-bench-smoke-")) if opts.smoke else RESULTS
+    )
+    if out.resolve() == RESULTS.resolve() and (opts.smoke or not complete):
+        parser.error("smoke and partial runs never write bench/results: pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    scale = SMOKE if opts.smoke else FULL
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} python {platform.python_version()}",
+        "git": _git(),
+        "scale": "smoke" if opts.smoke else "full",
+        "profiled": opts.profile,
+        "loadavg": {"before": _loadavg()},
     }
-    print("pipeline: submit and complete jobs through the process stack …", flush=True)
-    results["pipeline"] = pipeline_bench(opts.jobs, opts.concurrency)
-    print(json.dumps(results["pipeline"], indent=2), flush=True)
-    print("edge: CPU per request through the REST edge vs direct gRPC …", flush=True)
-    results["edge"] = edge_overhead.run(opts.edge_requests)
-    print(json.dumps(results["edge"], indent=2), flush=True)
-    print("auth: bcrypt check vs cached verification of an API key …", flush=True)
-    results["auth"] = auth_cost.run(opts.auth_requests)
-    print(json.dumps(results["auth"], indent=2), flush=True)
-    print("job writes: job documents into MongoDB vs raw insert_one …", flush=True)
-    results["job_writes"] = job_writes.run(opts.job_writes)
-    print(json.dumps(results["job_writes"], indent=2), flush=True)
-    print("cache: gRPC Get hit latency vs a bare Redis GET …", flush=True)
-    results["cache"] = _run_cache_bench()
-    print(json.dumps(results["cache"], indent=2), flush=True)
-    print("mover: moves per second of one mover alone vs batched XADDs …", flush=True)
-    results["mover"] = fairness.mover_throughput()
-    print(json.dumps(results["mover"], indent=2), flush=True)
-    print("fairness: small tokens' p99 during a 10,000-job flood vs alone …", flush=True)
-    results["fairness"] = fairness.fairness()
-    print(json.dumps(results["fairness"], indent=2), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    with (RESULTS / "history.jsonl").open("a") as history:
-        history.write(json.dumps(results) + "\n")
-    print(f"written to {RESULTS / 'latest.json'}")
+    results.update(run_parts(scale, parts, out / "flame" if opts.profile else None))
+    results["loadavg"]["after"] = _loadavg()
+    targets = evaluate(results)
+    results["targets"] = as_dicts(targets)
+    name = "profiled" if opts.profile else "latest"  # a profiled run's CPU figures are perturbed
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(report.markdown(results))
+    if complete and not opts.smoke and not opts.profile:
+        with (out / "history.jsonl").open("a") as history:
+            history.write(json.dumps(results) + "\n")
+    print()
+    print(report.table(results))
+    print()
+    for t in targets:
+        print(t.line())
+    print(f"\n{sum(t.passed for t in targets)} of {len(targets)} targets pass; written to {out}")
+    if opts.smoke:
+        return _check_smoke(out, parts)
+    return 1 if opts.strict and not all(t.passed for t in targets) else 0
 
 
-def _run_cache_bench() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="flickrhub-bench-cache-") as tmp:
-        redis = redis_server("cache", Path(tmp)).start()
-        try:
-            result: dict[str, Any] = asyncio.run(cache_latency.run(3000, f"redis://127.0.0.1:{redis.port}/0"))
-        finally:
-            redis.stop()
-    return result
+def _check_smoke(out: Path, parts: list[str]) -> int:
+    """The smoke's own check: every part ran and the files are there (targets are not checked)."""
+    data = json.loads((out / "latest.json").read_text())
+    missing = [p for p in parts if p not in data] + [
+        f for f in ("latest.json", "latest.md") if not (out / f).exists()
+    ]
+    if missing or not data["targets"]:
+        print(f"bench smoke: FAILED, missing {missing or 'targets'}")
+        return 1
+    print(f"bench smoke: ok ({len(data['targets'])} targets evaluated, not enforced)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -134,7 +134,8 @@ def measure(
     jobs = submitted.ok
     cpu = per_unit_ms(window.by_group(), jobs)
     redis = {role: counters.redis_delta(redis_before[role], redis_after[role], jobs) for role in redis_before}
-    capacity = storecap.measure(settings.mongo_url, settings.mongo_db, capacity_docs, batch=concurrency)
+    concern = str(getattr(settings, "mongo_write_concern", "journaled"))  # MONGO_WRITE_CONCERN
+    capacity = storecap.measure(settings.mongo_url, settings.mongo_db, capacity_docs, concurrency, concern)
     return {
         "jobs": jobs,
         "jobs_ended": ended,

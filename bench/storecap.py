@@ -5,8 +5,9 @@ guarded updates (the worker's claim and outcome). Here the same server takes exa
 with nothing else running: `insert_many` batches of job documents (a copy of a real job
 document of the run) into a collection with the same indexes as `jobs`, then a claim-shaped
 and an outcome-shaped `update_one` per document (filter on job_id and revision, $set, $inc),
-all with write concern j:true (an acknowledged write is journaled). The bound is the jobs/s
-those writes alone allow: 1 / (1/inserts_per_s + 2/updates_per_s).
+all with the write concern the services use (MONGO_WRITE_CONCERN; j:true where the setting
+does not exist yet). The bound is the jobs/s those writes alone allow:
+1 / (1/inserts_per_s + 2/updates_per_s).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from pymongo.write_concern import WriteConcern
 DB = "bench_store_capacity"
 INSERT_THREADS = 2
 UPDATE_THREADS = 8
+CONCERNS = {
+    "majority": WriteConcern(w="majority", j=True),
+    "journaled": WriteConcern(w=1, j=True),
+    "unjournaled": WriteConcern(w=1),
+}
 
 
 def _template(client: MongoClient[dict[str, Any]], db: str) -> dict[str, Any]:
@@ -46,13 +52,15 @@ def _copy_indexes(client: MongoClient[dict[str, Any]], db: str, target: Collecti
     return n
 
 
-def measure(mongo_url: str, jobs_db: str, docs: int, batch: int = 50) -> dict[str, Any]:
-    """insert_many and update_one rates of the server at `mongo_url` (j:true), and the jobs/s they allow."""
+def measure(
+    mongo_url: str, jobs_db: str, docs: int, batch: int = 50, concern: str = "journaled"
+) -> dict[str, Any]:
+    """insert_many and update_one rates at `mongo_url` under `concern`, and the jobs/s they allow."""
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
     try:
         template = _template(client, jobs_db)
         client.drop_database(DB)
-        coll = client[DB].get_collection("jobs", write_concern=WriteConcern(w=1, j=True))
+        coll = client[DB].get_collection("jobs", write_concern=CONCERNS[concern])
         indexes = _copy_indexes(client, jobs_db, coll)
         ids = [uuid.uuid4().hex for _ in range(docs)]
 
@@ -103,7 +111,7 @@ def measure(mongo_url: str, jobs_db: str, docs: int, batch: int = 50) -> dict[st
         "insert_threads": INSERT_THREADS,
         "update_threads": UPDATE_THREADS,
         "indexes_on_jobs": indexes,
-        "write_concern": "w:1, j:true",
+        "write_concern": f"{concern} {CONCERNS[concern].document}",
         "insert_docs_per_s": round(inserts_per_s, 1),
         "updates_per_s": round(updates_per_s, 1),
         "jobs_per_s_bound": round(1 / (1 / inserts_per_s + 2 / updates_per_s), 1),
