@@ -175,7 +175,7 @@ def main() -> int:
         print(t.line())
     print(f"\n{sum(t.passed for t in targets)} of {len(targets)} targets pass; written to {out}")
     if opts.smoke:
-        return _check_smoke(out, parts)
+        return _check_smoke(out, parts, name)
     return 1 if opts.strict and not all(t.passed for t in targets) else 0
 
 

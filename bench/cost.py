@@ -17,8 +17,10 @@ py-spy records a flame graph of each service during the run (which perturbs the 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,27 +50,25 @@ def submit_config(
     }
 
 
+def _py_spy() -> str:
+    beside = Path(sys.executable).parent / "py-spy"  # the venv's, when its bin/ is not on PATH
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("py-spy is not installed: .venv/bin/pip install -e '.[dev]' -c constraints.txt")
+    return found
+
+
 def _start_profilers(by_name: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
+    """One `py-spy record --native` per service process; its output and errors in <out>/<name>.log."""
     out.mkdir(parents=True, exist_ok=True)
     spies = []
+    exe = _py_spy()
     for name, pid in by_name.items():
         if group(name) in SERVICES:
-            cmd = [
-                "py-spy",
-                "record",
-                "--native",
-                "-f",
-                "flamegraph",
-                "-r",
-                "100",
-                "-o",
-                str(out / f"{name}.svg"),
-            ]
-            spies.append(
-                subprocess.Popen(
-                    [*cmd, "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
+            svg = str(out / f"{name}.svg")
+            cmd = [exe, "record", "--native", "-f", "flamegraph", "-r", "100", "-o", svg, "--pid", str(pid)]
+            with (out / f"{name}.log").open("wb") as log:
+                spies.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     time.sleep(1.0)  # py-spy attaches
     return spies
 
@@ -154,7 +154,7 @@ def measure(
         "redis_total_per_job": round(sum(r["total_calls"] for r in redis.values()) / max(jobs, 1), 2),
         "mongo": counters.mongo_delta(mongo_before, mongo_after, jobs),
         "store_capacity": capacity,
-        "profiled": bool(spies),
+        "flame_graphs": sorted(str(p) for p in profile_dir.glob("*.svg")) if profile_dir else [],
     }
 
 
@@ -168,7 +168,6 @@ def run(
 
 def main() -> None:
     import json
-    import sys
 
     args = [int(a) for a in sys.argv[1:4]]
     n, users, conc = (args + [4000, 50, 50][len(args) :])[:3]
