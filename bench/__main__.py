@@ -179,12 +179,11 @@ def main() -> int:
     return 1 if opts.strict and not all(t.passed for t in targets) else 0
 
 
-def _check_smoke(out: Path, parts: list[str]) -> int:
+def _check_smoke(out: Path, parts: list[str], name: str) -> int:
     """The smoke's own check: every part ran and the files are there (targets are not checked)."""
-    data = json.loads((out / "latest.json").read_text())
-    missing = [p for p in parts if p not in data] + [
-        f for f in ("latest.json", "latest.md") if not (out / f).exists()
-    ]
+    data = json.loads((out / f"{name}.json").read_text())
+    files = (f"{name}.json", f"{name}.md")
+    missing = [p for p in parts if p not in data] + [f for f in files if not (out / f).exists()]
     if missing or not data["targets"]:
         print(f"bench smoke: FAILED, missing {missing or 'targets'}")
         return 1
