@@ -6,7 +6,7 @@ Four figures on one SecantusDB, each on a fresh collection of job-shaped documen
 - `indexed_insert_one_per_s`: the same into `jobs` with every index FlickrHub declares
   (what the schema costs one write);
 - `job_writes_per_s`: job documents written the way the gateway writes them: concurrent
-  submitters (`CONCURRENCY`) through gateway.batcher.InsertBatcher's group commit;
+  submitters (`CONCURRENCY`) through common.groupcommit's group commit;
 - `hot_reads_vs_mongo_reads`: status reads from the hot copy (common.hotstate) per MongoDB read.
 
 Ratios are the figures to compare between runs; the machine is shared and noisy.
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from common import redisio
+from common.groupcommit import Batcher
 from common.hotstate import HotState
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from devstack.stores import mongo_url, redis_server, secantus
-from gateway.batcher import InsertBatcher
 
 CONCURRENCY = 50
 BATCH_WINDOW_MS = 2.0
@@ -67,13 +67,17 @@ async def _sequential(mongo: Mongo, collection: str, n: int) -> float:
 
 
 async def _batched(mongo: Mongo, n: int) -> float:
-    batcher = InsertBatcher(mongo.jobs, BATCH_WINDOW_MS)
+    async def insert_all(batch: list[Any]) -> list[None]:
+        await mongo.jobs.insert_many(batch, ordered=False)
+        return [None] * len(batch)
+
+    batcher: Batcher[Any, None] = Batcher(insert_all, window_s=BATCH_WINDOW_MS / 1000)
     docs = [job_doc(i) for i in range(n)]
     per = n // CONCURRENCY
 
     async def submitter(k: int) -> None:
         for doc in docs[k * per : (k + 1) * per]:
-            await batcher.insert(doc)
+            await batcher.submit(doc)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(submitter(k) for k in range(CONCURRENCY)))

@@ -9,6 +9,7 @@ attempt on a call that would fail.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from common import keys, redisio
 from common.breaker import FLICKR_POLICY, KEY_POLICY, OPEN, Breaker, Decision
 from common.budget import Budget
 from common.flickr_errors import Failure
+from common.groupcommit import Batcher
 from common.settings import Settings
 
 
@@ -37,6 +39,11 @@ class FlickrGuard:
         self.key_breaker = Breaker(redis, f"key:{key_hash}", key_policy)
         self.flickr_breaker = Breaker(redis, "flickr", flickr_policy)
         self._paused_cache: tuple[float, int] = (0.0, 0)
+        self._successes: Batcher[None, None] = Batcher(self._close_both)
+
+    async def _close_both(self, answers: list[None]) -> list[None]:
+        await asyncio.gather(self.key_breaker.success(), self.flickr_breaker.success())
+        return [None] * len(answers)
 
     async def may_move(self) -> Decision:
         """The most restrictive breaker decision: open (pause), probe (move one) or closed."""
@@ -51,9 +58,9 @@ class FlickrGuard:
     async def report(self, failure: Failure | None) -> None:
         """Feed one Flickr answer (None = success) to the breakers."""
         if failure is None or not failure.breaker:
-            # Flickr answered (even with a refusal): the service and the key are fine.
-            await self.key_breaker.success()
-            await self.flickr_breaker.success()
+            # Flickr answered (even with a refusal): the service and the key are fine. Closing is
+            # idempotent, so the answers of one event-loop turn close the breakers once.
+            await self._successes.submit(None)
         elif failure.breaker == "key":
             await self.key_breaker.failure()
         else:

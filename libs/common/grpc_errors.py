@@ -1,7 +1,11 @@
-"""The one server interceptor that turns FlickrHubError into a rich gRPC status.
+"""The one server interceptor: a server span per RPC, and FlickrHubError turned into rich status.
 
 Any other exception becomes INTERNAL with an error id that also appears in the
-log, so a caller never sees a stack trace or an internal detail.
+log, so a caller never sees a stack trace or an internal detail. The span continues the
+caller's trace (W3C `traceparent` metadata) and carries the RPC's semantic-convention
+attributes; it replaces OpenTelemetry's grpc server instrumentation, which cost ~140 µs of
+CPU per call here (its filters, metadata copies and per-call handler wrapping) against
+~290 µs for the whole of a bare grpc.aio call.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pymongo.errors import ConnectionFailure as PyMongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common import telemetry
 from common.errors import FlickrHubError, Unavailable
 
 log = logging.getLogger(__name__)
+
+# Methods served untraced (prefixes of the full method path).
+UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 # A store that cannot be reached is the caller's cue to retry, not an internal error.
@@ -43,62 +54,129 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort_with_status(rpc_status.to_status(wrapped.to_status()))
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """The RPC's server span, a child of the caller's trace context (traceparent metadata) if it sent one."""
+    carrier = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in _TRACE_HEADERS:
+            carrier[key] = value if isinstance(value, str) else value.decode()
+    parent = telemetry.extract_fields(carrier) if carrier else None
+    return telemetry.tracer().start_as_current_span(
+        method,
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes=_rpc_attributes(method),
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _end(span: Any, code: grpc.StatusCode) -> None:
+    span.set_attribute(telemetry.ATTR_GRPC_STATUS, code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+
+
+def _code_of(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    if isinstance(exc, FlickrHubError):
+        return exc.code
+    if isinstance(exc, _UNREACHABLE):
+        return grpc.StatusCode.UNAVAILABLE
+    code = context.code() if isinstance(exc, grpc.aio.AbortError | grpc.RpcError) else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await behavior(request, context)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
+        with _server_span(method, context) as span:
+            try:
+                response = await behavior(request, context)
+            except (grpc.aio.AbortError, grpc.RpcError) as exc:
+                _end(span, _code_of(exc, context))
+                raise
+            except Exception as exc:
+                _end(span, _code_of(exc, context))
+                await _abort(context, exc)
+            _end(span, grpc.StatusCode.OK)
+            return response
 
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):
         # Streams written with context.write() (e.g. the stock health Watch) are plain coroutines.
-        return _wrap_unary(behavior)
+        return _wrap_unary(method, behavior)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
+        with _server_span(method, context) as span:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (grpc.aio.AbortError, grpc.RpcError) as exc:
+                _end(span, _code_of(exc, context))
+                raise
+            except Exception as exc:
+                _end(span, _code_of(exc, context))
+                await _abort(context, exc)
+            _end(span, grpc.StatusCode.OK)
 
     return handler
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Map domain errors to rich status; hide everything else behind an error id."""
+    """Trace every RPC and map its errors to rich status; the wrapped handler is built once per method.
+
+    gRPC asks every interceptor for a handler on every call. This one asks the interceptors after
+    it (and the server) once per method and keeps the answer, so the wrapping costs nothing per
+    call: the interceptors after it must answer the same handler for the same method, which all of
+    FlickrHub's do (their per-call work happens inside the handlers they return). Health and
+    reflection are not traced: probes would drown the traces.
+    """
+
+    def __init__(self, untraced: tuple[str, ...] = UNTRACED) -> None:
+        self._untraced = untraced
+        self._handlers: dict[str, Any] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
+        method: str = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
         handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        if handler is None:  # an unknown method: UNIMPLEMENTED, nothing to keep
+            return None
+        wrapped = handler if method.startswith(self._untraced) else _wrap(method, handler)
+        self._handlers[method] = wrapped
+        return wrapped
+
+
+def _wrap(method: str, handler: Any) -> Any:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary(method, handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler

@@ -2,7 +2,8 @@
 
 MongoDB stays the record; the copy is written after it and only ever moves forward:
 
-- every copy carries the job document's revision `rev`, and one Lua step decides each write;
+- a copy is one JSON string key holding the fields of FIELDS and the document's revision `rev`;
+  one Lua step (GET, then SET) decides each write, and the first copy of a new job is a plain SET;
 - a whole snapshot (`put`: the gateway at accept, a status read that had to go to MongoDB)
   replaces only a copy of a lower revision (or a bare marker of the same one);
 - a transition (`apply`, called by JobStore after its compare-and-set won) is the very change made
@@ -60,72 +61,74 @@ FIELDS: dict[str, str] = {
 # Set instead of result_json when the result is too large to keep hot.
 RESULT_ELSEWHERE = "result_elsewhere"
 
-# KEYS[1]: the copy. ARGV: rev, ttl, mode (put|apply), set (JSON object), inc, min (objects), unset (array).
+# KEYS[1]: the copy (a JSON object; a bare marker is {"rev": n}). ARGV: rev, ttl, mode (put|apply),
+# then the whole copy (put) or the change (apply: {"set": {}, "inc": {}, "min": {}, "unset": []}).
+# Two commands a write (GET, SET): a job's copy costs 1 + 2 per transition, whatever its size.
 _WRITE = """
 local rev = tonumber(ARGV[1])
-local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '-1')
-local whole = redis.call('HEXISTS', KEYS[1], 'job_id') == 1
-local function finish(code)
-  redis.call('HSET', KEYS[1], 'rev', rev)
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return code
-end
-local function set_all(fields)
-  for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-end
+local raw = redis.call('GET', KEYS[1])
+local cur = raw and cjson.decode(raw) or nil
+local held = cur and tonumber(cur.rev) or -1
+local whole = cur ~= nil and cur.job_id ~= nil
 if ARGV[3] == 'put' then
-  if cur > rev or (cur == rev and whole) then return 0 end
-  redis.call('DEL', KEYS[1])
-  set_all(cjson.decode(ARGV[4]))
-  return finish(1)
+  if held > rev or (held == rev and whole) then return 0 end
+  redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
+  return 1
 end
-if cur >= rev then return 0 end
-if cur ~= rev - 1 or not whole then
-  redis.call('DEL', KEYS[1])
-  return finish(2)
+if held >= rev then return 0 end
+if held ~= rev - 1 or not whole then
+  redis.call('SET', KEYS[1], cjson.encode({rev = rev}), 'EX', ARGV[2])
+  return 2
 end
-set_all(cjson.decode(ARGV[4]))
-for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', KEYS[1], k, v) end
-for k, v in pairs(cjson.decode(ARGV[6])) do
-  local old = tonumber(redis.call('HGET', KEYS[1], k) or 'x')
-  if old == nil or tonumber(v) < old then redis.call('HSET', KEYS[1], k, v) end
+local change = cjson.decode(ARGV[4])
+for k, v in pairs(change.set) do cur[k] = v end
+for k, v in pairs(change.inc) do cur[k] = (tonumber(cur[k]) or 0) + v end
+for k, v in pairs(change.min) do
+  if cur[k] == nil or v < cur[k] then cur[k] = v end
 end
-for _, k in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', KEYS[1], k) end
-return finish(1)
+for _, k in ipairs(change.unset) do cur[k] = nil end
+cur.rev = rev
+redis.call('SET', KEYS[1], cjson.encode(cur), 'EX', ARGV[2])
+return 1
 """
 
 
-def _encode(kind: str, value: Any) -> str:
+def _encode(kind: str, value: Any) -> Any:
     if kind == INT:
-        return str(int(value))
+        return int(value)
     if kind == BOOL:
-        return "1" if value else "0"
+        return bool(value)
     if kind == TIME:
-        return str(int(value.timestamp() * 1000))
+        return int(value.timestamp() * 1000)
     if kind == JSON:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        return value
     return str(value)
 
 
-def _decode(kind: str, raw: str) -> Any:
+def _decode(kind: str, raw: Any) -> Any:
     if kind == INT:
         return int(raw)
     if kind == BOOL:
-        return raw == "1"
+        return bool(raw)
     if kind == TIME:
         return datetime.fromtimestamp(int(raw) / 1000, UTC)
     if kind == JSON:
-        return json.loads(raw)
-    return raw
+        # Lua's cjson writes an empty object as {} but may hand back an empty list for one.
+        return raw if raw != [] else {}
+    return str(raw)
 
 
-def decode(held: dict[str, str]) -> Doc | None:
+def decode(held: dict[str, Any]) -> Doc | None:
     """The job document fields a copy holds; None for a marker or a copy whose result lives in MongoDB."""
-    if "job_id" not in held or held.get(RESULT_ELSEWHERE) == "1":
+    if "job_id" not in held or held.get(RESULT_ELSEWHERE):
         return None
     doc: Doc = {name: _decode(kind, held[name]) for name, kind in FIELDS.items() if name in held}
     doc["rev"] = int(held["rev"])
     return doc
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 class HotState:
@@ -144,9 +147,9 @@ class HotState:
             return None
         return cls(redis, settings.job_hot_ttl_s, settings.job_hot_max_result_bytes)
 
-    def _fields(self, values: dict[str, Any], unset: list[str]) -> dict[str, str]:
+    def _fields(self, values: dict[str, Any], unset: list[str]) -> dict[str, Any]:
         """FIELDS of `values` encoded; None values and too large results go to `unset`."""
-        out: dict[str, str] = {}
+        out: dict[str, Any] = {}
         for name, value in values.items():
             kind = FIELDS.get(name)
             if kind is None:
@@ -154,7 +157,7 @@ class HotState:
             if value is None:
                 unset.append(name)
             elif name == "result_json" and len(str(value).encode()) > self._max_result:
-                out[RESULT_ELSEWHERE] = "1"
+                out[RESULT_ELSEWHERE] = True
                 unset.append(name)
             else:
                 out[name] = _encode(kind, value)
@@ -162,44 +165,72 @@ class HotState:
                     unset.append(RESULT_ELSEWHERE)
         return out
 
-    def _snapshot_args(self, doc: Doc) -> list[str | int]:
-        fields = self._fields(doc, [])
-        return [int(doc.get("rev", 0)), self._ttl_s, "put", json.dumps(fields), "{}", "{}", "[]"]
+    def pipeline(self) -> Pipeline:
+        """A pipeline on the copies' Redis (for `put_on` / `apply_on`)."""
+        return self._redis.pipeline(transaction=False)
 
-    async def put_on(self, pipe: Pipeline, doc: Doc) -> None:
+    def snapshot(self, doc: Doc) -> str:
+        """The copy of `doc` as stored (JSON: its FIELDS and its revision)."""
+        return _dumps({**self._fields(doc, []), "rev": int(doc.get("rev", 0))})
+
+    def put_new_on(self, pipe: Pipeline, doc: Doc) -> None:
+        """Queue the first copy of a job just accepted (one SET: no copy of a new job id can exist)."""
+        pipe.set(keys.job_state(doc["job_id"]), self.snapshot(doc), ex=self._ttl_s, nx=True)
+
+    def put_on(self, pipe: Pipeline, doc: Doc) -> None:
         """Queue a whole snapshot of `doc` (at its `rev`) on a pipeline (no round trip of its own)."""
-        await self._write(keys=[keys.job_state(doc["job_id"])], args=self._snapshot_args(doc), client=pipe)
+        args: list[str | int] = [int(doc.get("rev", 0)), self._ttl_s, "put", self.snapshot(doc)]
+        pipe.eval(_WRITE, 1, keys.job_state(doc["job_id"]), *args)
 
     async def put(self, doc: Doc) -> None:
         """Write a whole snapshot of `doc` unless a copy at its revision or later is held (best effort)."""
         try:
-            await self._write(keys=[keys.job_state(doc["job_id"])], args=self._snapshot_args(doc))
+            await self._write(
+                keys=[keys.job_state(doc["job_id"])],
+                args=[int(doc.get("rev", 0)), self._ttl_s, "put", self.snapshot(doc)],
+            )
         except RedisError as exc:
             log.warning("hot state snapshot not written: %s", type(exc).__name__)
 
-    async def apply(self, job_id: str, rev: int, update: dict[str, Any]) -> None:
-        """Apply the MongoDB `update` that took the job to `rev` (best effort; see the module doc)."""
+    def change_args(self, rev: int, update: dict[str, Any]) -> list[str | int]:
+        """The script arguments applying the MongoDB `update` that took a job to `rev`."""
         unset = [name for name in update.get("$unset", {}) if name in FIELDS]
         fields = self._fields(update.get("$set", {}), unset)
         inc = {k: int(v) for k, v in update.get("$inc", {}).items() if FIELDS.get(k) == INT}
         low = {k: _encode(FIELDS[k], v) for k, v in update.get("$min", {}).items() if k in FIELDS}
-        args: list[str | int] = [rev, self._ttl_s, "apply", json.dumps(fields), json.dumps(inc)]
-        args += [json.dumps(low), json.dumps(unset)]
+        change = _dumps({"set": fields, "inc": inc, "min": low, "unset": unset})
+        return [rev, self._ttl_s, "apply", change]
+
+    def apply_on(self, pipe: Pipeline, job_id: str, rev: int, update: dict[str, Any]) -> None:
+        """Queue `apply` on a pipeline (the caller handles a failed reply by calling `drop`)."""
+        pipe.eval(_WRITE, 1, keys.job_state(job_id), *self.change_args(rev, update))
+
+    async def apply(self, job_id: str, rev: int, update: dict[str, Any]) -> None:
+        """Apply the MongoDB `update` that took the job to `rev` (best effort; see the module doc)."""
         try:
-            await self._write(keys=[keys.job_state(job_id)], args=args)
+            await self._write(keys=[keys.job_state(job_id)], args=self.change_args(rev, update))
         except RedisError as exc:
-            # The copy may now be behind MongoDB: drop it so readers go there.
             log.warning("hot state not updated (%s); dropping the copy", type(exc).__name__)
-            try:
-                await self._redis.delete(keys.job_state(job_id))
-            except RedisError:
-                log.warning("hot state copy of %s could not be dropped", job_id)
+            await self.drop(job_id)
+
+    async def drop(self, job_id: str) -> None:
+        """Remove a copy that may be behind MongoDB, so readers go there."""
+        try:
+            await self._redis.delete(keys.job_state(job_id))
+        except RedisError:
+            log.warning("hot state copy of %s could not be dropped", job_id)
 
     async def get(self, job_id: str) -> Doc | None:
         """The job's fields from a whole copy; None when there is none (or Redis fails)."""
         try:
-            held = {str(k): str(v) for k, v in (await self._redis.hgetall(keys.job_state(job_id))).items()}
+            raw = await self._redis.get(keys.job_state(job_id))
         except RedisError as exc:
             log.warning("hot state unreadable: %s", type(exc).__name__)
             return None
-        return decode(held) if held else None
+        if not raw:
+            return None
+        try:
+            held = json.loads(raw)
+        except ValueError:
+            return None
+        return decode(held) if isinstance(held, dict) else None

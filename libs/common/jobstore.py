@@ -17,14 +17,19 @@ the job's hot copy in Redis (common.hotstate), which status reads use first. A w
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
+from redis.exceptions import RedisError
 
 from common import jobs
+from common.groupcommit import Batcher
 from common.hotstate import HotState
 from common.mongo import Doc
 from common.settings import Settings
@@ -74,6 +79,16 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class _Write:
+    """One compare-and-set of a group commit, and the fields that show it won when re-read."""
+
+    job_id: str
+    rev: int
+    update: dict[str, Any]
+    mark: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Claim:
     """A claimed job: the revision now owned, and whether a dead worker's run was taken over."""
 
@@ -96,6 +111,9 @@ class JobStore:
         self.hot = hot
         self.retention = retention or Retention()
         self._hot_recheck_after = hot_recheck_after
+        # The claims and outcomes written in one event-loop turn share one bulk write (and one Redis
+        # round trip for their hot copies): a worker reads its entries in batches, so they arrive together.
+        self._turn: Batcher[_Write, bool] = Batcher(self._write_all)
 
     @classmethod
     def from_settings(cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings) -> JobStore:
@@ -148,6 +166,61 @@ class JobStore:
             await self.hot.apply(job_id, rev + 1, update)
         return rev + 1
 
+    async def _cas_grouped(self, write: _Write) -> int | None:
+        """`_cas` (bumping `rev`) through the turn's group commit; the revision after it, or None."""
+        update = {**write.update, "$inc": {**write.update.get("$inc", {}), "rev": 1}}
+        won = await self._turn.submit(_Write(write.job_id, write.rev, update, write.mark))
+        return write.rev + 1 if won else None
+
+    async def _write_all(self, writes: list[_Write]) -> list[bool]:
+        """One unordered bulk write of every compare-and-set of a turn; which of them won.
+
+        A bulk write reports how many documents changed, not which: when fewer than all did, one
+        indexed read tells the winners by the revision and the `mark` fields each write set (a
+        claim's unique attempt token, an outcome's time). A job named twice in one turn (a duplicate
+        entry) keeps its first write here; the second loses, as it would have one turn later.
+        """
+        first: dict[str, int] = {}
+        batch = [w for i, w in enumerate(writes) if first.setdefault(w.job_id, i) == i]
+        ops = [UpdateOne({"job_id": w.job_id, "rev": w.rev}, w.update) for w in batch]
+        try:
+            changed = (await self.jobs.bulk_write(ops, ordered=False)).modified_count
+        except BulkWriteError as exc:  # some writes failed outright (their documents are unchanged)
+            changed = -1 if exc.details.get("writeErrors") else int(exc.details.get("nModified", 0))
+        won = dict.fromkeys((w.job_id for w in batch), changed == len(batch))
+        if changed != len(batch):
+            projection = {
+                "_id": 0,
+                "job_id": 1,
+                "rev": 1,
+                **dict.fromkeys({k for w in batch for k in w.mark}, 1),
+            }
+            held = {d["job_id"]: d async for d in self.jobs.find({"job_id": {"$in": list(won)}}, projection)}
+            for w in batch:
+                doc = held.get(w.job_id)
+                won[w.job_id] = (
+                    doc is not None
+                    and doc.get("rev") == w.rev + 1
+                    and all(doc.get(k) == v for k, v in w.mark.items())
+                )
+        if self.hot is not None:  # after MongoDB: the copy never runs ahead of the record
+            await self._apply_hot([w for w in batch if won[w.job_id]])
+        return [won[w.job_id] and first[w.job_id] == i for i, w in enumerate(writes)]
+
+    async def _apply_hot(self, writes: list[_Write]) -> None:
+        if not writes or self.hot is None:
+            return
+        pipe = self.hot.pipeline()
+        for w in writes:
+            self.hot.apply_on(pipe, w.job_id, w.rev + 1, w.update)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            replies = [exc] * len(writes)
+        for w, reply in zip(writes, replies, strict=True):
+            if isinstance(reply, Exception):  # the copy may now be behind MongoDB: readers go there
+                await self.hot.drop(w.job_id)
+
     async def claim(
         self, job_id: str, worker_id: str, attempt: int, lease_s: float, expected_rev: int | None = None
     ) -> Claim | None:
@@ -158,11 +231,13 @@ class JobStore:
         duplicate, a takeover after a crash) pays a read to learn the job's current state.
         """
         t = now()
+        # Unique per claim: a re-read tells this claim from an earlier one of the same worker.
+        token = f"{attempt}:{uuid.uuid4().hex[:16]}"
         update = {
             "$set": {
                 "status": jobs.RUNNING,
                 "worker_id": worker_id,
-                "attempt_token": attempt,
+                "attempt_token": token,
                 "lease_until": t + timedelta(seconds=lease_s),
                 "updated_at": t,
             },
@@ -170,7 +245,8 @@ class JobStore:
             "$inc": {"attempts": 1},
         }
         if expected_rev is not None:
-            owned = await self._cas(job_id, expected_rev, update)
+            mark = {"worker_id": worker_id, "attempt_token": token}
+            owned = await self._cas_grouped(_Write(job_id, expected_rev, update, mark))
             if owned is not None:
                 return Claim(owned, taken_over=False)
         doc = await self.jobs.find_one({"job_id": job_id}, _STATE_FIELDS)
@@ -213,7 +289,8 @@ class JobStore:
             fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
         if error is not None:
             fields["error"] = error
-        return await self._cas(job_id, rev, {"$set": fields}) is not None
+        mark = {"status": state, "updated_at": t}
+        return await self._cas_grouped(_Write(job_id, rev, {"$set": fields}, mark)) is not None
 
     async def schedule_retry(self, job_id: str, rev: int, error: dict[str, Any], due: datetime) -> bool:
         """Record a transient failure; the job waits in RETRYING (at revision rev + 1) until `due`."""

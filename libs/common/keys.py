@@ -26,6 +26,9 @@ ACTIVE_TOKENS = f"{PREFIX}:{{sched}}:active"
 # Tokens a mover is taking out of the active set, by when it began (a mover killed midway
 # leaves the token here, and another mover finishes the job).
 DRAINING_TOKENS = f"{PREFIX}:{{sched}}:draining"
+# Bumped by every change a mover makes to the active set (the gateway only adds to it, which
+# changes its size): a mover lists the set again only when its size or this counter moved.
+ACTIVE_CHANGES = f"{PREFIX}:{{sched}}:changes"
 DELAYED = f"{PREFIX}:delayed"
 DEAD_LETTERS = f"{PREFIX}:dlq"
 # The dead-letter stream is trimmed (approximately) to this length; the job document keeps every failure.
@@ -89,8 +92,11 @@ def recovery_lock() -> str:
 
 
 def job_state(job_id: str) -> str:
-    """Hash holding a job's hot state (common.hotstate): what status reads answer before MongoDB."""
-    return f"{PREFIX}:job:{job_id}"
+    """A job's hot state (common.hotstate; a JSON string): what status reads answer before MongoDB.
+
+    Not `fh:job:` any more: that name held a hash in earlier versions, which a GET cannot read.
+    """
+    return f"{PREFIX}:js:{job_id}"
 
 
 def webhook_lease(job_id: str) -> str:

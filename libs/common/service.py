@@ -17,10 +17,10 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from prometheus_client import start_http_server
 
-from common.grpc_errors import ErrorInterceptor
+from common.grpc_errors import UNTRACED, ErrorInterceptor
 from common.logs import setup_logging
 from common.settings import Settings
 from common.telemetry import setup_tracing, shutdown_tracing
@@ -69,17 +69,15 @@ class GrpcServer:
         host: str,
         port: int,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        untraced_methods: Iterable[str] = (),
     ) -> None:
-        # Health and reflection are not traced: probes would drown the traces, and OTel's stream
-        # wrapper cannot drive the stock health Watch (written with context.write, not yield).
-        untraced = filters.any_of(
-            filters.service_name(health.SERVICE_NAME), filters.service_prefix("grpc.reflection")
-        )
-        tracing = aio_server_interceptor(filter_=filters.negate(untraced))  # type: ignore[no-untyped-call]
-        # `interceptors` (e.g. the gateway's authentication) run inside ErrorInterceptor, so their
-        # FlickrHubErrors become rich status like any servicer's.
+        # Health and reflection are not traced: probes would drown the traces.
+        # `untraced_methods` (full names, e.g. the cache's batch calls) trace their work themselves.
+        untraced = (*UNTRACED, *("/" + name.lstrip("/") for name in untraced_methods))
+        # `interceptors` (e.g. the gateway's authentication) run inside ErrorInterceptor (which also
+        # traces each RPC), so their FlickrHubErrors become rich status like any servicer's.
         self.server = grpc.aio.server(
-            interceptors=[tracing, ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
+            interceptors=[ErrorInterceptor(untraced), *interceptors], options=SERVER_OPTIONS
         )
         self.health = health.aio.HealthServicer()
         self.service_names = [*service_names, health.SERVICE_NAME]

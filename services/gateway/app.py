@@ -32,7 +32,7 @@ from gateway.audit import AuditWriter
 from gateway.auth_interceptor import AuthInterceptor
 from gateway.auth_servicer import AuthServicer
 from gateway.authn import Authenticator
-from gateway.batcher import InsertBatcher
+from gateway.batcher import JobCommitter
 from gateway.events import EventHub
 from gateway.jobs_servicer import JobServicer
 from gateway.keys_servicer import ApiKeyServicer
@@ -54,7 +54,7 @@ class GatewayApp:
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.tokens = TokenStore(self.mongo.tokens, self.vault)
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
-        self.batcher = InsertBatcher(self.mongo.jobs, settings.insert_batch_ms)
+        self.committer = JobCommitter(self.mongo.jobs, self.redis, self.store.hot, settings.insert_batch_ms)
         self.events = EventHub(settings.redis_url)
         self.guard = FlickrGuard(self.redis, settings)
         # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
@@ -89,7 +89,7 @@ class GatewayApp:
             interceptors=[AuthInterceptor(self.authenticator, self.limiter, self.audit)],
         )
         job_servicer = JobServicer(
-            settings, self.redis, self.store, self.tokens, self.vault, self.batcher, self.events
+            settings, self.redis, self.store, self.tokens, self.vault, self.committer, self.events
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, self.grpc.server)
         legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(job_servicer), self.grpc.server)
@@ -124,7 +124,7 @@ class GatewayApp:
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let in-flight calls finish, flush pending inserts, close clients."""
         await self.grpc.stop(grace)
-        await self.batcher.drain()
+        await self.committer.drain()
         await self.audit.stop()
         await self.events.stop()
         await self.auth.close()

@@ -174,7 +174,7 @@ async def _write(servicer: JobServicer, new: list[tuple[jobs_pb2.SubmitJobReques
         await servicer._store.jobs.insert_many(docs, ordered=False)
         pipe = servicer._redis.pipeline(transaction=False)
         for entry, doc in zip(entries, docs, strict=True):
-            await servicer.queue_on(pipe, entry, doc)
+            servicer.queue_on(pipe, entry, doc)
         await pipe.execute()
     except BaseException as exc:
         # Nothing was promised yet: remove what was written. An entry that did get appended finds

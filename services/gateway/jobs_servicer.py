@@ -32,7 +32,7 @@ from common.tokens import TokenStore
 from common.vault import Vault
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 from gateway import batch, convert, history, idempotency, identity, metrics, uploads, validation
-from gateway.batcher import InsertBatcher
+from gateway.batcher import JobCommitter
 from gateway.events import EventHub
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         store: JobStore,
         tokens: TokenStore,
         vault: Vault,
-        batcher: InsertBatcher,
+        committer: JobCommitter,
         events: EventHub,
     ) -> None:
         self._settings = settings
@@ -67,7 +67,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._store = store
         self._tokens = tokens
         self._vault = vault
-        self._batcher = batcher
+        self._committer = committer
         self._events = events
         self._blobs = BlobStore(store.jobs.database)
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
@@ -170,8 +170,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             trace_id = telemetry.current_trace_id()
             entry = self.new_entry(request, token.token_id_hash, job_id, target)
             try:
-                doc = await self._record(request, entry, trace_id, context, extra)
-                await self._enqueue(entry, doc)
+                await self.commit(self.document(request, entry, trace_id, extra), entry)
             except BaseException:
                 if idem_key:  # the key must not point at a job that was never accepted
                     await self._release_idempotency(token.token_id_hash, idem_key, job_id)
@@ -259,42 +258,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
         return doc
 
-    async def _record(
-        self,
-        request: jobs_pb2.SubmitJobRequest,
-        entry: jobs.JobEntry,
-        trace_id: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Insert the job document (group-committed); the document written."""
-        doc = self.document(request, entry, trace_id, extra)
-        try:
-            await self._batcher.insert(doc)
-        except Exception as exc:
-            log.warning("job insert failed: %s", type(exc).__name__)
-            raise Unavailable("job store unavailable; retry shortly") from exc
-        return doc
+    async def commit(self, doc: dict[str, Any], entry: jobs.JobEntry) -> None:
+        """Record the job document and append its entry (group-committed, see gateway.batcher)."""
+        await self._committer.commit(doc, entry)
 
     async def _release_idempotency(self, token: str, idem_key: str, job_id: str) -> None:
         await self.idempotency.release([idempotency.Claim(token, idem_key, job_id, "")])
 
-    async def queue_on(self, pipe: Pipeline, entry: jobs.JobEntry, doc: dict[str, Any] | None = None) -> None:
+    def queue_on(self, pipe: Pipeline, entry: jobs.JobEntry, doc: dict[str, Any] | None = None) -> None:
         """Put a new job's Redis writes on `pipe`: its hot copy (when kept) and its queue entry."""
         if doc is not None and self._store.hot is not None:
             # The hot copy rides the same round trip, ahead of the entry a worker will transition.
-            await self._store.hot.put_on(pipe, doc)
+            self._store.hot.put_new_on(pipe, doc)
         tokenqueue.enqueue(pipe, entry)
-
-    async def _enqueue(self, entry: jobs.JobEntry, doc: dict[str, Any] | None = None) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        await self.queue_on(pipe, entry, doc)
-        try:
-            await pipe.execute()
-        except RedisError as exc:
-            # Nothing was promised yet: undo the job document so the refusal changes nothing.
-            await self._store.jobs.delete_one({"job_id": entry.job_id})
-            raise Unavailable("queue unavailable; retry shortly") from exc
 
     async def UploadJob(
         self,

@@ -299,10 +299,9 @@ async def _submit(
         )
         extra = {"blob_id": info.blob_id, "blob_size": info.size, "blob_sha256": info.sha256}
         try:
-            await servicer._record(job, entry, trace_id, context, extra=extra)
-            await servicer._enqueue(entry)
+            await servicer.commit(servicer.document(job, entry, trace_id, extra), entry)
         except BaseException:
-            with contextlib.suppress(PyMongoError):  # _record may have written before failing
+            with contextlib.suppress(PyMongoError):  # a cancelled commit may have written first
                 # Revision 0: as accepted, untouched by any worker (the fields of the job_revision index).
                 await undo(servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0}))
             if idem_key:

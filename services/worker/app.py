@@ -116,6 +116,7 @@ class WorkerApp:
         if self.warmer is not None:
             await self.warmer.stop()
         await self.jobs.stop(grace)
+        await self.executor.close()
         await self.hooks.stop(min(grace, 5.0))
         await self.grpc.stop(1.0)
         await self.flickr.close()

@@ -27,13 +27,15 @@ from redis.exceptions import RedisError
 
 from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, telemetry
 from common.admission import Admission
-from common.announce import announce
+from common.announce import announce, announce_on
 from common.blobs import BlobStore
 from common.flickr_errors import Failure
 from common.flickr_guard import FlickrGuard
 from common.flickr_methods import is_write
+from common.groupcommit import Batcher
 from common.jobstore import JobStore, now
 from common.logs import job_id_var
+from common.redisbatch import Coalescer
 from common.settings import Settings
 from common.tokens import TokenStore
 from worker import metrics
@@ -74,6 +76,12 @@ class Executor:
         )
         # Empty unless a chaos test arms FAILPOINTS: each `hit` below is then one dict lookup.
         self._failpoints = failpoints.Failpoints.from_config(settings.failpoints)
+        # Entries arrive in batches (one XREADGROUP): their Redis steps share round trips per turn.
+        self._pipes = Coalescer(redis)
+        self._acks: Batcher[tuple[str, str, jobs.JobEntry | None], None] = Batcher(self._ack_all)
+        # Runs whose leases the one heartbeat task keeps fresh: (stream, entry id) -> (job id, rev, since).
+        self._running: dict[tuple[str, str], tuple[str, int, float]] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     async def execute(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
         """Run one entry to a recorded outcome and acknowledge it (or leave it pending for its owner)."""
@@ -120,15 +128,14 @@ class Executor:
                     return
                 # ABSENT: the write certainly did not happen; the run below sends it.
             self._failpoints.hit(failpoints.WORKER_CLAIMED)
-            await announce(self._redis, entry.job_id, jobs.RUNNING, has_callback=False)
+            await self._announce(entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
             try:
                 async with self._lease_kept(stream, entry_id, entry.job_id, rev):
                     try:
                         # A deadline over the whole run: whatever await might hang, the job moves on.
-                        outcome, from_cache = await asyncio.wait_for(
-                            self._run(entry), timeout=self._run_deadline(entry)
-                        )
+                        async with asyncio.timeout(self._run_deadline(entry)):
+                            outcome, from_cache = await self._run(entry)
                     except TimeoutError:
                         outcome, from_cache = flickr_errors.from_transport(TimeoutError()), False
             finally:
@@ -370,7 +377,7 @@ class Executor:
             await self._discard_blob(entry.blob_id)
         if state in jobs.FINAL_STATES and entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
-        await announce(self._redis, entry.job_id, state, has_callback=entry.has_callback)
+        await self._announce(entry.job_id, state, has_callback=entry.has_callback)
         self._failpoints.hit(failpoints.WORKER_ANNOUNCED)
         if state in jobs.FINAL_STATES:
             await self._release(entry)
@@ -392,42 +399,74 @@ class Executor:
         except PyMongoError as exc:
             log.warning("could not delete blob %s: %s", blob_id, type(exc).__name__)
 
+    async def _announce(self, job_id: str, state: str, *, has_callback: bool) -> None:
+        """common.announce, sharing the turn's round trip with the other jobs' steps."""
+        await self._pipes.run(lambda pipe: announce_on(pipe, job_id, state, has_callback=has_callback))
+
     @contextlib.asynccontextmanager
     async def _lease_kept(self, stream: str, entry_id: str, job_id: str, rev: int) -> AsyncIterator[None]:
-        """Run the body with the heartbeat keeping the job's lease and the entry fresh."""
-        heartbeat = asyncio.create_task(self._heartbeat(stream, entry_id, job_id, rev))
+        """Run the body with the heartbeat keeping the job's lease and the entry fresh.
+
+        One task beats for every run of this worker (most runs end long before their first beat):
+        a run only registers here, which costs no task of its own.
+        """
+        run = (stream, entry_id)
+        self._running[run] = (job_id, rev, time.monotonic())
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="heartbeats")
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            self._running.pop(run, None)
 
-    async def _heartbeat(self, stream: str, entry_id: str, job_id: str, rev: int) -> None:
-        """Keep the lease and the entry's idle time fresh while a call is slow."""
+    async def _heartbeats(self) -> None:
+        """Keep the lease and the entry's idle time fresh for every run slower than a beat."""
         interval = self._lease_s / 3
         while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self._store.extend_lease(job_id, rev, self._lease_s):
-                    log.warning(
-                        "lease lost while the call runs; the outcome will not be recorded by this worker"
-                    )
-                await self._redis.xclaim(
-                    stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True
-                )
-            except (RedisError, PyMongoError) as exc:
-                # A store hiccup must not abort a call already sent to Flickr: the next beat tries again.
-                log.warning("heartbeat failed: %s", type(exc).__name__)
+            await asyncio.sleep(min(1.0, interval / 4))
+            now_s = time.monotonic()
+            for (stream, entry_id), (job_id, rev, since) in list(self._running.items()):
+                if now_s - since >= interval and (stream, entry_id) in self._running:
+                    self._running[(stream, entry_id)] = (job_id, rev, now_s)
+                    await self._beat(stream, entry_id, job_id, rev)
+
+    async def _beat(self, stream: str, entry_id: str, job_id: str, rev: int) -> None:
+        try:
+            if not await self._store.extend_lease(job_id, rev, self._lease_s):
+                log.warning("lease lost while the call runs; the outcome will not be recorded by this worker")
+            await self._redis.xclaim(stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True)
+        except (RedisError, PyMongoError) as exc:
+            # A store hiccup must not abort a call already sent to Flickr: the next beat tries again.
+            log.warning("heartbeat failed: %s", type(exc).__name__)
 
     async def _ack(self, stream: str, entry_id: str, entry: jobs.JobEntry | None) -> None:
         """Acknowledge and delete a handled entry; its job leaves its token's in-flight count."""
+        await self._acks.submit((stream, entry_id, entry))
+
+    async def _ack_all(self, handled: list[tuple[str, str, jobs.JobEntry | None]]) -> list[None]:
+        """Every entry handled in one turn, acknowledged in one round trip: an XACK and an XDEL per
+        stream and a ZREM per token, whatever the number of entries."""
+        by_stream: dict[str, list[str]] = {}
+        by_token: dict[str, list[str]] = {}
+        for stream, entry_id, entry in handled:
+            by_stream.setdefault(stream, []).append(entry_id)
+            if entry is not None:
+                by_token.setdefault(entry.token, []).append(entry.job_id)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.WORKER_GROUP, entry_id)
-        pipe.xdel(stream, entry_id)
-        if entry is not None:
-            pipe.zrem(keys.token_in_flight(entry.token), entry.job_id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, keys.WORKER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        for token, job_ids in by_token.items():
+            pipe.zrem(keys.token_in_flight(token), *job_ids)
         await pipe.execute()
+        return [None] * len(handled)
+
+    async def close(self) -> None:
+        """Stop the heartbeat task (the runs it kept are over or handed back)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
 
     async def _dead_letter(
         self, stream: str, entry_id: str, fields: dict[str, str], reason: str, detail: str
