@@ -55,7 +55,7 @@ def _ingress_rows(ing: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(
         (
             "Edge's own CPU per REST request (gateway's on top)",
-            f"{r['edge_cpu_ms_per_request']} ms (gateway {r['gateway_cpu_ms_per_request']} ms)",
+            f"{_n(r['edge_cpu_ms_per_request'])} ms (gateway {_n(r['gateway_cpu_ms_per_request'])} ms)",
             f"bare aiohttp: {r['bare_cpu_ms_per_request']} ms",
         )
     )
@@ -67,8 +67,8 @@ def _cost_rows(cost: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, st
     arq, floor = base.get("arq"), base.get("redis_streams_floor")
     arq_rate = f"arq: {arq['jobs_per_s']} jobs/s" if arq else "—"
     floor_rate = f"; Streams floor: {_n(floor['jobs_per_s'])} jobs/s" if floor else ""
-    arq_cpu = f"arq: {arq['cpu_ms_per_job']} ms" if arq else "—"
-    floor_cpu = f"; Streams floor: {floor['cpu_ms_per_job']} ms" if floor else ""
+    arq_cpu = f"arq: {_n(arq['cpu_ms_per_job'])} ms" if arq else "—"
+    floor_cpu = f"; Streams floor: {_n(floor['cpu_ms_per_job'])} ms" if floor else ""
     ratio = cost["jobs_per_s"] / cap["jobs_per_s_bound"]
     queue, cache = cost["redis"]["queue"], cost["redis"]["cache"]
     stores = ", ".join(
@@ -93,7 +93,8 @@ def _cost_rows(cost: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, st
         (
             "CPU per job by process",
             ", ".join(
-                f"{name} {cpu.get(name, 0.0)} ms" for name in ("gateway", "mover", "worker", "cache", "edge")
+                f"{name} {_n(cpu.get(name, 0.0))} ms"
+                for name in ("gateway", "mover", "worker", "cache", "edge")
             ),
             "—",
         ),
@@ -118,7 +119,7 @@ def _cost_rows(cost: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, st
             f"{_n(cost['redis_executed_per_job'])} (queue {_n(queue['executed_per_job'])}, "
             f"cache {_n(cache['executed_per_job'])}; EVALSHA/EVAL on top: "
             f"{_n((queue['script_calls'] + cache['script_calls']) / max(cost['jobs'], 1))})",
-            f"arq: {arq['redis_commands_per_job']}" if arq else "—",
+            f"arq: {_n(arq['redis_commands_per_job'])}" if arq else "—",
         ),
     ]
 

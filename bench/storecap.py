@@ -103,6 +103,7 @@ def measure(
         client.drop_database(DB)
     finally:
         client.close()
+    wc = CONCERNS[concern].document
     if done != docs:
         raise RuntimeError(f"store capacity: {done} of {docs} documents reached their outcome")
     return {
@@ -111,7 +112,7 @@ def measure(
         "insert_threads": INSERT_THREADS,
         "update_threads": UPDATE_THREADS,
         "indexes_on_jobs": indexes,
-        "write_concern": f"{concern} {CONCERNS[concern].document}",
+        "write_concern": f"{concern} ({', '.join(f'{k}:{v}' for k, v in wc.items())})",
         "insert_docs_per_s": round(inserts_per_s, 1),
         "updates_per_s": round(updates_per_s, 1),
         "jobs_per_s_bound": round(1 / (1 / inserts_per_s + 2 / updates_per_s), 1),
