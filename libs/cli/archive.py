@@ -68,7 +68,7 @@ def run_restore(settings: Settings, file: str, keep_days: float, out: TextIO) ->
 
 
 async def _archive(settings: Settings, directory: Path, older_than: timedelta) -> archive.ArchiveReport:
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
         await mongo.ensure_indexes()
         return await archive.archive(mongo, directory, older_than)
@@ -77,7 +77,7 @@ async def _archive(settings: Settings, directory: Path, older_than: timedelta) -
 
 
 async def _restore(settings: Settings, path: Path, keep: timedelta) -> archive.RestoreReport:
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
         await mongo.ensure_indexes()
         return await archive.restore(mongo.jobs, path, keep=keep)

@@ -108,7 +108,7 @@ def _list(stub: keys_pb2_grpc.ApiKeyServiceStub, out: TextIO) -> None:
 
 
 async def _bootstrap(settings: Settings, name: str) -> IssuedKey:
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
         await mongo.ensure_indexes()
         vault = Vault(LocalKeyProvider.from_settings(settings))

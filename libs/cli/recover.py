@@ -54,7 +54,7 @@ def run(settings: Settings, dry_run: bool, min_age_s: float | None, out: TextIO)
 
 async def _sweep(settings: Settings, dry_run: bool, min_age_s: float | None) -> SweepReport:
     redis = redisio.client(settings.redis_url)
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
         sweeper = Sweeper(settings, redis, mongo.jobs, f"cli-{socket.gethostname()}-{os.getpid()}")
         full = not await sweeper.marker_present()

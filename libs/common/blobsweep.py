@@ -18,7 +18,7 @@ Every query is an index scan (tests/integration/test_query_plans.py):
   on `files_id` followed by `n: 0` on `files_id_1_n_1`;
 - their file documents, by `_id` (`$in`); none means an unfinished write, an orphan;
 - the owning job, by the `job_id` the blob was written for (its filename and `metadata.job_id`,
-  common.blobs' writer) through `job_id_unique`: `jobs` needs no index on `blob_id`. A job
+  common.blobs' writer) through `job_id_rev_unique`: `jobs` needs no index on `blob_id`. A job
   holds the blob when its `blob_id` names it and it is still live; a final job's blob is one
   the worker failed to delete.
 """

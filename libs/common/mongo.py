@@ -2,19 +2,36 @@
 
 Indexes and retention are applied at start (idempotently) by every service
 that writes. The job document is the source of truth for every accepted job.
+
+Acknowledged means durable: the collections whose writes the pipeline relies on once MongoDB
+answered them (jobs: the document a job id is answered for, every claim and outcome; tokens; API
+keys; pending authorizations; archive records) are obtained here with MONGO_WRITE_CONCERN
+(default `w: majority, j: true`), so every write through them, whatever the call (insert_many,
+update_one, bulk_write), is journaled before it is acknowledged. Setting it once here rather than
+at each call keeps a new write from forgetting it. The audit log and upload blobs keep the
+server's default: an audit line is not a promise, and a blob's chunks are written before its job
+document, whose journaled write covers them (the journal is one sequence, and on a replica set the
+majority commit point covers every earlier oplog entry).
+
+On SecantusDB (tests, `make run`) `j: true` commits the write's WiredTiger transaction with
+`sync=on`: one fdatasync of its log per write command statement. One insert_many is one
+transaction (up to 1,000 documents), so the gateway's group commit pays one flush per batch; a
+bulk_write of N updates is N statements, N flushes. Without it SecantusDB answers before its log
+buffer even reaches the OS, and a SIGKILL loses the last writes it acknowledged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 from common import blobs
+from common.settings import Settings
 
 Doc = dict[str, Any]
 
@@ -67,16 +84,21 @@ HISTORY_INDEXES = tuple(str(m.document["name"]) for m in _history_indexes())
 
 
 INDEXES: dict[str, list[IndexModel]] = {
+    # Each index here is walked by a query the code runs (tests/integration/test_query_plans.py fails
+    # on one none of its audited queries uses): on SecantusDB every insert and every update rewrites
+    # every index entry of the document, so an index costs each job three times (insert, claim, outcome).
     JOBS: [
-        IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
-        # Every state transition is a compare-and-set filtered on exactly these two fields.
-        IndexModel([("job_id", ASCENDING), ("rev", ASCENDING)], name="job_revision"),
-        IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
-        # Recovery (common.recovery): running jobs whose lease ran out, and live jobs untouched for long.
-        IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        # Job identity and every compare-and-set transition (common.jobstore) in one index: `job_id`
+        # alone and `{job_id, rev}` are both equalities on its leading fields. SecantusDB plans a
+        # filter only on an index holding all of its fields (`{job_id, rev}` scans the collection
+        # beside a `job_id` index, and `{_id, rev}` too, so a job id as `_id` would not spare it).
+        # Unique on the pair: every document is inserted at revision 0, so a second document with a
+        # job's id is refused while the first is at its first revision; job ids are server-made
+        # uuid4s, and restores upsert by job_id.
+        IndexModel([("job_id", ASCENDING), ("rev", DESCENDING)], unique=True, name="job_id_rev_unique"),
+        # Recovery (common.recovery): live jobs untouched for long, per state; for running ones the
+        # lease is checked on what this finds (a lease runs out only after the claim's updated_at).
         IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
-        IndexModel([("method", ASCENDING)], name="method"),
-        # `client_id` lookups lead with client_user_recent (below); a single-field index would be a copy.
         # Archival walks whole days of jobs by creation time (common.archive).
         IndexModel([("created_at", ASCENDING)], name="created_at"),
         # Job history (common.history): one index per combination of the ListJobs equalities that
@@ -85,8 +107,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         *_history_indexes(),
         # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
         _key_version_index("callback_secret"),
-        # Each job gets expire_at from its final state; live jobs have none and never expire.
-        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+        # Each job gets expire_at from its final state; live jobs have none, never expire, and (partial)
+        # hold no entry, so inserts and claims do not write one.
+        IndexModel(
+            [("expire_at", ASCENDING)],
+            expireAfterSeconds=0,
+            partialFilterExpression={"expire_at": {"$exists": True}},
+            name="expire_at_ttl",
+        ),
     ],
     TOKENS: [
         IndexModel([("user_id", ASCENDING)], unique=True, name="user_id_unique"),
@@ -129,58 +157,104 @@ RETIRED_INDEXES: dict[str, tuple[str, ...]] = {
         "client_user_method_recent",
         "client_user_state_method_recent",
         "callback_key_version",  # on callback_secret.v alone: now callback_secret_key_version
+        # Issue 9's index audit: indexes no query walked, or whose query another index serves.
+        "token_id_hash",  # no query looks jobs up by token
+        "method",  # no query looks jobs up by method (ListJobs filters it while walking)
+        "job_id_unique",  # job_id_rev_unique serves `job_id` alone and keeps ids unique per revision
+        "job_revision",  # (job_id, rev), non-unique: now job_id_rev_unique
+        "status_lease",  # recovery finds running jobs on status_updated and checks their lease itself
+        "retention_ttl",  # every document had an entry: now expire_at_ttl, partial on expire_at
     ),
     TOKENS: ("key_version",),  # on oauth_token.v alone: now oauth_token_key_version
 }
 
 
+# The collections whose acknowledged writes must survive a crash of the server (see the module doc).
+DURABLE_COLLECTIONS = frozenset({JOBS, TOKENS, API_KEYS, AUTH_REQUESTS, ARCHIVES})
+
+
+def write_concern(name: str = "majority", timeout_ms: int = 10_000) -> WriteConcern:
+    """MONGO_WRITE_CONCERN (and MONGO_WRITE_TIMEOUT_MS) as the WriteConcern durable collections use.
+
+    `majority` is right on every topology: a replica set acknowledges once a majority journaled the
+    write, a single server (SecantusDB, a standalone mongod) once it journaled it.
+    """
+    wtimeout = timeout_ms or None
+    if name == "majority":
+        return WriteConcern(w="majority", j=True, wtimeout=wtimeout)
+    if name == "journaled":
+        return WriteConcern(w=1, j=True, wtimeout=wtimeout)
+    if name == "unjournaled":
+        return WriteConcern(w=1, wtimeout=wtimeout)
+    raise ValueError(f"unknown write concern {name!r}")
+
+
 @dataclass
 class Mongo:
-    """An AsyncMongoClient and FlickrHub's database."""
+    """An AsyncMongoClient and FlickrHub's database; durable collections carry `durable` (see above)."""
 
     client: AsyncMongoClient[Doc]
     db: AsyncDatabase[Doc]
+    durable: WriteConcern = field(default_factory=write_concern)
+    _collections: dict[str, AsyncCollection[Doc]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
-    def connect(cls, url: str, db_name: str) -> Mongo:
-        """Connect lazily (the first operation dials); datetimes come back timezone-aware."""
+    def connect(cls, url: str, db_name: str, durable: WriteConcern | None = None) -> Mongo:
+        """Connect lazily (the first operation dials); datetimes come back timezone-aware.
+
+        `durable` defaults to `w: majority, j: true`; services pass MONGO_WRITE_CONCERN (from_settings).
+        """
         # Every call has a deadline: a reply that never comes fails (and is retried) instead of hanging a job.
         defaults = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 3000, "socketTimeoutMS": 15000}
         options: dict[str, Any] = {
             k: v for k, v in defaults.items() if k.lower() not in url.lower()
         }  # URI wins
         client: AsyncMongoClient[Doc] = AsyncMongoClient(url, tz_aware=True, appname="flickrhub", **options)
-        return cls(client, client[db_name])
+        return cls(client, client[db_name], durable or write_concern())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Mongo:
+        """Connect to MONGO_URL / MONGO_DB with MONGO_WRITE_CONCERN on the durable collections."""
+        concern = write_concern(settings.mongo_write_concern, settings.mongo_write_timeout_ms)
+        return cls.connect(settings.mongo_url, settings.mongo_db, concern)
+
+    def collection(self, name: str) -> AsyncCollection[Doc]:
+        """Collection `name`, with the durable write concern when it is one of DURABLE_COLLECTIONS."""
+        found = self._collections.get(name)
+        if found is None:
+            concern = self.durable if name in DURABLE_COLLECTIONS else None
+            found = self._collections[name] = self.db.get_collection(name, write_concern=concern)
+        return found
 
     @property
     def jobs(self) -> AsyncCollection[Doc]:
-        """The `jobs` collection."""
-        return self.db[JOBS]
+        """The `jobs` collection (durable writes)."""
+        return self.collection(JOBS)
 
     @property
     def tokens(self) -> AsyncCollection[Doc]:
-        """The `tokens` collection."""
-        return self.db[TOKENS]
+        """The `tokens` collection (durable writes)."""
+        return self.collection(TOKENS)
 
     @property
     def auth_requests(self) -> AsyncCollection[Doc]:
-        """The `auth_requests` collection (pending OAuth authorizations)."""
-        return self.db[AUTH_REQUESTS]
+        """The `auth_requests` collection (pending OAuth authorizations; durable writes)."""
+        return self.collection(AUTH_REQUESTS)
 
     @property
     def api_keys(self) -> AsyncCollection[Doc]:
-        """The `api_keys` collection (bcrypt hashes and vault blobs, never a clear secret)."""
-        return self.db[API_KEYS]
+        """The `api_keys` collection (bcrypt hashes and vault blobs, never a clear secret; durable writes)."""
+        return self.collection(API_KEYS)
 
     @property
     def archives(self) -> AsyncCollection[Doc]:
-        """The `archives` collection (what `flickrhub archive` wrote, one document per file)."""
-        return self.db[ARCHIVES]
+        """The `archives` collection (one document per file `flickrhub archive` wrote; durable writes)."""
+        return self.collection(ARCHIVES)
 
     @property
     def audit_log(self) -> AsyncCollection[Doc]:
-        """The `audit_log` collection (one entry per call, kept 1 year)."""
-        return self.db[AUDIT_LOG]
+        """The `audit_log` collection (one entry per call, kept 1 year; the server's write concern)."""
+        return self.collection(AUDIT_LOG)
 
     async def ensure_indexes(self) -> None:
         """Create every declared index and drop the retired ones; a no-op when that is done."""

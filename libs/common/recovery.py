@@ -92,10 +92,12 @@ PIPELINE_STREAMS = 200  # streams read per pipelined round
 RECHECK_BATCH = 500  # job ids per re-read ({"job_id": {"$in": …}} uses the unique index)
 LOCK_S = 60  # the lock's lease, renewed as the sweep goes on and released when it ends
 
-# Live states and the time field that says how long a job has been left alone in each. One
-# query per state: each filter is exactly the fields of one index (status_updated, status_lease).
-_CANDIDATES = ((jobs.QUEUED, "updated_at"), (jobs.RETRYING, "updated_at"), (jobs.RUNNING, "lease_until"))
-_PROJECTION = {"_id": 0, "job_id": 1, "rev": 1, "status": 1, "token_id_hash": 1}
+# Live states, one query each: exactly the fields of one index (status_updated). A running job is a
+# candidate once its lease ran out before the cutoff; its lease was set at its claim (updated_at) and
+# only ever extended, so those are among the running jobs claimed before the cutoff, and the lease
+# is checked on what the query finds (`_left_alone`), sparing `jobs` a (status, lease_until) index.
+_LIVE = (jobs.QUEUED, jobs.RETRYING, jobs.RUNNING)
+_PROJECTION = {"_id": 0, "job_id": 1, "rev": 1, "status": 1, "token_id_hash": 1, "lease_until": 1}
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -263,6 +265,8 @@ class Sweeper:
         candidates: dict[str, Doc] = {}
         for query in candidate_filters(report.cutoff):
             async for doc in self._jobs.find(query, _PROJECTION):
+                if not _left_alone(doc, report.cutoff):
+                    continue
                 candidates[str(doc["job_id"])] = doc
                 if len(candidates) % RECHECK_BATCH == 0:
                     await self._keep_lock()
@@ -352,8 +356,19 @@ class Sweeper:
 
 
 def candidate_filters(cutoff: datetime) -> list[Doc]:
-    """The candidate queries: live jobs left alone since before `cutoff`, one query per state."""
-    return [{"status": status, since: {"$lt": cutoff}} for status, since in _CANDIDATES]
+    """The candidate queries: live jobs last written before `cutoff`, one query per state.
+
+    Running ones are candidates only when `_left_alone` also holds (their lease ran out too).
+    """
+    return [{"status": status, "updated_at": {"$lt": cutoff}} for status in _LIVE]
+
+
+def _left_alone(doc: Doc, cutoff: datetime) -> bool:
+    """A found job is left alone since before `cutoff`: a running one's lease ran out before it too."""
+    if doc.get("status") != jobs.RUNNING:
+        return True
+    lease = doc.get("lease_until")
+    return isinstance(lease, datetime) and lease < cutoff
 
 
 def recheck_filter(job_ids: Sequence[str]) -> Doc:
@@ -371,10 +386,7 @@ def _unchanged(before: Doc, doc: Doc, cutoff: datetime) -> bool:
     """Still the state the candidate query saw (a running job's lease may have been extended)."""
     if doc.get("rev") != before.get("rev") or doc.get("status") != before.get("status"):
         return False
-    if doc["status"] == jobs.RUNNING:
-        lease = doc.get("lease_until")
-        return isinstance(lease, datetime) and lease < cutoff
-    return True
+    return _left_alone(doc, cutoff)
 
 
 def _recovery_trace(doc: Doc) -> dict[str, str]:

@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 
-from common.mongo import API_KEYS, AUDIT_LOG, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
+from common.mongo import API_KEYS, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
 from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
 
@@ -124,14 +123,16 @@ async def _count_stale(collection: AsyncCollection[Doc], spec: SecretFields, cur
     return len(ids)
 
 
-async def rotate(
-    db: AsyncDatabase[Doc], vault: Vault, *, batch: int = 200, actor: str = "cli"
-) -> RotationReport:
-    """Re-encrypt every secret not on the current key version; returns (and audits) the report."""
+async def rotate(mongo: Mongo, vault: Vault, *, batch: int = 200, actor: str = "cli") -> RotationReport:
+    """Re-encrypt every secret not on the current key version; returns (and audits) the report.
+
+    Each rewrite goes through the collection's durable write concern (common.mongo): the report
+    counts a record rotated only once it is journaled, so an old key retired after it stays unused.
+    """
     version = vault.current_version
     report = RotationReport(key_version=version, started_at=datetime.now(UTC).isoformat())
     for spec in SECRETS:
-        collection = db[spec.collection]
+        collection = mongo.collection(spec.collection)
         done = 0
         projection = {"_id": 1, spec.record_id_field: 1, **dict.fromkeys(spec.fields, 1)}
         # One walk per field; a record is rewritten whole (every stale field at once) where first found,
@@ -159,7 +160,7 @@ async def rotate(
         report.rotated[spec.collection] = done
         report.left_on_old_keys[spec.collection] = await _count_stale(collection, spec, version, batch)
     report.finished_at = datetime.now(UTC).isoformat()
-    await db[AUDIT_LOG].insert_one(
+    await mongo.audit_log.insert_one(
         {
             "action": "vault.rotate",
             "actor": actor,
@@ -174,9 +175,9 @@ async def rotate(
 
 async def _main(batch: int) -> RotationReport:
     settings = Settings.from_env()
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
-        return await rotate(mongo.db, Vault(LocalKeyProvider.from_settings(settings)), batch=batch)
+        return await rotate(mongo, Vault(LocalKeyProvider.from_settings(settings)), batch=batch)
     finally:
         await mongo.close()
 

@@ -32,6 +32,8 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # check takes seconds of CPU.
 BCRYPT_MIN_ROUNDS = 10
 BCRYPT_MAX_ROUNDS = 16
+# MONGO_WRITE_CONCERN's choices (common.mongo.write_concern turns each into a WriteConcern).
+MONGO_WRITE_CONCERNS = ("majority", "journaled", "unjournaled")
 
 
 class SettingsError(ValueError):
@@ -95,6 +97,21 @@ class Settings:
         "MongoDB URI (keep `retryWrites=false` for SecantusDB).",
     )
     mongo_db: str = _env("MONGO_DB", "flickrhub", "MongoDB database name.")
+    mongo_write_concern: str = _env(
+        "MONGO_WRITE_CONCERN",
+        "majority",
+        "When MongoDB acknowledges a job document and every state change the pipeline relies on (claims, "
+        "outcomes, tokens, API keys): `majority` (w: majority, j: true: journaled on a majority of a "
+        "replica set; on a single server, journaled there), `journaled` (w: 1, j: true: the primary's "
+        "journal only) or `unjournaled` (w: 1: in memory, a crashed server loses acknowledged jobs; "
+        "refused in production).",
+    )
+    mongo_write_timeout_ms: int = _env(
+        "MONGO_WRITE_TIMEOUT_MS",
+        10000,
+        "How long a write may wait for replica set members to satisfy MONGO_WRITE_CONCERN (wtimeout; 0: "
+        "no bound). Past it the write fails, though the primary may have applied it.",
+    )
 
     # Flickr
     flickr_api_key: str = _env(
@@ -481,6 +498,15 @@ class Settings:
             raise SettingsError(f"FAILPOINTS: {exc}") from None
         if self.failpoints.strip() and self.environment == "production":
             raise SettingsError("FAILPOINTS: a chaos-testing aid, must be empty in production")
+        if self.mongo_write_concern not in MONGO_WRITE_CONCERNS:
+            expected = ", ".join(MONGO_WRITE_CONCERNS)
+            raise SettingsError(f"MONGO_WRITE_CONCERN: expected {expected}, got {self.mongo_write_concern!r}")
+        if self.mongo_write_concern == "unjournaled" and self.environment == "production":
+            raise SettingsError(
+                "MONGO_WRITE_CONCERN: unjournaled loses acknowledged jobs; refused in production"
+            )
+        if self.mongo_write_timeout_ms < 0:
+            raise SettingsError("MONGO_WRITE_TIMEOUT_MS: must be 0 (no bound) or positive")
         for name in (
             "worker_concurrency",
             "worker_max_attempts",

@@ -36,7 +36,7 @@ async def seed_demo_token(
         username=sandbox_state.DEMO_USERNAME,
         perms=sandbox_state.DEMO_PERMS,
     )
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     try:
         await mongo.ensure_indexes()
         await TokenStore(mongo.tokens, Vault(LocalKeyProvider.from_settings(settings))).put(record)
@@ -63,7 +63,7 @@ class DemoKeys:
 
 async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER,)) -> DemoKeys:
     """(Re)create the demo client and admin keys with fresh secrets (the old ones stop working)."""
-    mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+    mongo = Mongo.from_settings(settings)
     redis = redisio.client(settings.redis_url)
     try:
         await mongo.ensure_indexes()

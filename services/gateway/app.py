@@ -50,7 +50,7 @@ class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = redisio.client(settings.redis_url)
-        self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        self.mongo = Mongo.from_settings(settings)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.tokens = TokenStore(self.mongo.tokens, self.vault)
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)

@@ -27,7 +27,7 @@ class MoverApp:
         self.consumer = consumer or f"mover-{socket.gethostname()}-{os.getpid()}"
         self.mover = Mover(settings, self.redis, self.consumer)
         # Recovery from MongoDB runs beside the moving loop (one replica at a time sweeps).
-        self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        self.mongo = Mongo.from_settings(settings)
         self.recovery = Sweeper(settings, self.redis, self.mongo.jobs, self.consumer)
         self.grpc = GrpcServer([], settings.bind_host, settings.mover_port)
         self.port = self.grpc.port

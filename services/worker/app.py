@@ -32,7 +32,7 @@ class WorkerApp:
         self.consumer_name = consumer or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.redis = redisio.client(settings.redis_url)
         self.blocking = redisio.blocking_client(settings.redis_url)
-        self.mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        self.mongo = Mongo.from_settings(settings)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
         self.flickr = FlickrClient(settings.flickr_endpoints, settings.flickr_timeout_s)

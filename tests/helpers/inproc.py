@@ -141,7 +141,7 @@ async def running_stack(
             started.append(app)
         demo_keys = await devstack_seed.seed_api_keys(settings)
         channel = credentials.authenticated_channel(f"127.0.0.1:{gateway.port}", demo_keys.admin_key)
-        mongo = Mongo.connect(settings.mongo_url, settings.mongo_db)
+        mongo = Mongo.from_settings(settings)
         try:
             yield Stack(
                 settings, state, sandbox_url, gateway, mover_apps, worker_apps, channel, mongo, demo_keys

@@ -14,7 +14,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
 
 from common import archive, blobs, blobsweep, history, recovery
 from common.mongo import HISTORY_INDEXES, INDEXES, RETIRED_INDEXES, Mongo
@@ -53,9 +55,11 @@ def _history_cases() -> list[Case]:
 
 
 CASES: list[Case] = [
-    # common.jobstore: reads by id, compare-and-set transitions, webhook bookkeeping.
+    # common.jobstore: reads by id, compare-and-set transitions (one by one or a turn's bulk write, and
+    # the re-read that tells its winners), webhook bookkeeping.
     ("JobStore.get/claim/_transition/mark_webhook", "jobs", {"job_id": "J"}, None),
     ("JobStore._cas", "jobs", {"job_id": "J", "rev": 3}, None),
+    ("JobStore._write_all re-read", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
     # gateway.jobs_servicer: duplicate answers, the rollback of a refused enqueue.
     ("JobServicer.responses", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
     ("JobServicer._enqueue rollback", "jobs", {"job_id": "J"}, None),
@@ -77,8 +81,9 @@ CASES: list[Case] = [
     ("archive one day", "jobs", archive.day_filter(T), [("created_at", 1)]),
     ("archive record", "archives", archive.name_filter("jobs-2026-01-01.jsonl.zst"), None),
     ("restore upsert", "jobs", archive.restore_filter("J"), None),
-    # common.tokens: get/summary/upsert/revoke, the paged list (first page and the next).
+    # common.tokens: get/summary/upsert/revoke, a token's owner, the paged list (first page and the next).
     ("TokenStore by user", "tokens", {"user_id": "U"}, None),
+    ("TokenStore by token", "tokens", {"token_id_hash": "T"}, None),
     ("TokenStore.list next", "tokens", {"user_id": {"$gt": "U"}}, [("user_id", 1)]),
     ("TokenStore.list first", "tokens", {}, [("user_id", 1)]),
     # common.apikeys: find/revoke, rotate (live keys only), the paged list, last-used touches.
@@ -100,6 +105,21 @@ CASES: list[Case] = [
     ("blobsweep files", blobsweep.FILES, blobsweep.files_filter([ObjectId(), ObjectId()]), None),
     ("blobsweep owners", "jobs", blobsweep.owners_filter(["J1", "J2"]), None),
 ]
+
+
+# Declared indexes no query of the code walks, and why each is kept anyway. Every other declared index
+# must be the winning plan of some audited query (test_every_declared_index_serves_a_query): on
+# SecantusDB each index costs every insert and every update of its collection.
+KEPT_WITHOUT_A_QUERY = {
+    # GridFS's own index (the spec's name), which PyMongo's GridFS writer looks for.
+    (f"{blobs.BUCKET}.files", "filename_1_uploadDate_1"),
+}
+
+
+def _ttl(collection: str, name: str) -> bool:
+    """A TTL index: the server's TTL monitor reads it, not a query."""
+    spec = next(m.document for m in INDEXES[collection] if m.document["name"] == name)
+    return "expireAfterSeconds" in spec
 
 
 def _stages(plan: Any, field: str = "stage") -> set[str]:
@@ -178,6 +198,33 @@ async def test_every_history_page_walks_a_history_index(mongo_url: str, mongo_db
     assert set().union(*used.values()) == set(HISTORY_INDEXES)  # and each of them serves some filter
 
 
+async def test_every_declared_index_serves_a_query(mongo_url: str, mongo_db_name: str) -> None:
+    """An index no audited query walks fails here: drop it (mongo.RETIRED_INDEXES) or audit its query.
+
+    Inserts and updates pay for every index, so each declared one must be the plan of a query in
+    CASES (or key rotation's), TTL indexes and KEPT_WITHOUT_A_QUERY aside.
+    """
+    cases = CASES + _rotation_cases()
+    plans = await _plans(mongo_url, mongo_db_name, cases)
+    used = {
+        (collection, name)
+        for (label, collection, _, _) in cases
+        for name in _stages(plans[label], "indexName")
+    }
+    declared = {
+        (collection, str(m.document["name"])) for collection, models in INDEXES.items() for m in models
+    }
+    unused = sorted(
+        (c, n) for c, n in declared - used - KEPT_WITHOUT_A_QUERY if n != "_id_" and not _ttl(c, n)
+    )
+    assert not unused, f"declared indexes no audited query walks: {unused}"
+    assert declared - used >= KEPT_WITHOUT_A_QUERY  # an exemption that became used leaves the list
+    # `jobs`, the collection every job writes three times: every index but TTL's is some query's plan.
+    jobs_declared = {n for c, n in declared if c == "jobs"}
+    assert {n for c, n in used if c == "jobs"} == jobs_declared - {"expire_at_ttl"}
+    assert len(jobs_declared) == 9  # 13 before issue 9's audit (+ `_id`)
+
+
 async def test_the_orphan_blob_sweep_walks_one_entry_per_blob(mongo_url: str, mongo_db_name: str) -> None:
     """Its candidates come from the partial first-chunk index, not from every chunk of every blob."""
     cases = [case for case in CASES if case[0] == "blobsweep candidates"]
@@ -228,6 +275,14 @@ async def test_indexes_are_created_idempotently_and_match_the_declaration(
         await mongo.jobs.create_index(
             [("user_id", 1), ("method", 1), ("created_at", -1), ("job_id", -1)], name="user_method_recent"
         )
+        # Issue 9's audit retired these (the release before it declared every one).
+        await mongo.jobs.create_index([("job_id", 1)], unique=True, name="job_id_unique")
+        await mongo.jobs.create_index([("job_id", 1), ("rev", 1)], name="job_revision")
+        await mongo.jobs.create_index([("token_id_hash", 1)], name="token_id_hash")
+        await mongo.jobs.create_index([("method", 1)], name="method")
+        await mongo.jobs.create_index([("status", 1), ("lease_until", 1)], name="status_lease")
+        await mongo.jobs.create_index([("expire_at", 1)], expireAfterSeconds=0, name="retention_ttl")
+        await mongo.jobs.insert_one({"job_id": "J", "rev": 0})
         await mongo.ensure_indexes()
         await mongo.ensure_indexes()  # a second start changes nothing and raises nothing
         for collection, models in INDEXES.items():
@@ -239,12 +294,17 @@ async def test_indexes_are_created_idempotently_and_match_the_declaration(
                 assert held[spec["name"]].get("expireAfterSeconds") == spec.get("expireAfterSeconds")
         jobs = {ix["name"]: ix async for ix in await mongo.jobs.list_indexes()}
         assert not set(jobs) & set(RETIRED_INDEXES["jobs"]), sorted(jobs)
-        # Issue 6's schema: job_id unique, an index led by each looked-up field, one TTL on expire_at.
-        assert jobs["job_id_unique"].get("unique") is True
+        # Job ids unique (per revision: every document is inserted at revision 0), an index led by each
+        # looked-up field, one TTL on expire_at holding only the jobs that have one.
+        assert jobs["job_id_rev_unique"].get("unique") is True
+        assert dict(jobs["job_id_rev_unique"]["key"]) == {"job_id": 1, "rev": -1}
+        with pytest.raises(DuplicateKeyError):
+            await mongo.jobs.insert_one({"job_id": "J", "rev": 0})
         leading = {next(iter(dict(ix["key"]))) for ix in jobs.values()}
-        assert {"token_id_hash", "status", "method", "client_id", "created_at"} <= leading
-        assert [n for n, ix in jobs.items() if "expireAfterSeconds" in ix] == ["retention_ttl"]
-        assert dict(jobs["retention_ttl"]["key"]) == {"expire_at": 1}
+        assert {"job_id", "status", "client_id", "user_id", "created_at", "expire_at"} <= leading
+        assert [n for n, ix in jobs.items() if "expireAfterSeconds" in ix] == ["expire_at_ttl"]
+        assert dict(jobs["expire_at_ttl"]["key"]) == {"expire_at": 1}
+        assert jobs["expire_at_ttl"]["partialFilterExpression"] == {"expire_at": {"$exists": True}}
         audit = {ix["name"]: ix async for ix in await mongo.audit_log.list_indexes()}
         assert audit["retention_ttl"]["expireAfterSeconds"] == 365 * 24 * 3600
     finally:

@@ -67,7 +67,7 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
                     job_ids.append(await _submit(stack, receiver.url, i))
 
             submitting = asyncio.create_task(keep_submitting())
-            report = await rotate(stack.mongo.db, Vault(LocalKeyProvider.from_settings(both)), batch=7)
+            report = await rotate(stack.mongo, Vault(LocalKeyProvider.from_settings(both)), batch=7)
             await submitting
             states = await asyncio.gather(*(_final_state(stack, j) for j in job_ids))
             for job_id in job_ids:
