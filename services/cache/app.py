@@ -32,12 +32,16 @@ class CacheApp:
         self.settings = settings
         self.redis = redisio.client(settings.cache_redis_url, max_connections=MAX_IN_FLIGHT, decode=False)
         self.store = CacheStore(self.redis, settings)
+        service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
         self.grpc = GrpcServer(
-            [cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name],
+            [service],
             settings.bind_host,
             settings.cache_port,
+            # Batches belong to no single trace: each operation's span joins its own (cache.batch).
+            untraced_methods=[f"/{service}/Exchange", f"/{service}/ExchangeStream"],
         )
-        cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(self.store), self.grpc.server)
+        self.servicer = CacheServicer(self.store)
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(self.servicer, self.grpc.server)
         self.port = self.grpc.port
         self.metrics_port = -1
         self._flusher: asyncio.Task[None] | None = None
@@ -55,7 +59,8 @@ class CacheApp:
         log.info("cache listening on %d", self.port)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING, finish in-flight calls, send the last counts, close Redis."""
+        """NOT_SERVING, end the batch streams, finish in-flight calls, send the last counts, close Redis."""
+        self.servicer.close_streams()
         await self.grpc.stop(grace)
         if self._flusher is not None:
             self._flusher.cancel()

@@ -47,6 +47,13 @@ OP_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
+BATCH_OPS = Histogram(
+    "flickrhub_cache_batch_ops",
+    "Operations per batch (Exchange, ExchangeStream); each batch is one Redis round trip",
+    ["rpc"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
 
 @contextmanager
 def timed(op: str) -> Iterator[None]:

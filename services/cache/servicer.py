@@ -7,9 +7,9 @@ UNAVAILABLE so the caller knows nothing was stored or dropped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,66 +17,22 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from cache import metrics
+from cache.batch import MAX_OPS, BatchHandler
 from cache.store import CacheStore, Stats, method_label
+from cache.validation import (
+    MAX_VALUE_BYTES,
+    key_violations,
+    method_class,
+    method_violations,
+    token_violations,
+)
 from common import telemetry
 from common.errors import FieldViolation, InvalidArgument, Unavailable
-from common.flickr_methods import is_search, is_write
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# fullmatch, not match: `$` also matches before a trailing newline.
-METHOD_RE = re.compile(r"flickr(\.[A-Za-z0-9_]+){2,}")
-METHOD_MAX = 128
-TOKEN_RE = re.compile(r"[0-9a-f]{16,64}")
-MAX_PARAMS = 64
-MAX_PARAM_KEY = 64
-MAX_PARAM_VALUE = 4096
-MAX_VALUE_BYTES = 1024 * 1024
-
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def method_class(method: str) -> str:
-    """write, search or read: the class that decides the TTL."""
-    return "write" if is_write(method) else "search" if is_search(method) else "read"
-
-
-def method_violations(method: str, field: str) -> list[FieldViolation]:
-    """A Flickr method name: flickr.<namespace>.<name>, at most 128 characters."""
-    if len(method) > METHOD_MAX or not METHOD_RE.fullmatch(method):
-        return [FieldViolation(field, f"flickr.<namespace>.<name>, at most {METHOD_MAX} characters")]
-    return []
-
-
-def token_violations(token: str, field: str) -> list[FieldViolation]:
-    """The token id hash that scopes every entry: required."""
-    if not TOKEN_RE.fullmatch(token):
-        return [FieldViolation(field, "required: 16-64 lowercase hex characters")]
-    return []
-
-
-def params_violations(params: Mapping[str, str], field: str) -> list[FieldViolation]:
-    """At most 64 params, keys of 1-64 characters, values of at most 4096."""
-    if len(params) > MAX_PARAMS:
-        return [FieldViolation(field, f"at most {MAX_PARAMS} entries")]
-    return [
-        FieldViolation(
-            f"{field}[{k[:MAX_PARAM_KEY]}]",
-            f"keys are 1-{MAX_PARAM_KEY} characters, values at most {MAX_PARAM_VALUE}",
-        )
-        for k, v in params.items()
-        if not 0 < len(k) <= MAX_PARAM_KEY or len(v) > MAX_PARAM_VALUE
-    ]
-
-
-def key_violations(key: cache_pb2.CacheKey) -> list[FieldViolation]:
-    """Every problem with a cache key."""
-    return [
-        *method_violations(key.method, "key.method"),
-        *params_violations(key.params, "key.params"),
-        *token_violations(key.token_id_hash, "key.token_id_hash"),
-    ]
 
 
 def _check(bad: list[FieldViolation], what: str) -> None:
@@ -89,6 +45,56 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def __init__(self, store: CacheStore) -> None:
         self._store = store
+        self._batches = BatchHandler(store)
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._busy: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    async def Exchange(
+        self, request: cache_pb2.CacheBatchRequest, context: Context
+    ) -> cache_pb2.CacheBatchResponse:
+        """Many Gets and Puts in one call and one Redis round trip, each answered as its single RPC."""
+        if len(request.ops) > MAX_OPS:
+            # Served without the error interceptor (untraced): refused here, as the stream does.
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_OPS} operations per batch")
+        return await self._batches.run(request.ops, "Exchange")
+
+    async def ExchangeStream(
+        self, request_iterator: AsyncIterator[cache_pb2.CacheBatchRequest], context: Context
+    ) -> AsyncIterator[cache_pb2.CacheBatchResponse]:
+        """Exchange over one stream: an answer per request message, in order, until either side ends it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            while not self._closing:
+                try:
+                    request = await anext(request_iterator)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not self._closing:
+                        raise
+                    task.uncancel()  # close_streams: end the stream with OK, the caller opens another
+                    return
+                if len(request.ops) > MAX_OPS:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_OPS} operations per batch"
+                    )
+                self._busy.add(task)
+                try:
+                    response = await self._batches.run(request.ops, "ExchangeStream")
+                finally:
+                    self._busy.discard(task)
+                yield response
+        finally:
+            self._streams.discard(task)
+
+    def close_streams(self) -> None:
+        """Stopping: each stream ends once its running batch is answered; idle ones end now."""
+        self._closing = True
+        for task in self._streams - self._busy:
+            task.cancel()
 
     async def Get(self, request: cache_pb2.CacheGetRequest, context: Context) -> cache_pb2.CacheGetResponse:
         """A hit with the answer, or a miss (also when the cache Redis is down)."""

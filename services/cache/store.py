@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Any, cast
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
+from cache.roundtrip import Command, round_trip
 from common import keys, redisio
 from common.flickr_methods import METHOD_PERMS, is_search, is_write
 from common.settings import CACHE_MAX_TTL_S, Settings
@@ -58,6 +60,8 @@ MAX_IN_FLIGHT = 64
 # A generation outlives every entry stored under it (each Put refreshes it), so
 # its expiry never drops a live entry; it only stops idle tokens' keys piling up.
 GENERATION_TTL_S = MAX_TTL_S + 3600
+# Batches send the pending hit/miss/put counts at most this often (the app flushes every second too).
+STATS_EVERY_S = 0.1
 
 _NOW_US = """
 local function now_us()
@@ -69,11 +73,9 @@ end
 # KEYS: token generation, token+method generation. ARGV: entry prefix, digest.
 # → false (miss) or {value, seconds left}
 _GET = """
-local g = redis.call('GET', KEYS[1])
-if not g then return false end
-local mg = redis.call('GET', KEYS[2])
-if not mg then return false end
-local entry = ARGV[1] .. g .. ':' .. mg .. ':' .. ARGV[2]
+local g = redis.call('MGET', KEYS[1], KEYS[2])
+if not g[1] or not g[2] then return false end
+local entry = ARGV[1] .. g[1] .. ':' .. g[2] .. ':' .. ARGV[2]
 local value = redis.call('GET', entry)
 if not value then return false end
 return {value, redis.call('TTL', entry)}
@@ -99,12 +101,13 @@ return ttl
 _PUT = (
     _NOW_US
     + """
-local function generation(key)
-  local g = redis.call('GET', key) or now_us()
-  redis.call('SET', key, g, 'EX', ARGV[5])
-  return g
+local g = redis.call('MGET', KEYS[1], KEYS[2])
+local function generation(i)
+  local v = g[i] or now_us()
+  redis.call('SET', KEYS[i], v, 'EX', ARGV[5])
+  return v
 end
-local entry = ARGV[1] .. generation(KEYS[1]) .. ':' .. generation(KEYS[2]) .. ':' .. ARGV[2]
+local entry = ARGV[1] .. generation(1) .. ':' .. generation(2) .. ':' .. ARGV[2]
 redis.call('SET', entry, ARGV[3], 'EX', ARGV[4])
 return 1
 """
@@ -129,6 +132,26 @@ return new
 class Hit:
     """A cached answer and the seconds it has left."""
 
+    value: bytes
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class GetOp:
+    """One lookup of a batch."""
+
+    method: str
+    params: Mapping[str, str]
+    token: str
+
+
+@dataclass(frozen=True)
+class PutOp:
+    """One store of a batch (`ttl_s` already decided: positive)."""
+
+    method: str
+    params: Mapping[str, str]
+    token: str
     value: bytes
     ttl_s: int
 
@@ -170,6 +193,7 @@ class CacheStore:
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._stats_sent = 0.0
 
     def ttl_for(self, method: str, requested: int = 0) -> int:
         """Seconds an answer of `method` may be cached; 0 for methods that are never cached."""
@@ -188,13 +212,12 @@ class CacheStore:
 
     async def get(self, method: str, params: Mapping[str, str], token: str) -> Hit | None:
         """The cached answer in the token's current scope, or None."""
-        hot = None
-        if self.warming:
-            canonical = keys.cache_canonical(method, params, token)
-            hot = canonical if len(canonical.encode()) <= HOT_MEMBER_MAX else None
         try:
             found = await self._call(
-                self._get, _generations(token, method), _entry(method, params, token), hot=hot
+                self._get,
+                _generations(token, method),
+                _entry(method, params, token),
+                hot=self._hot_member(method, params, token),
             )
         except RedisError:
             self.count("misses", method)
@@ -214,6 +237,79 @@ class CacheStore:
         """Drop every entry of the token (or of the token's method) in O(1); the new generation."""
         generation = keys.cache_generation(token, method)
         return int(await self._call(self._invalidate, [generation], [GENERATION_TTL_S]))
+
+    async def exchange(
+        self, gets: Sequence[GetOp], puts: Sequence[PutOp]
+    ) -> tuple[list[Hit | RedisError | None], list[RedisError | None]]:
+        """Every Get and Put of a batch in one round trip (`round_trip`): each answer or its error.
+
+        Each operation is the same script call as its single form (so the same commands per
+        operation); the hit/miss/put counts ride this round trip only when the last send is older
+        than STATS_EVERY_S (else a later one, or the app's flush every second), so a busy
+        replica sends them a few times a second instead of with every batch.
+        """
+        commands: list[Command] = []
+        at: list[int] = []  # position of each operation's script call
+        for g in gets:
+            at.append(len(commands))
+            commands.append(
+                (
+                    "EVALSHA",
+                    self._get.sha,
+                    2,
+                    *_generations(g.token, g.method),
+                    *_entry(g.method, g.params, g.token),
+                )
+            )
+            if (member := self._hot_member(g.method, g.params, g.token)) is not None:
+                commands.append(("ZINCRBY", keys.CACHE_HOT, 1, member))
+        for p in puts:
+            at.append(len(commands))
+            args = (*_generations(p.token, p.method), *_entry(p.method, p.params, p.token))
+            commands.append(("EVALSHA", self._put.sha, 2, *args, p.value, p.ttl_s, GENERATION_TTL_S))
+        if puts:
+            self._pending["puts"] += len(puts)
+        now = time.monotonic()
+        taken: Counter[str] = Counter()
+        if now - self._stats_sent >= STATS_EVERY_S:
+            self._stats_sent, taken, self._pending = now, self._pending, Counter()
+            commands += [("HINCRBY", keys.CACHE_STATS, f, n) for f, n in sorted(taken.items())]
+        results: list[Any]
+        try:
+            async with self._slots:
+                replies = await round_trip(self._redis, commands)
+            results = [replies[i] for i in at]
+        except RedisError as exc:
+            self._pending.update(taken)  # those counts ride the next round trip that gets through
+            results = [exc] * len(at)
+        if stale := [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]:
+            results = await self._rerun([commands[at[i]] for i in stale], stale, results)
+        found: list[Hit | RedisError | None] = []
+        for g, r in zip(gets, results, strict=False):
+            self.count("misses" if isinstance(r, RedisError) or not r else "hits", g.method)
+            found.append(r if isinstance(r, RedisError) else Hit(bytes(r[0]), int(r[1])) if r else None)
+        stored = [r if isinstance(r, RedisError) else None for r in results[len(gets) :]]
+        return found, stored
+
+    async def _rerun(self, again: list[Command], stale: list[int], results: list[Any]) -> list[Any]:
+        """Reload the scripts (Redis restarted or flushed them) and send the calls that met NOSCRIPT again."""
+        try:
+            async with self._slots:
+                await self.load_scripts()
+                replies = await round_trip(self._redis, again)
+        except RedisError as exc:
+            replies = [exc] * len(again)
+        results = list(results)
+        for i, r in zip(stale, replies, strict=True):
+            results[i] = r
+        return results
+
+    def _hot_member(self, method: str, params: Mapping[str, str], token: str) -> str | None:
+        """The popularity set's member for a lookup (warming only; None when off or too long)."""
+        if not self.warming:
+            return None
+        canonical = keys.cache_canonical(method, params, token)
+        return canonical if len(canonical.encode()) <= HOT_MEMBER_MAX else None
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (one round trip) so the first calls meet no NOSCRIPT."""

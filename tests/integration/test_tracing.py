@@ -1,4 +1,8 @@
-"""One trace per job: edge → gateway → mover → worker → cache → Flickr HTTP (in-memory exporter)."""
+"""One trace per job: edge → gateway → mover → worker → cache → Flickr HTTP (in-memory exporter).
+
+The cache step: the worker's lookup and store spans, each with the cache service's server span
+for that operation (the operations travel in batches shared by many jobs; each carries its job's
+trace context, and the service records it in that trace)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from common import telemetry
 from common.settings import Settings
@@ -80,7 +85,12 @@ async def test_one_trace_follows_a_job_through_every_hop(traced: tuple[Stack, st
     enqueue = _by_name(spans, telemetry.SPAN_ENQUEUE)
     move = _by_name(spans, telemetry.SPAN_MOVE)
     execute = _by_name(spans, telemetry.SPAN_EXECUTE)
-    cache_server = _by_name(spans, "/flickrhub.v1.CacheService/Get")
+    lookup = _by_name(spans, telemetry.SPAN_CACHE_LOOKUP)
+    # The worker batches its cache operations (one ExchangeStream message for many jobs); the service
+    # records each operation's side as a server span whose parent is that job's lookup span.
+    cache_server = _by_name(spans, telemetry.SPAN_CACHE_SERVE_GET)
+    store = _by_name(spans, telemetry.SPAN_CACHE_STORE)
+    cache_store = _by_name(spans, telemetry.SPAN_CACHE_SERVE_PUT)
     flickr = _by_name(spans, telemetry.SPAN_FLICKR_CALL)
     http_calls = [
         s
@@ -92,6 +102,17 @@ async def test_one_trace_follows_a_job_through_every_hop(traced: tuple[Stack, st
     assert _is_ancestor(spans, gateway, enqueue)
     assert move.parent is not None and move.parent.span_id == enqueue.context.span_id
     assert execute.parent is not None and execute.parent.span_id == move.context.span_id
-    assert _is_ancestor(spans, execute, cache_server)
+    assert _is_ancestor(spans, execute, lookup) and _is_ancestor(spans, execute, store)
+    assert cache_server.parent is not None and cache_server.parent.span_id == lookup.context.span_id
+    assert cache_store.parent is not None and cache_store.parent.span_id == store.context.span_id
+    assert cache_server.kind == cache_store.kind == SpanKind.SERVER
+    assert (
+        cache_server.attributes is not None
+        and cache_server.attributes[telemetry.ATTR_CACHE_OUTCOME] == "miss"
+    )
+    assert (
+        cache_store.attributes is not None
+        and cache_store.attributes[telemetry.ATTR_CACHE_OUTCOME] == "stored"
+    )
     assert _is_ancestor(spans, execute, flickr)
     assert execute.attributes is not None and execute.attributes[telemetry.ATTR_JOB_ID] == submitted["job_id"]
