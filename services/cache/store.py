@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,8 +59,6 @@ MAX_IN_FLIGHT = 64
 # A generation outlives every entry stored under it (each Put refreshes it), so
 # its expiry never drops a live entry; it only stops idle tokens' keys piling up.
 GENERATION_TTL_S = MAX_TTL_S + 3600
-# Batches send the pending hit/miss/put counts at most this often (the app flushes every second too).
-STATS_EVERY_S = 0.1
 
 _NOW_US = """
 local function now_us()
@@ -193,7 +190,6 @@ class CacheStore:
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._stats_sent = 0.0
 
     def ttl_for(self, method: str, requested: int = 0) -> int:
         """Seconds an answer of `method` may be cached; 0 for methods that are never cached."""
@@ -244,9 +240,9 @@ class CacheStore:
         """Every Get and Put of a batch in one round trip (`round_trip`): each answer or its error.
 
         Each operation is the same script call as its single form (so the same commands per
-        operation); the hit/miss/put counts ride this round trip only when the last send is older
-        than STATS_EVERY_S (else a later one, or the app's flush every second), so a busy
-        replica sends them a few times a second instead of with every batch.
+        operation). The hit/miss/put counts are not sent with the batch: they wait for a single
+        call's pipeline or the app's flush every second, so a busy replica sends a few HINCRBYs a
+        second whatever its load.
         """
         commands: list[Command] = []
         at: list[int] = []  # position of each operation's script call
@@ -269,18 +265,12 @@ class CacheStore:
             commands.append(("EVALSHA", self._put.sha, 2, *args, p.value, p.ttl_s, GENERATION_TTL_S))
         if puts:
             self._pending["puts"] += len(puts)
-        now = time.monotonic()
-        taken: Counter[str] = Counter()
-        if now - self._stats_sent >= STATS_EVERY_S:
-            self._stats_sent, taken, self._pending = now, self._pending, Counter()
-            commands += [("HINCRBY", keys.CACHE_STATS, f, n) for f, n in sorted(taken.items())]
         results: list[Any]
         try:
             async with self._slots:
                 replies = await round_trip(self._redis, commands)
             results = [replies[i] for i in at]
         except RedisError as exc:
-            self._pending.update(taken)  # those counts ride the next round trip that gets through
             results = [exc] * len(at)
         if stale := [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]:
             results = await self._rerun([commands[at[i]] for i in stale], stale, results)
