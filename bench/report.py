@@ -178,8 +178,10 @@ def update_readme(results: dict[str, Any], readme: Path = ROOT / "README.md") ->
     text = readme.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{readme}: no {START} … {END} markers (the Performance section)")
+    load = results.get("loadavg", {})
     body = (
-        f"{START}\n_`make bench`, {results['when']}, commit {results['git']}, {results['machine']}:_\n\n"
+        f"{START}\n_`make bench`, {results['when']}, commit {results['git']}, {results['machine']}, "
+        f"load average {load.get('before', '?')} → {load.get('after', '?')}:_\n\n"
         f"{table(results)}\n\n{targets_block(evaluate(results))}\n{END}"
     )
     head, rest = text.split(START, 1)
