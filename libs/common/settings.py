@@ -284,6 +284,15 @@ class Settings:
     cache_timeout_s: float = _env(
         "CACHE_TIMEOUT_S", 0.5, "Deadline of a cache call; a slow cache counts as a miss."
     )
+    cache_batch_window_ms: float = _env(
+        "CACHE_BATCH_WINDOW_MS",
+        5.0,
+        "How long a worker's cache lookup or store waits for others to share one message to the cache "
+        "service (0-100; 0 sends at once); while one batch is unanswered the next keeps gathering.",
+    )
+    cache_batch_max_ops: int = _env(
+        "CACHE_BATCH_MAX_OPS", 64, "Most cache operations in one message to the cache service (1-256)."
+    )
     cache_ttl_overrides: str = _env(
         "CACHE_TTL_OVERRIDES",
         "",
@@ -579,6 +588,10 @@ class Settings:
             raise SettingsError("CACHE_WARM_INTERVAL_S and CACHE_WARM_BEFORE_S: must be positive")
         if self.cache_warm_min_requests < 1:
             raise SettingsError("CACHE_WARM_MIN_REQUESTS: must be at least 1")
+        if not 0 <= self.cache_batch_window_ms <= 100:
+            raise SettingsError("CACHE_BATCH_WINDOW_MS: must be between 0 and 100")
+        if not 1 <= self.cache_batch_max_ops <= 256:
+            raise SettingsError("CACHE_BATCH_MAX_OPS: must be between 1 and 256")
 
     @classmethod
     def env_name(cls, field_name: str) -> str:

@@ -36,7 +36,12 @@ class WorkerApp:
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
         self.flickr = FlickrClient(settings.flickr_endpoints, settings.flickr_timeout_s)
-        self.cache = CacheClient(settings.cache_addr, settings.cache_timeout_s)
+        self.cache = CacheClient(
+            settings.cache_addr,
+            settings.cache_timeout_s,
+            window_s=settings.cache_batch_window_ms / 1000,
+            max_batch=settings.cache_batch_max_ops,
+        )
         tokens = TokenStore(self.mongo.tokens, self.vault)
         self.executor = Executor(
             settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name
