@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from opentelemetry import trace
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import RedisError
 
 from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, telemetry
@@ -142,7 +142,7 @@ class Executor:
                 metrics.IN_FLIGHT.dec()
             self._failpoints.hit(failpoints.WORKER_ANSWERED)
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
-            if await self._record(stream, entry_id, entry, rev, outcome, from_cache):
+            if await self._record_kept(stream, entry_id, entry, rev, outcome, from_cache):
                 await self._ack(stream, entry_id, entry)
                 self._failpoints.hit(failpoints.WORKER_ACKED)
 
@@ -308,6 +308,58 @@ class Executor:
             elif is_write(entry.method):
                 await self._cache.invalidate(entry.token)
         return outcome, False
+
+    async def _record_kept(
+        self,
+        stream: str,
+        entry_id: str,
+        entry: jobs.JobEntry,
+        rev: int,
+        outcome: Success | Failure,
+        from_cache: bool,
+    ) -> bool:
+        """`_record`, retried while MongoDB cannot be reached, the entry kept ours meanwhile.
+
+        The call has run: left pending, the entry would be taken over after the visibility timeout
+        and a read run again (a write reconciled, or ended unknown). A MongoDB restart or failover is
+        waited out instead, resetting the entry's idle time in Redis so no other worker claims it.
+        A retried compare-and-set whose first try was applied finds the job moved on: the entry then
+        stays pending and its redelivery meets a final job (acknowledged without running).
+        """
+        try:
+            return await self._record(stream, entry_id, entry, rev, outcome, from_cache)
+        except ConnectionFailure as exc:
+            failure = exc
+        keep = asyncio.create_task(self._keep_entry(stream, entry_id))
+        try:
+            delay = 0.1
+            while True:
+                log.warning(
+                    "could not record the outcome (%s); retrying",
+                    type(failure).__name__,
+                    extra={"job_id": entry.job_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                try:
+                    return await self._record(stream, entry_id, entry, rev, outcome, from_cache)
+                except ConnectionFailure as exc:
+                    failure = exc
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
+
+    async def _keep_entry(self, stream: str, entry_id: str) -> None:
+        """Reset the entry's idle time every beat (Redis only: MongoDB may be the one away)."""
+        while True:
+            try:
+                await self._redis.xclaim(
+                    stream, keys.WORKER_GROUP, self.worker_id, 0, [entry_id], justid=True
+                )
+            except RedisError as exc:
+                log.warning("could not keep entry %s: %s", entry_id, type(exc).__name__)
+            await asyncio.sleep(self._lease_s / 3)
 
     async def _record(
         self,
