@@ -17,7 +17,7 @@ the job's hot copy in Redis (common.hotstate), which status reads use first. A w
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -232,7 +232,7 @@ class JobStore:
         """
         t = now()
         # Unique per claim: a re-read tells this claim from an earlier one of the same worker.
-        token = f"{attempt}:{uuid.uuid4().hex[:16]}"
+        token = f"{attempt}:{os.urandom(8).hex()}"
         update = {
             "$set": {
                 "status": jobs.RUNNING,
