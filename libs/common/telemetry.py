@@ -53,6 +53,9 @@ ATTR_STREAM = "messaging.destination.name"
 ATTR_MESSAGE_ID = "messaging.message.id"
 ATTR_MESSAGING_SYSTEM = "messaging.system"
 ATTR_GRPC_STATUS = "rpc.grpc.status_code"
+ATTR_HTTP_METHOD = "http.request.method"
+ATTR_HTTP_STATUS = "http.response.status_code"
+ATTR_URL = "url.full"
 
 _provider: TracerProvider | None = None
 

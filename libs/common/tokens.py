@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class TokenStore:
         self._vault = vault
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._loading: dict[str, asyncio.Future[TokenRecord | None]] = {}
 
     async def put(self, record: TokenRecord) -> None:
         """Store (or replace) a user's token, encrypted."""
@@ -117,6 +119,16 @@ class TokenStore:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        # One read per user however many callers miss together (a cache entry expiring under load).
+        loading = self._loading.get(user_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(user_id))
+            self._loading[user_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, user_id: str) -> TokenRecord | None:
+        now = time.monotonic()
         doc = await self._tokens.find_one({"user_id": user_id})  # one indexed field: an index-only plan
         record = None
         if doc is not None and not doc.get("revoked", False):

@@ -30,7 +30,7 @@ from common.flickr_errors import Failure
 from common.jobs import JobEntry
 from common.tokens import TokenRecord
 from worker import metrics
-from worker.flickr import FlickrClient, Success
+from worker.flickr import FlickrClient, Success, http_span
 
 CHECK_TICKETS = "flickr.photos.upload.checkTickets"
 BLOB_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"
@@ -165,15 +165,17 @@ class Uploader:
             photo = body.append_payload(BlobPayload(self._blobs.read(entry.blob_id), size))
             photo.set_content_disposition("form-data", name="photo", filename="photo")
             try:
-                async with self._flickr.session.post(
-                    url,
-                    data=body,
-                    headers={"Authorization": authorization},
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    text = await resp.text()
-                    status = resp.status
+                with http_span("POST", url) as (span, headers):
+                    async with self._flickr.session.post(
+                        url,
+                        data=body,
+                        headers={**headers, "Authorization": authorization},
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                    ) as resp:
+                        text = await resp.text()
+                        status = resp.status
+                        span.set_attribute(telemetry.ATTR_HTTP_STATUS, status)
             except FileNotFoundError:
                 return flickr_errors.blob_missing(entry.blob_id)
             except PyMongoError as exc:
