@@ -327,3 +327,34 @@ async def test_stats_and_metrics_count_batched_operations(app: CacheApp, client:
     redis: Any = app.redis
     counts = await redis.hgetall(keys.CACHE_STATS)
     assert counts[b"hits"] == b"3" and counts[b"puts"] == b"1" and counts[b"hits:" + METHOD.encode()] == b"3"
+
+
+async def test_while_a_batch_is_unanswered_the_next_one_gathers(
+    app: CacheApp, cache_redis: redisio.Redis
+) -> None:
+    client = CacheClient(f"127.0.0.1:{app.port}", 2.0, window_s=0.002)
+    try:
+        await client.put(METHOD, {"photo_id": "1"}, TOKEN, {"v": 1})
+        batches = _sample("flickrhub_cache_batch_ops_count", rpc="ExchangeStream")
+        await cache_redis.client_pause(400)  # the first batch waits inside Redis
+        first = asyncio.create_task(client.get(METHOD, {"photo_id": "1"}, TOKEN))
+        await asyncio.sleep(0.05)
+        later = []
+        for i in range(20):  # well apart: each would have been a batch of its own
+            later.append(asyncio.create_task(client.get(METHOD, {"photo_id": str(i)}, TOKEN)))
+            await asyncio.sleep(0.01)
+        assert await first == {"v": 1}
+        got = await asyncio.gather(*later)
+        assert got[1] == {"v": 1} and got.count(None) == 19
+        assert _sample("flickrhub_cache_batch_ops_count", rpc="ExchangeStream") - batches == 2
+    finally:
+        await client.close()
+
+
+async def test_closing_the_client_answers_what_waits_with_misses(app: CacheApp) -> None:
+    client = CacheClient(f"127.0.0.1:{app.port}", 0.5, window_s=0.1)
+    waiting = asyncio.create_task(client.get(METHOD, {"photo_id": "1"}, TOKEN))
+    await asyncio.sleep(0.01)
+    await client.close()
+    assert await waiting is None
+    assert await client.get(METHOD, {"photo_id": "1"}, TOKEN) is None  # closed: a miss at once
