@@ -9,7 +9,9 @@ inside a `flickrhub.cache.store` span, as the worker's executor does. Modes:
 - `none`: the same jobs without any cache call (the driver's own cost, subtracted);
 - `single`: the worker's client before batching: one traced unary Get and Put per job;
 - `unary:<ms>`: `CacheClient(stream=False)`: batches as Exchange calls, a window of <ms>;
-- `stream:<ms>`: `CacheClient()` (what the worker runs): batches on one ExchangeStream.
+- `stream:<ms>`: `CacheClient()` (what the worker runs): batches on one ExchangeStream;
+- `direct`: no service hop: the cache's store code in this process, one pipeline per operation
+  (what a worker would spend running the cache scripts itself: the floor of any design).
 
 Per job: the cache process's CPU (/proc), the client's CPU (this process minus `none`),
 Redis commands on the cache Redis (INFO commandstats, scripts' inner commands included)
@@ -36,8 +38,10 @@ from typing import Any
 
 import grpc
 
+from cache.store import CacheStore
 from common import redisio, telemetry
 from common.service import insecure_channel
+from common.settings import Settings
 from devstack.procs import Managed, free_port, python_module, wait_for_port
 from devstack.stores import redis_server
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
@@ -88,6 +92,25 @@ def single_job(addr: str, traced: bool, work_s: float) -> tuple[Job, Callable[[]
             await stub.Put(cache_pb2.CachePutRequest(key=key, value=body), timeout=0.5)
 
     return job, channel.close
+
+
+def direct_job(redis_url: str, traced: bool, work_s: float) -> tuple[Job, Callable[[], Awaitable[None]]]:
+    """The floor without the service hop: the cache's own store code run in this process."""
+    redis = redisio.client(redis_url, decode=False)
+    store = CacheStore(redis, Settings.from_env(env={}, cache_redis_url=redis_url))
+    body = json.dumps(ANSWER, separators=(",", ":")).encode()
+
+    async def job(i: int) -> None:
+        params = {"photo_id": str(i)}
+        with _span(traced, telemetry.SPAN_CACHE_LOOKUP):
+            hit = await store.get(METHOD, params, TOKEN)
+            if hit is not None:
+                json.loads(hit.value)
+        await asyncio.sleep(work_s)
+        with _span(traced, telemetry.SPAN_CACHE_STORE):
+            await store.put(METHOD, params, TOKEN, body, store.ttl_for(METHOD))
+
+    return job, redis.aclose
 
 
 def client_job(
@@ -146,6 +169,7 @@ async def point(
     cache: Managed,
     metrics_port: int,
     redis: redisio.Redis,
+    redis_url: str,
     mode: str,
     rate: float,
     seconds: float,
@@ -155,11 +179,12 @@ async def point(
     addr = f"127.0.0.1:{cache.port}"
     work_s = 0.005
     kind, _, window_ms = mode.partition(":")
-    job, close = (
-        single_job(addr, traced, work_s)
-        if kind == "single"
-        else client_job(addr, traced, work_s, kind, float(window_ms or 2) / 1000)
-    )
+    if kind == "single":
+        job, close = single_job(addr, traced, work_s)
+    elif kind == "direct":
+        job, close = direct_job(redis_url, traced, work_s)
+    else:
+        job, close = client_job(addr, traced, work_s, kind, float(window_ms or 2) / 1000)
     assert cache.proc is not None
     try:
         await drive(job, rate, 0.5, 10_000_000)  # warm up: channel, stream, scripts
@@ -197,12 +222,15 @@ async def run(rates: list[float], seconds: float, modes: list[str], traced: bool
         }
         cache = Managed("cache", python_module("cache"), port, Path(tmp) / "cache.log", env=env)
         cache.start(wait=False)
-        redis = redisio.client(f"redis://127.0.0.1:{store.port}/0")
+        url = f"redis://127.0.0.1:{store.port}/0"
+        redis = redisio.client(url)
         try:
             await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 20.0, cache.proc)
             out: dict[str, Any] = {"seconds": seconds, "traced": traced, "rates": {}}
             for rate in rates:
-                row = {m: await point(cache, metrics_port, redis, m, rate, seconds, traced) for m in modes}
+                row = {
+                    m: await point(cache, metrics_port, redis, url, m, rate, seconds, traced) for m in modes
+                }
                 if "none" in row:
                     for m in modes:
                         net = row[m]["process_ms_per_job"] - row["none"]["process_ms_per_job"]

@@ -67,6 +67,7 @@ class CacheApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self._flush_stats()
+        await self.store.close()
         await self.redis.aclose()
 
     async def _flush_stats_forever(self) -> None:

@@ -40,7 +40,7 @@ from typing import Any, cast
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
-from cache.roundtrip import Command, round_trip
+from cache.roundtrip import Command, RoundTrips
 from common import keys, redisio
 from common.flickr_methods import METHOD_PERMS, is_search, is_write
 from common.settings import CACHE_MAX_TTL_S, Settings
@@ -190,6 +190,7 @@ class CacheStore:
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._trips = RoundTrips(redis, keep=MAX_IN_FLIGHT)
 
     def ttl_for(self, method: str, requested: int = 0) -> int:
         """Seconds an answer of `method` may be cached; 0 for methods that are never cached."""
@@ -237,7 +238,7 @@ class CacheStore:
     async def exchange(
         self, gets: Sequence[GetOp], puts: Sequence[PutOp]
     ) -> tuple[list[Hit | RedisError | None], list[RedisError | None]]:
-        """Every Get and Put of a batch in one round trip (`round_trip`): each answer or its error.
+        """Every Get and Put of a batch in one round trip (`RoundTrips`): each answer or its error.
 
         Each operation is the same script call as its single form (so the same commands per
         operation). The hit/miss/put counts are not sent with the batch: they wait for a single
@@ -268,7 +269,7 @@ class CacheStore:
         results: list[Any]
         try:
             async with self._slots:
-                replies = await round_trip(self._redis, commands)
+                replies = await self._trips.run(commands)
             results = [replies[i] for i in at]
         except RedisError as exc:
             results = [exc] * len(at)
@@ -286,7 +287,7 @@ class CacheStore:
         try:
             async with self._slots:
                 await self.load_scripts()
-                replies = await round_trip(self._redis, again)
+                replies = await self._trips.run(again)
         except RedisError as exc:
             replies = [exc] * len(again)
         results = list(results)
@@ -300,6 +301,10 @@ class CacheStore:
             return None
         canonical = keys.cache_canonical(method, params, token)
         return canonical if len(canonical.encode()) <= HOT_MEMBER_MAX else None
+
+    async def close(self) -> None:
+        """Close the batch path's connections (the client itself is the app's to close)."""
+        await self._trips.close()
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (one round trip) so the first calls meet no NOSCRIPT."""
