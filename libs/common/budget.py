@@ -10,6 +10,7 @@ T is derived from `limit - burst`: any window of one hour then grants at most
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common import redisio
@@ -50,6 +51,11 @@ class Grant:
     granted: int
     wait_ms: int
 
+    @classmethod
+    def from_reply(cls, reply: Sequence[object]) -> Grant:
+        """The grant a take sent as `Budget.take_command` answered."""
+        return cls(int(str(reply[0])), int(str(reply[1])))
+
 
 class Budget:
     """A smoothed hourly budget for one Flickr API key."""
@@ -74,3 +80,11 @@ class Budget:
             args=[wanted, self.interval_ms, self._tolerance_ms, -1 if now_ms is None else now_ms],
         )
         return Grant(int(granted), int(wait))
+
+    def take_command(self, wanted: int) -> tuple[str | int | float, ...]:
+        """The command that takes `wanted` (> 0) calls, for a caller that sends it with others in one
+        round trip; its reply reads with `Grant.from_reply`.
+
+        EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot.
+        """
+        return ("EVAL", _TAKE, 1, self._key, wanted, self.interval_ms, self._tolerance_ms, -1)

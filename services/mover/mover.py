@@ -16,66 +16,78 @@ work streams at once, waiting or running: the mover records each entry it moves 
 the token's in-flight set and the worker removes it when it acknowledges the entry.
 A member whose worker died before removing it stops counting after the workers'
 visibility timeout, so a lost removal can tighten the cap for a while, never for good.
+
+What a round costs does not grow with the number of active tokens: the mover keeps what it
+knows about them between rounds (mover.view) and asks Redis only what may have changed. A
+round is two round trips. The first asks what changed (room in the work streams, the active
+set's size and change counter, the in-flight counts of tokens at their cap, the breakers),
+takes budget, and reads for the scheduler's plan, made from what the previous round found;
+the previous round's acknowledgements and drain steps ride along. The second appends the
+moves. Entries read beyond what the round may move stay held for a later round. Rounds are
+paced by what limits them: while the work streams are the limit, the pause adapts so that a
+round finds about a quarter of MOVER_WORK_BACKLOG free; with nothing to move it backs off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from common import keys, redisio, telemetry, tokenqueue
-from common.breaker import PROBE
+from common import keys, redisio
+from common.breaker import CLOSED, PROBE, Decision
+from common.budget import Grant
 from common.flickr_guard import FlickrGuard
-from common.jobs import JobEntry
 from common.settings import Settings
-from mover import metrics
+from mover import drain, metrics, upkeep
+from mover.moving import work_entry
 from mover.scheduler import FairScheduler, TokenQueue
+from mover.view import ActiveSet, Held, TokenState, priority_of
+from mover.wire import Command, Wire
 
 log = logging.getLogger(__name__)
 
-Read = tuple[str, str, dict[str, str]]  # (token stream, entry id, fields)
-Plan = dict[tuple[str, str], int]  # (token, priority) -> entries to read
-PIPELINE_CHUNK = 200
 DELAYED_PUMP_S = 0.25
 GAUGES_S = 5.0
-# How soon to look again when the work streams are full (workers free room within milliseconds).
+# The active set is listed (and every token's client read) at least this often, whatever changed.
+LIST_S = 5.0
+# The room in the upload and replace streams (rarely used) is measured this often; rest every round.
+OTHER_TARGETS_S = 0.25
+# A breaker found closed is looked at again after this long; open or probing, every round.
+BREAKER_CACHE_S = 0.1
+# Budget taken and not spent within this long is given up (a grant never waits long for its calls).
+CREDIT_S = 1.0
+# An in-flight set's expiry is renewed at least this often while its token moves.
+IN_FLIGHT_TOUCH_S = 30.0
+# Pacing: the pause after a round that found the work streams full adapts within these bounds.
+MIN_GAP_S = 0.002
+MAX_GAP_S = 0.05
+# How soon to look again when the work streams are full (kept for callers that read it).
 WORK_FULL_WAIT_S = 0.005
+IDLE_MIN_S = 0.005
+IDLE_MAX_S = 0.05
+# While every queued token is at its in-flight cap, the pause grows as the idle one does, up to this.
+IN_FLIGHT_WAIT_MAX_S = 0.02
+# A token whose reads came back empty while its streams held entries (another mover's) is not
+# taken out of the active set again for this long, doubling up to QUIET_MAX_S.
+QUIET_MIN_S = 0.1
+QUIET_MAX_S = 2.0
+DRAIN_ABANDONED_S = drain.ABANDONED_S
 
-# Take the lease if free, or renew it if we hold it: the holder keeps pumping, others wait for expiry.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
 
-# Leave the active set only while every priority stream of the token is empty (the gateway appends,
-# then adds). KEYS: the token's streams, then the active set, then the token → client hash.
-# KEYS: active set, draining zset. ARGV: token, now ms. Step one of taking a token out: it is
-# marked draining in the same step, so a mover killed before step two leaves a trace.
-_BEGIN_DRAIN = """
-redis.call('SREM', KEYS[1], ARGV[1])
-return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-"""
-# KEYS: active set, draining zset, token-client hash. ARGV: token, 1 if its queues hold entries.
-# Step two: back into the active set, or gone (its client too, unless the gateway re-added it).
-_END_DRAIN = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then return redis.call('SADD', KEYS[1], ARGV[1]) end
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
-return 0
-"""
-# A token draining this long was left by a mover that died between the two steps.
-DRAIN_ABANDONED_S = 2.0
+@dataclass
+class _Looked:
+    """What the first round trip found."""
+
+    room: int = 0
+    decision: Decision = field(default_factory=lambda: Decision(CLOSED))
+    new_tokens: bool = False
 
 
 class Mover:
@@ -84,6 +96,7 @@ class Mover:
     def __init__(self, settings: Settings, redis: redisio.Redis, consumer: str) -> None:
         self._settings = settings
         self._redis = redis
+        self._wire = Wire(settings.redis_url)  # the rounds' round trips (see mover.wire)
         self.consumer = consumer
         self.scheduler = FairScheduler(
             settings.client_weights,
@@ -92,315 +105,484 @@ class Mover:
             in_flight_cap=settings.mover_token_in_flight,
         )
         # Older than this, an in-flight member is taken for a removal that never came (see the module doc).
-        self._in_flight_horizon_ms = int(settings.worker_visibility_timeout_s * 1000)
+        self._horizon_ms = int(settings.worker_visibility_timeout_s * 1000)
         self._stopping = asyncio.Event()
-        self._last_claim = 0.0
-        self._last_pump = 0.0
-        self._last_gauges = 0.0
-        self._lease = redis.register_script(_LEASE)
+        self._last_claim = float("-inf")
+        self._last_pump = float("-inf")
+        self._last_gauges = float("-inf")
+        self._lease = redis.register_script(upkeep.LEASE)
         self._guard = FlickrGuard(redis, settings)
+        self._breaker_keys = [
+            keys.breaker(self._guard.flickr_breaker.name),
+            keys.breaker(self._guard.key_breaker.name),
+        ]
         self.wait_s = 0.0
+        self._tokens: dict[str, TokenState] = {}
+        self._listed = ActiveSet()
+        self._acks: dict[str, list[str]] = {}  # moved (or dead-lettered), acknowledged next round
+        self._checks: list[str] = []  # past drain step one: their streams are checked next round
+        self._ends: list[tuple[str, bool]] = []  # checked: step two goes with the next moves
+        self._quiet: dict[str, tuple[float, float]] = {}  # token -> (not drained before, next backoff)
+        self._decision: tuple[float, Decision] | None = None
+        self._credit, self._credit_until, self._budget_at = 0, 0.0, 0.0
+        self._room_seen = 0
+        self._other_waiting, self._others_at = 0, float("-inf")
+        self._gap = MIN_GAP_S
+        self._idle = IDLE_MIN_S
 
     def stop(self) -> None:
         """Finish the current round, then return from run()."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Move until stopped, backing off gently while idle or while Redis is down."""
-        idle = 0.005
+        """Move until stopped, pacing rounds by what limits them and backing off while Redis is down."""
         while not self._stopping.is_set():
             try:
                 moved = await self.run_round()
             except RedisError as exc:
                 log.warning("redis error in mover round: %s", type(exc).__name__)
-                moved = 0
-                idle = 0.5
-            if moved:
-                idle = 0.005
-                continue
-            # Paused by a breaker, out of budget or the work streams full: wait as long as it said.
-            pause, self.wait_s = self.wait_s or idle, 0.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
-            idle = min(idle * 2, 0.05)
+                moved, self.wait_s = 0, 0.5
+            self._idle = IDLE_MIN_S if moved else min(self._idle * 2, IDLE_MAX_S)
+            pause, self.wait_s = (self.wait_s if self.wait_s >= 0 else self._idle), -1.0
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=pause)
+        with contextlib.suppress(RedisError):
+            await self.release()
+        self._wire.close()
+
+    async def release(self) -> None:
+        """Acknowledge what was moved and put back what is held (the mover is stopping)."""
+        for held in await upkeep.put_back(self._redis, self._tokens):
+            self._acks.setdefault(held.stream, []).append(held.entry_id)
+        acks, self._acks = self._acks, {}
+        await self._wire.execute(_ack_commands(acks))
 
     async def run_round(self) -> int:
-        """One pass over the active tokens, plus due retries and claims when their time has come."""
+        """One round: look at what changed (reading for the plan), then move. Returns entries moved.
+
+        Sets `wait_s` to the pause the next round should wait (-1: the idle back-off decides).
+        """
         started = time.perf_counter()
-        moved = 0
+        self.wait_s = -1.0
         now = time.monotonic()
-        if now - self._last_pump >= DELAYED_PUMP_S:
-            self._last_pump = now
-            await self.pump_delayed()
-            await self.repair_draining()
         if now - self._last_gauges >= GAUGES_S:
             self._last_gauges = now
-            await self.export_depths()
-        claim = now - self._last_claim >= self._settings.mover_claim_idle_s / 2
-        room = await self.work_room()
-        if room <= 0:
-            metrics.WORK_FULL.inc()
-            self.wait_s = WORK_FULL_WAIT_S
-            if not claim:
-                return 0
-        tokens = sorted(str(t) for t in await self._redis.smembers(keys.ACTIVE_TOKENS))
-        metrics.ACTIVE_TOKENS.set(len(tokens))
-        if not tokens:
-            return 0
-        plan = await self._plan(tokens, room) if room > 0 else {}
-        if not plan and not claim:
-            return 0
-        if claim:
+            await upkeep.export_depths(self._redis)
+        plan, ask = self._speculate(now)
+        looked = await self._look(now, plan, ask)
+        if now - self._last_claim >= self._settings.mover_claim_idle_s / 2:
             self._last_claim = now
-        for chunk in _chunks(tokens, PIPELINE_CHUNK):
-            reads, empty = await self._read(chunk, plan)
-            if claim:
-                reads += await self._claim(chunk)
-            moved += await self.move(reads)
-            await self._deactivate(empty)
+            idle_ms = int(self._settings.mover_claim_idle_s * 1000)
+            await upkeep.claim(self._redis, self.consumer, self._tokens, idle_ms, self._settings.mover_batch)
+        moved = await self._round(now, plan, looked)
         metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
         return moved
 
-    async def _plan(self, tokens: list[str], room: int) -> Plan:
-        """How many entries each (token, priority) stream may move this round.
+    # --- planning ---------------------------------------------------------------------------------
 
-        Breakers first, then the Flickr budget for what the room left in the work streams allows;
-        the fair scheduler shares the grant out, so a flood on one token cannot take a small
-        token's share.
+    def _queues(self) -> list[TokenQueue]:
+        return [t.queue() for t in self._tokens.values() if t.loaded]
+
+    def _speculate(self, now: float) -> tuple[dict[str, int], int]:
+        """The plan to read for in the first round trip, from what the last round saw; and budget to ask.
+
+        The room is taken to be what the last round found (workers free it at a steady pace); the
+        budget, what is at hand plus what the take in the same round trip should grant.
         """
-        queues = await self._queues(tokens)
-        await self._deactivate([q.token for q in queues if q.total == 0])
+        if now >= self._credit_until:
+            self._credit = 0
+        decision = self._decision[1] if self._decision else None
+        queues = self._queues()
         demand = self.scheduler.demand(queues)
-        if demand <= 0:
-            if any(q.total for q in queues):
-                # Every queued token has its in-flight cap in the work streams: workers free slots soon.
-                metrics.IN_FLIGHT_FULL.inc()
-                self.wait_s = WORK_FULL_WAIT_S
-            return {}
-        decision = await self._guard.may_move()
-        metrics.PAUSED.set(0 if decision.allowed else 1)
-        if not decision.allowed:
-            self.wait_s = min(1.0, decision.retry_after_ms / 1000)
-            return {}
-        wanted = 1 if decision.state == PROBE else min(room, demand)
-        grant = await self._guard.budget.take(wanted)
-        if grant.granted == 0:
-            metrics.BUDGET_WAITS.inc()
-            self.wait_s = min(1.0, max(0.005, grant.wait_ms / 1000))
-            return {}
-        return self.scheduler.plan(queues, grant.granted)
+        if demand <= 0 or (decision is not None and not decision.allowed):
+            return {}, 0
+        want = min(self._settings.mover_work_backlog, demand)
+        ask = want - self._credit if self._credit < want and now >= self._budget_at else 0
+        expected = self._credit + min(ask, self._guard.budget.burst)
+        allowed = min(self._room_seen, expected, demand)
+        return (self.scheduler.plan_tokens(queues, allowed) if allowed > 0 else {}), ask
 
-    async def work_room(self) -> int:
-        """How many more entries the work streams take before MOVER_WORK_BACKLOG wait undelivered.
+    # --- the first round trip -------------------------------------------------------------------
 
-        Workers acknowledge and delete what they finish, so a stream's length less its pending
-        (delivered, unfinished) entries is what waits for a worker.
-        """
-        pipe = self._redis.pipeline(transaction=False)
-        for target in keys.TARGETS:
-            pipe.xlen(keys.work_stream(target))
-            pipe.xpending(keys.work_stream(target), keys.WORKER_GROUP)
-        results = await pipe.execute(raise_on_error=False)
-        waiting = 0
-        for length, pending in zip(results[::2], results[1::2], strict=True):
-            if isinstance(length, Exception):
-                raise length
-            # NOGROUP: no worker has started yet, so nothing was delivered.
-            delivered = 0 if isinstance(pending, Exception) else int(pending["pending"])
-            waiting += max(0, int(length) - delivered)
-        return self._settings.mover_work_backlog - waiting
+    async def _look(self, now: float, plan: dict[str, int], ask: int) -> _Looked:
+        """Acknowledge, look at what changed, take budget, read for the plan: one round trip."""
+        acks, self._acks = self._acks, {}
+        checks, self._checks = self._checks, []
+        others = now - self._others_at >= OTHER_TARGETS_S
+        targets = keys.TARGETS if others else ("rest",)
+        cap = self.scheduler.in_flight_cap
+        capped = [t for t in self._tokens.values() if t.loaded and cap and t.in_flight >= cap]
+        breakers = self._decision is None or now - self._decision[0] >= BREAKER_CACHE_S
+        chores = now - self._last_pump >= DELAYED_PUMP_S
+        reads = self._reads(plan)
+        commands = _ack_commands(acks)
+        for token in checks:
+            commands += drain.check(token)
+        for target in targets:
+            stream = keys.work_stream(target)
+            commands += [("XLEN", stream), ("XPENDING", stream, keys.WORKER_GROUP)]
+        commands += [("SCARD", keys.ACTIVE_TOKENS), ("GET", keys.ACTIVE_CHANGES)]
+        since = int(time.time() * 1000) - self._horizon_ms
+        commands += [("ZCOUNT", keys.token_in_flight(t.token), since, "+inf") for t in capped]
+        if breakers:
+            commands += [("HGET", key, "state") for key in self._breaker_keys]
+        if ask:
+            commands.append(self._guard.budget.take_command(ask))
+        if chores:
+            self._last_pump = now
+            now_ms = int(time.time() * 1000)
+            cutoff = now_ms - int(drain.ABANDONED_S * 1000)
+            commands += [
+                ("EVAL", upkeep.LEASE, 1, keys.delayed_lock(), self.consumer, int(DELAYED_PUMP_S * 4000)),
+                ("ZRANGEBYSCORE", keys.DELAYED, "-inf", now_ms, "LIMIT", 0, 500),
+                ("ZRANGEBYSCORE", keys.DRAINING_TOKENS, "-inf", cutoff, "LIMIT", 0, 500),
+            ]
+        commands += [self._read_command(streams, n) for _, streams, n in reads]
+        try:
+            replies = iter(await self._wire.execute(commands))
+        except RedisError:
+            self._merge_acks(acks)
+            self._checks = checks + self._checks
+            raise
+        for _ in range(2 * len(acks)):
+            next(replies)  # an acknowledgement on a group Redis lost has nothing left to do
+        width = len(keys.PRIORITIES)
+        for token in checks:
+            self._ends.append((token, drain.holds(_ok([next(replies) for _ in range(width)]))))
+        waiting = [_waiting(next(replies), next(replies)) for _ in targets]
+        if others:
+            self._others_at, self._other_waiting = now, sum(waiting[1:])
+        looked = _Looked(room=self._settings.mover_work_backlog - waiting[0] - self._other_waiting)
+        self._room_seen = max(0, looked.room)
+        card, changes = _ok([next(replies), next(replies)])
+        for state in capped:
+            state.in_flight, state.synced_at = int(_ok([next(replies)])[0]), now
+        states = [next(replies) for _ in self._breaker_keys] if breakers else []
+        grant = Grant.from_reply(_ok([next(replies)])[0]) if ask else None
+        chore_replies = _ok([next(replies) for _ in range(3)]) if chores else []
+        for (state, streams, n), result in zip(reads, replies, strict=True):
+            await self._hold(now, state, streams, n, result)
+        if grant is not None:
+            self._granted(now, ask, grant)
+        looked.decision = await self._breakers(now, states)
+        if chore_replies:
+            lease, due, left = chore_replies
+            if lease:
+                await upkeep.requeue_due(self._redis, due)
+            if left:
+                log.warning("finishing %d token(s) a mover left draining", len(left))
+                await upkeep.finish_draining(self._redis, [str(t) for t in left])
+        if self._listed.changed(int(card), str(changes or "")) or now - self._listed.listed_at >= LIST_S:
+            looked.new_tokens = await self._list(now)
+        return looked
 
-    async def _queues(self, tokens: list[str]) -> list[TokenQueue]:
-        """Each token's depth per priority, entries in flight and client, in one round trip."""
-        since = int(time.time() * 1000) - self._in_flight_horizon_ms
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(keys.TOKEN_CLIENTS, tokens)
-        for token in tokens:
-            for stream in keys.token_streams(token):
-                pipe.xlen(stream)
-            pipe.zcount(keys.token_in_flight(token), since, "+inf")
-        clients, *counts = await pipe.execute()
-        width = len(keys.PRIORITIES) + 1
-        queues = []
-        for i, (token, client) in enumerate(zip(tokens, clients, strict=True)):
-            *lengths, in_flight = map(int, counts[i * width : (i + 1) * width])
-            queues.append(
-                TokenQueue(
-                    token,
-                    str(client or ""),  # queued by an older gateway: counted against one unnamed client
-                    dict(zip(keys.PRIORITIES, lengths, strict=True)),
-                    in_flight,
-                )
-            )
-        return queues
-
-    async def _read(self, tokens: Sequence[str], plan: Plan) -> tuple[list[Read], list[str]]:
-        """Read what the plan allows, high streams first so that they reach the work streams first."""
-        asked = [(t, p) for p in keys.PRIORITIES for t in tokens if plan.get((t, p), 0) > 0]
-        if not asked:
-            return [], []
-        pipe = self._redis.pipeline(transaction=False)
-        for token, priority in asked:
-            pipe.xreadgroup(
-                keys.MOVER_GROUP,
-                self.consumer,
-                {keys.token_stream(token, priority): ">"},
-                count=plan[(token, priority)],
-            )
-        results = await pipe.execute(raise_on_error=False)
-        reads: list[Read] = []
-        found: dict[str, bool] = {}
-        for (token, priority), result in zip(asked, results, strict=True):
-            stream = keys.token_stream(token, priority)
-            if isinstance(result, Exception):
-                if redisio.is_nogroup(result):
-                    await redisio.ensure_group(self._redis, stream, keys.MOVER_GROUP)
-                    found[token] = True  # not known to be empty: read again next round
-                    continue
-                raise result
-            entries = result[0][1] if result else []
-            found[token] = found.get(token, False) or bool(entries)
-            reads.extend((stream, entry_id, fields) for entry_id, fields in entries)
-        return reads, [t for t, any_read in found.items() if not any_read]
-
-    async def _claim(self, tokens: Sequence[str]) -> list[Read]:
-        """Entries a dead mover read but never acknowledged."""
-        idle_ms = int(self._settings.mover_claim_idle_s * 1000)
-        streams = [stream for token in tokens for stream in keys.token_streams(token)]
-        pipe = self._redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xautoclaim(
-                stream, keys.MOVER_GROUP, self.consumer, idle_ms, "0-0", count=self._settings.mover_batch
-            )
-        reads: list[Read] = []
-        for stream, result in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(result, Exception):
-                continue  # NOGROUP: nothing can be pending there
-            claimed = [(stream, entry_id, fields) for entry_id, fields in result[1] if fields]
-            metrics.CLAIMED.inc(len(claimed))
-            reads.extend(claimed)
+    def _reads(self, plan: dict[str, int]) -> list[tuple[TokenState, list[str], int]]:
+        """For each planned token holding too few: its short priority streams, read in one command."""
+        reads = []
+        for token, n in plan.items():
+            state = self._tokens[token]
+            short = [keys.token_stream(token, p) for p in keys.PRIORITIES if len(state.held[p]) < n]
+            if short:
+                reads.append((state, short, n))
         return reads
 
-    async def move(self, reads: list[Read]) -> int:
-        """Append each entry to its work stream, then acknowledge and delete it in its token queue."""
-        if not reads:
+    def _read_command(self, streams: list[str], count: int) -> Command:
+        arrows = [">"] * len(streams)
+        return (
+            "XREADGROUP",
+            "GROUP",
+            keys.MOVER_GROUP,
+            self.consumer,
+            "COUNT",
+            count,
+            "STREAMS",
+            *streams,
+            *arrows,
+        )
+
+    async def _hold(self, now: float, state: TokenState, streams: list[str], n: int, result: Any) -> None:
+        if isinstance(result, Exception):
+            if not redisio.is_nogroup(result):
+                raise result
+            for stream in keys.token_streams(state.token):
+                await redisio.ensure_group(self._redis, stream, keys.MOVER_GROUP)
+            return  # not known to be empty: read again next round
+        got: dict[str, list[Held]] = {}
+        for stream, entries in result or []:
+            got[stream] = [Held(stream, entry_id, _pairs(flat), now) for entry_id, flat in entries if flat]
+        for stream in streams:
+            state.add_read(priority_of(stream), got.get(stream, []), n)
+
+    def _granted(self, now: float, ask: int, grant: Grant) -> None:
+        if grant.granted:
+            self._credit += grant.granted
+            self._credit_until = now + CREDIT_S
+        if grant.granted < ask:
+            self._budget_at = now + min(1.0, max(0.0005, grant.wait_ms / 1000))
+            if not self._credit:
+                metrics.BUDGET_WAITS.inc()
+
+    async def _breakers(self, now: float, states: list[Any]) -> Decision:
+        """The breakers' decision: closed while both hashes say so, else asked properly (probe, pause)."""
+        if not states:
+            assert self._decision is not None
+            return self._decision[1]
+        if all(s in (None, CLOSED) for s in states):
+            decision = Decision(CLOSED)
+        else:
+            decision = await self._guard.may_move()
+        metrics.PAUSED.set(0 if decision.allowed else 1)
+        self._decision = (now, decision) if decision.state == CLOSED else (now - BREAKER_CACHE_S, decision)
+        return decision
+
+    async def _list(self, now: float) -> bool:
+        """List the active set; read new tokens' clients and in-flight counts (every client now and then).
+
+        Returns whether new tokens were found.
+        """
+        full = now - self._listed.listed_at >= LIST_S  # a token may change client
+        # The counter before the members: a change in between is seen next round.
+        changes, members = await self._wire.execute(
+            [("GET", keys.ACTIVE_CHANGES), ("SMEMBERS", keys.ACTIVE_TOKENS)]
+        )
+        listed = set(_ok([members])[0])
+        self._listed = ActiveSet(len(listed), str(changes or ""), now)
+        self._quiet = {t: q for t, q in self._quiet.items() if t in listed}
+        for token in list(self._tokens):
+            if token not in listed and not self._tokens[token].held_total:
+                del self._tokens[token]
+        for token in listed:
+            if token not in self._tokens:
+                self._tokens[token] = TokenState(token)
+        metrics.ACTIVE_TOKENS.set(len(self._tokens))
+        new = [t for t in self._tokens.values() if not t.loaded]
+        named = list(self._tokens.values()) if full else new
+        if not named:
+            return False
+        cap = self.scheduler.in_flight_cap
+        since = int(time.time() * 1000) - self._horizon_ms
+        commands: list[Command] = [("HMGET", keys.TOKEN_CLIENTS, *[t.token for t in named])]
+        if cap:
+            commands += [("ZCOUNT", keys.token_in_flight(t.token), since, "+inf") for t in new]
+        clients, *counts = _ok(await self._wire.execute(commands))
+        for state, client in zip(named, clients, strict=True):
+            state.client = str(client or "")  # queued by an older gateway: one unnamed client
+        for state, count in zip(new, counts if cap else [0] * len(new), strict=True):
+            state.in_flight, state.loaded, state.synced_at = int(count), True, now
+        return bool(new)
+
+    # --- the second round trip ------------------------------------------------------------------
+
+    async def _round(self, now: float, plan: dict[str, int], looked: _Looked) -> int:
+        """Move what the round may: the plan read ahead first, then, if room is left, a plan made now."""
+        room, decision = looked.room, looked.decision
+        if room <= 0:
+            metrics.WORK_FULL.inc()
+            self._pace(room, 0)
+            return await self._move(now, {}, 0)  # drain steps still go
+        if not decision.allowed:
+            self.wait_s = min(1.0, decision.retry_after_ms / 1000)
+            return await self._move(now, {}, 0)
+        limit = 1 if decision.state == PROBE else room
+        moved = await self._move(now, plan, min(limit, self._credit))
+        if moved < limit:
+            # Read ahead too little (first round, new tokens, a pause, reads that came back short).
+            moved += await self._late(now, limit - moved)
+        if looked.new_tokens and not moved:
+            self.wait_s = 0.0
+        elif moved >= room:
+            self._pace(room, moved)
+        elif moved and not self._credit and now < self._budget_at:
+            self.wait_s = self._budget_at - now  # the budget was the limit: go on when it allows
+        return moved
+
+    async def _late(self, now: float, left: int) -> int:
+        """Plan, read and move up to `left` more entries now (two more round trips, three with a take)."""
+        queues = self._queues()
+        demand = self.scheduler.demand(queues)
+        if demand <= 0:
+            if queues and not self._credit_short(now):
+                # Every queued token has its cap in the work streams: look again soon, then less often.
+                metrics.IN_FLIGHT_FULL.inc()
+                self.wait_s = min(self._idle, IN_FLIGHT_WAIT_MAX_S)
             return 0
-        pipe = self._redis.pipeline(transaction=False)
-        done: dict[str, list[str]] = {}
-        targets: list[str] = []
-        appends: list[tuple[str, JobEntry]] = []
-        in_flight: dict[str, dict[str, int]] = {}  # token -> job id -> when moved (ms)
+        if self._credit < min(left, demand) and now >= self._budget_at:
+            ask = min(self._settings.mover_work_backlog, demand) - self._credit
+            self._granted(now, ask, await self._guard.budget.take(ask))
+        allowed = min(left, demand, self._credit)
+        if allowed <= 0:
+            self.wait_s = max(0.0005, self._budget_at - now)
+            return 0
+        plan = self.scheduler.plan_tokens(queues, allowed)
+        await self._read_now(now, plan)
+        return await self._move(now, plan, allowed)
+
+    def _credit_short(self, now: float) -> bool:
+        return not self._credit and now < self._budget_at
+
+    async def _read_now(self, now: float, plan: dict[str, int]) -> None:
+        reads = self._reads(plan)
+        if not reads:
+            return
+        replies = await self._wire.execute([self._read_command(streams, n) for _, streams, n in reads])
+        for (state, streams, n), result in zip(reads, replies, strict=True):
+            await self._hold(now, state, streams, n, result)
+
+    def _pace(self, room: int, moved: int) -> None:
+        """The pause before the next round: about a quarter of the backlog should be free by then."""
+        backlog = self._settings.mover_work_backlog
+        if room > backlog // 2 and moved >= room:
+            self._gap = max(MIN_GAP_S, self._gap / 2)  # a large room filled: workers may run short
+        elif room < max(1, backlog // 8):
+            self._gap = min(MAX_GAP_S, self._gap * 1.5)
+        if room <= 0 or moved >= room:
+            self.wait_s = self._gap
+
+    async def _move(self, now: float, plan: dict[str, int], allowed: int) -> int:
+        """Append up to `allowed` planned entries to the work streams, high priorities first."""
+        cap = self.scheduler.in_flight_cap
+        picks: list[tuple[int, TokenState, str, Held]] = []
+        drains: list[TokenState] = []
+        left = allowed
+        for token, n in plan.items():
+            state = self._tokens[token]
+            if not state.held_total and not any(state.more.values()) and self._may_drain(token, now):
+                drains.append(state)
+            m = min(n, left, state.held_total, max(0, cap - state.in_flight) if cap else n)
+            if m <= 0:
+                continue
+            left -= m
+            for priority, k in self.scheduler.split(token, m, state.held_depths()).items():
+                rank = keys.PRIORITIES.index(priority)
+                picks.extend((rank, state, priority, held) for held in state.take(priority, k))
+        ends, self._ends = self._ends, []
+        if not picks and not drains and not ends:
+            return 0
+        picks.sort(key=lambda pick: pick[0])  # stable: token order kept within a priority
         now_ms = int(time.time() * 1000)
-        for source, entry_id, fields in reads:
-            done.setdefault(source, []).append(entry_id)
+        live: list[tuple[TokenState, str, Held, str, dict[str, str]]] = []
+        dead: list[tuple[TokenState, str, Held]] = []
+        members: dict[str, dict[str, int]] = {}
+        for _, state, priority, held in picks:
             try:
-                entry = JobEntry.from_fields(fields)
-                stream = keys.work_stream(entry.target)
+                stream, job_id, fields = work_entry(held.fields)
             except ValueError as exc:
                 metrics.MALFORMED.inc()
-                log.error("malformed entry %s in token queue: %s", entry_id, exc)
-                pipe.xadd(
-                    keys.DEAD_LETTERS,
-                    maxlen=keys.DEAD_LETTERS_MAX,
-                    approximate=True,
-                    fields=redisio.fields({**fields, "dlq_reason": "malformed", "dlq_source": "mover"}),
-                )
+                log.error("malformed entry %s in token queue: %s", held.entry_id, exc)
+                dead.append((state, priority, held))
                 continue
-            with telemetry.tracer().start_as_current_span(
-                telemetry.SPAN_MOVE,
-                context=telemetry.extract_fields(entry.trace),
-                kind=trace.SpanKind.CONSUMER,
-            ) as span:
-                span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
-                span.set_attribute(telemetry.ATTR_STREAM, stream)
-                entry = entry.with_trace(dict(telemetry.inject_fields({})))
-            appends.append((stream, entry))
-            if self.scheduler.in_flight_cap:
-                in_flight.setdefault(entry.token, {})[entry.job_id] = now_ms
-        for token, members in in_flight.items():
-            # Before the work entries, so no worker can finish one before its member exists (MULTI cannot
-            # span a token key and a work stream on a cluster); members past the horizon go.
+            if cap:
+                members.setdefault(state.token, {})[job_id] = now_ms
+            live.append((state, priority, held, stream, fields))
+        commands = self._in_flight_commands(members, now, now_ms)
+        skip = len(commands)
+        commands += [_xadd(stream, fields) for _, _, _, stream, fields in live]
+        for _, _, held in dead:
+            fields = {**held.fields, "dlq_reason": "malformed", "dlq_source": "mover"}
+            commands.append(_xadd(keys.DEAD_LETTERS, fields, ("MAXLEN", "~", keys.DEAD_LETTERS_MAX)))
+        commands += [drain.begin(state.token, now_ms) for state in drains]
+        commands += [drain.end(token, holds) for token, holds in ends]
+        try:
+            replies = await self._wire.execute(commands)
+        except RedisError:
+            for _, state, priority, held in reversed(picks):
+                state.put_back(priority, held)
+            self._ends = ends + self._ends
+            raise
+        replies = replies[skip:]
+        moved = 0
+        for (state, priority, held, stream, _), reply in zip(live, replies[: len(live)], strict=True):
+            if self._settle(state, priority, held, reply, moved=True):
+                moved += 1
+                metrics.MOVED.labels(target=stream.rsplit(":", 1)[1]).inc()
+        replies = replies[len(live) :]
+        for (state, priority, held), reply in zip(dead, replies[: len(dead)], strict=True):
+            self._settle(state, priority, held, reply, moved=False)
+        for state in drains:
+            self._tokens.pop(state.token, None)
+            self._checks.append(state.token)
+        self._after_ends(now, ends)
+        self._credit -= moved
+        return moved
+
+    def _settle(self, state: TokenState, priority: str, held: Held, reply: object, *, moved: bool) -> bool:
+        """After the append: acknowledge next round, or hold the entry again when the append failed."""
+        if isinstance(reply, Exception):
+            log.warning("append failed, the entry is tried again: %s", reply)
+            state.put_back(priority, held)
+            return False
+        self._acks.setdefault(held.stream, []).append(held.entry_id)
+        if moved and self.scheduler.in_flight_cap:
+            state.in_flight += 1
+        return True
+
+    def _in_flight_commands(
+        self, members: dict[str, dict[str, int]], now: float, now_ms: int
+    ) -> list[Command]:
+        """The in-flight members, sent before the work entries (no worker may finish one first).
+
+        MULTI cannot span a token key and a work stream on a cluster. The set's expiry is renewed
+        when it may have been empty (Redis deletes an empty set, and a ZADD makes it anew without
+        one) and at least every IN_FLIGHT_TOUCH_S; members past the horizon go as often.
+        """
+        commands: list[Command] = []
+        for token, jobs in members.items():
             name = keys.token_in_flight(token)
-            pipe.zremrangebyscore(name, "-inf", f"({now_ms - self._in_flight_horizon_ms}")
-            pipe.zadd(name, dict(members))
-            pipe.pexpire(name, 2 * self._in_flight_horizon_ms)
-        for stream, entry in appends:
-            pipe.xadd(stream, redisio.fields(entry.to_fields()))
-            targets.append(entry.target)
-        await pipe.execute()
-        ack = self._redis.pipeline(transaction=False)
-        for stream, ids in done.items():
-            ack.xack(stream, keys.MOVER_GROUP, *ids)
-            ack.xdel(stream, *ids)
-        await ack.execute()
-        for target in targets:
-            metrics.MOVED.labels(target=target).inc()
-        return len(reads)
+            state = self._tokens[token]
+            zadd: list[str | int] = ["ZADD", name]
+            for job_id, score in jobs.items():
+                zadd += [score, job_id]
+            commands.append(tuple(zadd))
+            if state.in_flight == 0 or now - state.trimmed_at >= IN_FLIGHT_TOUCH_S:
+                if now - state.trimmed_at >= IN_FLIGHT_TOUCH_S:
+                    commands.append(("ZREMRANGEBYSCORE", name, "-inf", f"({now_ms - self._horizon_ms}"))
+                state.trimmed_at = now
+                commands.append(("PEXPIRE", name, 2 * self._horizon_ms))
+        return commands
+
+    def _may_drain(self, token: str, now: float) -> bool:
+        until, _ = self._quiet.get(token, (0.0, QUIET_MIN_S))
+        return now >= until
+
+    def _after_ends(self, now: float, ends: list[tuple[str, bool]]) -> None:
+        for token, holds in ends:
+            if holds:
+                # Entries another mover holds (or that arrived meanwhile): not drained again for a while.
+                _, backoff = self._quiet.get(token, (0.0, QUIET_MIN_S))
+                self._quiet[token] = (now + backoff, min(QUIET_MAX_S, backoff * 2))
+            else:
+                self._quiet.pop(token, None)
+
+    def _merge_acks(self, acks: dict[str, list[str]]) -> None:
+        for stream, ids in acks.items():
+            self._acks.setdefault(stream, []).extend(ids)
+
+    # --- for tests and operators -----------------------------------------------------------------
 
     async def _deactivate(self, tokens: Iterable[str]) -> None:
-        """Drop drained tokens from the active set, re-adding any whose queues received work meanwhile.
-
-        The gateway appends before it adds the token, so removing first and checking the
-        length after can never strand a job. The token's queues and the scheduler's sets live in
-        different cluster slots, so this cannot be one atomic step: the removal marks the token
-        draining instead, and a mover killed before the check leaves it there for
-        `repair_draining` (any mover) to finish.
-        """
+        """Take drained tokens out of the active set now, putting back any whose queues hold entries."""
         tokens = list(tokens)
         if not tokens:
             return
-        sched = (keys.ACTIVE_TOKENS, keys.DRAINING_TOKENS)
         now_ms = int(time.time() * 1000)
-        pipe = self._redis.pipeline(transaction=False)
-        for token in tokens:
-            # EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot; these are tiny.
-            pipe.eval(_BEGIN_DRAIN, 2, *sched, token, now_ms)
-        await pipe.execute()
-        await self._end_drain(tokens)
-
-    async def _end_drain(self, tokens: list[str]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for token in tokens:
-            for stream in keys.token_streams(token):
-                pipe.xlen(stream)
-        lengths = await pipe.execute()
-        width = len(keys.PRIORITIES)
-        pipe = self._redis.pipeline(transaction=False)
-        for i, token in enumerate(tokens):
-            holds = any(int(n) > 0 for n in lengths[i * width : (i + 1) * width])
-            pipe.eval(
-                _END_DRAIN,
-                3,
-                keys.ACTIVE_TOKENS,
-                keys.DRAINING_TOKENS,
-                keys.TOKEN_CLIENTS,
-                token,
-                "1" if holds else "0",
-            )
-        await pipe.execute()
+        await self._wire.execute([drain.begin(token, now_ms) for token in tokens])
+        await upkeep.finish_draining(self._redis, tokens)
 
     async def repair_draining(self) -> int:
         """Finish taking out the tokens a dead mover left draining; returns how many."""
-        cutoff = int((time.time() - DRAIN_ABANDONED_S) * 1000)
+        cutoff = int((time.time() - drain.ABANDONED_S) * 1000)
         left: list[Any] = await self._redis.zrangebyscore(
             keys.DRAINING_TOKENS, "-inf", cutoff, start=0, num=500
         )
         if left:
             log.warning("finishing %d token(s) a mover left draining", len(left))
-            await self._end_drain([str(t) for t in left])
+            await upkeep.finish_draining(self._redis, [str(t) for t in left])
         return len(left)
 
     async def export_depths(self) -> None:
-        """Refresh the queue-depth gauges (every mover exports them; any replica's value is current)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for target in keys.TARGETS:
-            pipe.xlen(keys.work_stream(target))
-        pipe.zcard(keys.DELAYED)
-        pipe.xlen(keys.DEAD_LETTERS)
-        pipe.xlen(keys.WEBHOOKS)
-        names = [f"work:{t}" for t in keys.TARGETS] + ["delayed", "dead_letters", "webhooks"]
-        for name, depth in zip(names, await pipe.execute(), strict=True):
-            metrics.QUEUE_DEPTH.labels(queue=name).set(int(depth))
+        """Refresh the queue-depth gauges."""
+        await upkeep.export_depths(self._redis)
 
     async def pump_delayed(self) -> int:
         """Put due retries back into their token queues (one mover at a time holds the lease)."""
@@ -411,30 +593,39 @@ class Mover:
         due: list[Any] = await self._redis.zrangebyscore(
             keys.DELAYED, "-inf", int(time.time() * 1000), start=0, num=500
         )
-        if not due:
-            return 0
-        pipe = self._redis.pipeline(transaction=False)
-        for member in due:
-            try:
-                raw = json.loads(member)
-                entry = JobEntry.from_fields(raw if isinstance(raw, dict) else {})
-            except ValueError as exc:  # JSONDecodeError is one
-                metrics.MALFORMED.inc()
-                log.error("malformed delayed entry: %s", exc)
-                pipe.xadd(
-                    keys.DEAD_LETTERS,
-                    maxlen=keys.DEAD_LETTERS_MAX,
-                    approximate=True,
-                    fields={"raw": str(member), "dlq_reason": "malformed", "dlq_source": "mover"},
-                )
-                continue
-            tokenqueue.enqueue(pipe, entry)  # back into the stream of its own priority
-        await pipe.execute()
-        await self._redis.zrem(keys.DELAYED, *due)
-        metrics.REQUEUED.inc(len(due))
-        return len(due)
+        return await upkeep.requeue_due(self._redis, due)
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _ack_commands(acks: dict[str, list[str]]) -> list[Command]:
+    commands: list[Command] = []
+    for stream, ids in acks.items():
+        commands += [("XACK", stream, keys.MOVER_GROUP, *ids), ("XDEL", stream, *ids)]
+    return commands
+
+
+def _xadd(stream: str, fields: dict[str, str], options: Command = ()) -> Command:
+    command: list[str | int | float | bytes] = ["XADD", stream, *options, "*"]
+    for key, value in fields.items():
+        command += [key, value]
+    return tuple(command)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _waiting(length: object, pending: object) -> int:
+    """Entries of a work stream no worker has been given yet."""
+    if isinstance(length, Exception):
+        raise length
+    # NOGROUP: no worker has started yet, so nothing was delivered.
+    delivered = 0 if isinstance(pending, Exception) else int(pending[0])  # type: ignore[index]
+    return max(0, int(str(length)) - delivered)
+
+
+def _ok(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -128,6 +128,15 @@ class FairScheduler:
 
     def plan(self, queues: Sequence[TokenQueue], granted: int) -> dict[tuple[str, str], int]:
         """How many entries to read from each (token, priority) stream, `granted` in all at most."""
+        by_token = {q.token: q for q in queues}
+        plan: dict[tuple[str, str], int] = {}
+        for token, n in self.plan_tokens(queues, granted).items():
+            for priority, k in self.split(token, n, by_token[token].depths).items():
+                plan[(token, priority)] = k
+        return plan
+
+    def plan_tokens(self, queues: Sequence[TokenQueue], granted: int) -> dict[str, int]:
+        """How many entries each token may move, `granted` in all at most (clients, then their tokens)."""
         by_client: dict[str, dict[str, TokenQueue]] = {}
         for q in queues:
             if q.total > 0:
@@ -142,14 +151,12 @@ class FairScheduler:
             {c: sum(d.values()) for c, d in token_demand.items()},
             {c: float(self.weight(c)) for c in by_client},
         )
-        plan: dict[tuple[str, str], int] = {}
+        plan: dict[str, int] = {}
         for client, n in client_share.items():
             tokens = token_demand[client]
-            token_share = self._tokens.setdefault(client, Drr()).split(n, tokens, dict.fromkeys(tokens, 1.0))
-            for token, m in token_share.items():
-                depths = by_client[client][token].depths
-                for priority, k in (
-                    self._priorities.setdefault(token, Drr()).split(m, depths, self._priority_weights).items()
-                ):
-                    plan[(token, priority)] = k
+            plan.update(self._tokens.setdefault(client, Drr()).split(n, tokens, dict.fromkeys(tokens, 1.0)))
         return plan
+
+    def split(self, token: str, n: int, depths: Mapping[str, int]) -> dict[str, int]:
+        """Share one token's `n` moves over its priority streams by weight, never above a stream's depth."""
+        return self._priorities.setdefault(token, Drr()).split(n, depths, self._priority_weights)
