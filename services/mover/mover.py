@@ -65,6 +65,8 @@ BREAKER_CACHE_S = 0.1
 CREDIT_S = 1.0
 # An in-flight set's expiry is renewed at least this often while its token moves.
 IN_FLIGHT_TOUCH_S = 30.0
+# A budget that allows more calls this soon is waited for by the next round's own round trips.
+BUDGET_SPIN_S = 0.002
 # Pacing: the pause after a round that found the work streams full adapts within these bounds.
 MIN_GAP_S = 0.002
 MAX_GAP_S = 0.05
@@ -193,15 +195,18 @@ class Mover:
         if now >= self._credit_until:
             self._credit = 0
         decision = self._decision[1] if self._decision else None
+        if self._room_seen <= 0 or (decision is not None and not decision.allowed):
+            return {}, 0
         queues = self._queues()
-        demand = self.scheduler.demand(queues)
-        if demand <= 0 or (decision is not None and not decision.allowed):
+        demands = self.scheduler.demands(queues)
+        demand = sum(demands.values())
+        if demand <= 0:
             return {}, 0
         want = min(self._settings.mover_work_backlog, demand)
         ask = want - self._credit if self._credit < want and now >= self._budget_at else 0
         expected = self._credit + min(ask, self._guard.budget.burst)
         allowed = min(self._room_seen, expected, demand)
-        return (self.scheduler.plan_tokens(queues, allowed) if allowed > 0 else {}), ask
+        return (self.scheduler.plan_tokens(queues, allowed, demands) if allowed > 0 else {}), ask
 
     # --- the first round trip -------------------------------------------------------------------
 
@@ -394,13 +399,19 @@ class Mover:
         elif moved >= room:
             self._pace(room, moved)
         elif moved and not self._credit and now < self._budget_at:
-            self.wait_s = self._budget_at - now  # the budget was the limit: go on when it allows
+            # The budget was the limit: go on when it allows (at once if that is sooner than a round trip).
+            wait = self._budget_at - now
+            self.wait_s = wait if wait >= BUDGET_SPIN_S else 0.0
         return moved
 
     async def _late(self, now: float, left: int) -> int:
         """Plan, read and move up to `left` more entries now (two more round trips, three with a take)."""
+        if self._credit_short(now):
+            self.wait_s = max(0.0005, self._budget_at - now)
+            return 0
         queues = self._queues()
-        demand = self.scheduler.demand(queues)
+        demands = self.scheduler.demands(queues)
+        demand = sum(demands.values())
         if demand <= 0:
             if queues and not self._credit_short(now):
                 # Every queued token has its cap in the work streams: look again soon, then less often.
@@ -414,7 +425,7 @@ class Mover:
         if allowed <= 0:
             self.wait_s = max(0.0005, self._budget_at - now)
             return 0
-        plan = self.scheduler.plan_tokens(queues, allowed)
+        plan = self.scheduler.plan_tokens(queues, allowed, demands)
         await self._read_now(now, plan)
         return await self._move(now, plan, allowed)
 

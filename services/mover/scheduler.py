@@ -23,46 +23,64 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _EPS = 1e-9
 
 
 class Drr:
-    """Deficit round-robin over named flows; the turn and unspent credit carry over between calls."""
+    """Deficit round-robin over named flows; the turn and unspent credit carry over between calls.
+
+    A call costs O(flows) in C-speed steps (the flows are sorted again only when they change)
+    plus O(visits) in Python: a mover round may share a handful of moves over hundreds of tokens.
+    """
 
     def __init__(self) -> None:
         self._credit: dict[str, float] = {}
         self._turn: str | None = None  # the flow whose visit comes next
         self._topped = False  # whether `_turn` already got its quantum for that visit
+        self._live: frozenset[str] = frozenset()
+        self._flows: list[str] = []  # sorted(self._live)
 
-    def split(self, total: int, demand: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, int]:
-        """Share `total` units over the flows with demand, by weight, never above a flow's demand."""
-        flows = sorted(f for f, n in demand.items() if n > 0)
-        self._credit = {f: c for f, c in self._credit.items() if demand.get(f, 0) > 0}
-        if total <= 0 or not flows:
+    def split(
+        self, total: int, demand: Mapping[str, int], weights: Mapping[str, float] | None = None
+    ) -> dict[str, int]:
+        """Share `total` units over the flows with demand by weight (None: all 1), never above a demand."""
+        live = frozenset(f for f, n in demand.items() if n > 0)
+        if self._credit:
+            self._credit = {f: c for f, c in self._credit.items() if f in live}
+        if total <= 0 or not live:
             return {}
+        if live != self._live:
+            self._live, self._flows = live, sorted(live)
+        flows = self._flows
         # One visit gives the lightest flow at least one unit (so every visit makes progress), and one
         # pass over every flow hands out about `total` (so a big grant needs few passes).
-        quantum = max(1.0 / min(weights[f] for f in flows), total / sum(weights[f] for f in flows))
+        if weights is None:
+            quantum = max(1.0, total / len(flows))
+        else:
+            quantum = max(1.0 / min(weights[f] for f in flows), total / sum(weights[f] for f in flows))
         i = bisect_left(flows, self._turn) % len(flows) if self._turn is not None else 0
         topped = self._topped and flows[i] == self._turn
-        given = dict.fromkeys(flows, 0)
+        given: dict[str, int] = {}
         left, unmet = total, len(flows)
         while left > 0 and unmet > 0:
             flow = flows[i]
-            want = demand[flow] - given[flow]
+            had = given.get(flow, 0)
+            want = demand[flow] - had
             if want > 0:
-                credit = self._credit.get(flow, 0.0) + (0.0 if topped else quantum * weights[flow])
+                weight = 1.0 if weights is None else weights[flow]
+                credit = self._credit.get(flow, 0.0) + (0.0 if topped else quantum * weight)
                 n = min(int(credit + _EPS), want, left)
-                given[flow] += n
+                had += n
+                given[flow] = had
                 left -= n
                 credit -= n
-                if given[flow] >= demand[flow]:
+                if had >= demand[flow]:
                     unmet -= 1
                     credit = 0.0  # nothing more to move this round: no savings for later
                 self._credit[flow] = credit
-                if left == 0 and given[flow] < demand[flow] and credit >= 1 - _EPS:
+                if left == 0 and had < demand[flow] and credit >= 1 - _EPS:
                     # The grant ran out in the middle of this flow's visit: it resumes next round.
                     self._turn, self._topped = flow, True
                     return _positive(given)
@@ -84,11 +102,10 @@ class TokenQueue:
     client: str
     depths: Mapping[str, int]
     in_flight: int = 0  # entries of this token in the work streams now (waiting or running)
+    total: int = field(init=False)  # entries queued over every priority
 
-    @property
-    def total(self) -> int:
-        """Entries queued over every priority."""
-        return sum(self.depths.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", sum(self.depths.values()))
 
 
 class FairScheduler:
@@ -124,7 +141,21 @@ class FairScheduler:
 
     def demand(self, queues: Sequence[TokenQueue]) -> int:
         """The most this round could move: the sum of every token's demand."""
-        return sum(self.token_demand(q) for q in queues)
+        return sum(self.demands(queues).values())
+
+    def demands(self, queues: Sequence[TokenQueue]) -> dict[str, int]:
+        """Each queued token's demand (token_demand, inlined: the mover asks for hundreds a round)."""
+        cap, in_flight_cap = self._token_cap, self.in_flight_cap
+        out: dict[str, int] = {}
+        for q in queues:
+            total = q.total
+            if total > 0:
+                n = total if total < cap else cap
+                if in_flight_cap > 0:
+                    room = in_flight_cap - q.in_flight
+                    n = n if n < room else max(0, room)
+                out[q.token] = n
+        return out
 
     def plan(self, queues: Sequence[TokenQueue], granted: int) -> dict[tuple[str, str], int]:
         """How many entries to read from each (token, priority) stream, `granted` in all at most."""
@@ -135,26 +166,31 @@ class FairScheduler:
                 plan[(token, priority)] = k
         return plan
 
-    def plan_tokens(self, queues: Sequence[TokenQueue], granted: int) -> dict[str, int]:
-        """How many entries each token may move, `granted` in all at most (clients, then their tokens)."""
-        by_client: dict[str, dict[str, TokenQueue]] = {}
+    def plan_tokens(
+        self, queues: Sequence[TokenQueue], granted: int, demands: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """How many entries each token may move, `granted` in all at most (clients, then their tokens).
+
+        `demands`: what `demands(queues)` answers, when the caller has it already.
+        """
+        demands = self.demands(queues) if demands is None else demands
+        by_client: dict[str, dict[str, int]] = {}
         for q in queues:
-            if q.total > 0:
-                by_client.setdefault(q.client, {})[q.token] = q
+            if q.token in demands:
+                by_client.setdefault(q.client, {})[q.token] = demands[q.token]
         # Forget the state of clients and tokens that have nothing queued (bounded memory).
-        self._tokens = {c: d for c, d in self._tokens.items() if c in by_client}
-        live = {t for tokens in by_client.values() for t in tokens}
-        self._priorities = {t: d for t, d in self._priorities.items() if t in live}
-        token_demand = {c: {t: self.token_demand(q) for t, q in ts.items()} for c, ts in by_client.items()}
+        for client in self._tokens.keys() - by_client.keys():
+            del self._tokens[client]
+        for token in self._priorities.keys() - demands.keys():
+            del self._priorities[token]
         client_share = self._clients.split(
             granted,
-            {c: sum(d.values()) for c, d in token_demand.items()},
+            {c: sum(d.values()) for c, d in by_client.items()},
             {c: float(self.weight(c)) for c in by_client},
         )
         plan: dict[str, int] = {}
         for client, n in client_share.items():
-            tokens = token_demand[client]
-            plan.update(self._tokens.setdefault(client, Drr()).split(n, tokens, dict.fromkeys(tokens, 1.0)))
+            plan.update(self._tokens.setdefault(client, Drr()).split(n, by_client[client]))
         return plan
 
     def split(self, token: str, n: int, depths: Mapping[str, int]) -> dict[str, int]:
