@@ -29,6 +29,9 @@ DRAINING_TOKENS = f"{PREFIX}:{{sched}}:draining"
 # Bumped by every change a mover makes to the active set (the gateway only adds to it, which
 # changes its size): a mover lists the set again only when its size or this counter moved.
 ACTIVE_CHANGES = f"{PREFIX}:{{sched}}:changes"
+# Live movers (consumer name -> last heartbeat, ms): a mover whose heartbeat stopped has its entries
+# claimed by the others at once, instead of every mover sweeping every token stream all the time.
+MOVERS = f"{PREFIX}:{{sched}}:movers"
 DELAYED = f"{PREFIX}:delayed"
 DEAD_LETTERS = f"{PREFIX}:dlq"
 # The dead-letter stream is trimmed (approximately) to this length; the job document keeps every failure.

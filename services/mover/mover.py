@@ -59,6 +59,14 @@ GAUGES_S = 5.0
 LIST_S = 5.0
 # The room in the upload and replace streams (rarely used) is measured this often; rest every round.
 OTHER_TARGETS_S = 0.25
+# A mover heartbeats this often; one silent for MOVER_CLAIM_IDLE_S is taken for dead and its entries
+# are claimed. Every token stream is also swept at start, once more MOVER_CLAIM_IDLE_S later, and
+# every SWEEP_S (entries of movers that never heartbeated: older versions, tests).
+HEARTBEAT_S = 1.0
+SWEEP_S = 300.0
+# A token this mover counts at its cap has its count read again each round while no other token
+# could move, else at most this often (other tokens take the moves meanwhile).
+CAPPED_RECHECK_S = 0.02
 # A breaker found closed is looked at again after this long; open or probing, every round.
 BREAKER_CACHE_S = 0.1
 # Budget taken and not spent within this long is given up (a grant never waits long for its calls).
@@ -109,7 +117,12 @@ class Mover:
         # Older than this, an in-flight member is taken for a removal that never came (see the module doc).
         self._horizon_ms = int(settings.worker_visibility_timeout_s * 1000)
         self._stopping = asyncio.Event()
-        self._last_claim = float("-inf")
+        self._started = time.monotonic()
+        self._sweeps = [self._started, self._started + settings.mover_claim_idle_s]  # start, and once more
+        self._last_sweep = float("-inf")
+        self._last_beat = float("-inf")
+        self._dead: list[str] = []  # movers found silent, claimed from by the next sweep
+        self._last_fresh = self._started
         self._last_pump = float("-inf")
         self._last_gauges = float("-inf")
         self._lease = redis.register_script(upkeep.LEASE)
@@ -158,7 +171,7 @@ class Mover:
         for held in await upkeep.put_back(self._redis, self._tokens):
             self._acks.setdefault(held.stream, []).append(held.entry_id)
         acks, self._acks = self._acks, {}
-        await self._wire.execute(_ack_commands(acks))
+        await self._wire.execute([*_ack_commands(acks), ("ZREM", keys.MOVERS, self.consumer)])
 
     async def run_round(self) -> int:
         """One round: look at what changed (reading for the plan), then move. Returns entries moved.
@@ -173,10 +186,7 @@ class Mover:
             await upkeep.export_depths(self._redis)
         plan, ask = self._speculate(now)
         looked = await self._look(now, plan, ask)
-        if now - self._last_claim >= self._settings.mover_claim_idle_s / 2:
-            self._last_claim = now
-            idle_ms = int(self._settings.mover_claim_idle_s * 1000)
-            await upkeep.claim(self._redis, self.consumer, self._tokens, idle_ms, self._settings.mover_batch)
+        await self._claims(now)
         moved = await self._round(now, plan, looked)
         metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
         return moved
@@ -216,8 +226,7 @@ class Mover:
         checks, self._checks = self._checks, []
         others = now - self._others_at >= OTHER_TARGETS_S
         targets = keys.TARGETS if others else ("rest",)
-        cap = self.scheduler.in_flight_cap
-        capped = [t for t in self._tokens.values() if t.loaded and cap and t.in_flight >= cap]
+        capped = self._capped(now)
         breakers = self._decision is None or now - self._decision[0] >= BREAKER_CACHE_S
         chores = now - self._last_pump >= DELAYED_PUMP_S
         reads = self._reads(plan)
@@ -243,6 +252,15 @@ class Mover:
                 ("ZRANGEBYSCORE", keys.DELAYED, "-inf", now_ms, "LIMIT", 0, 500),
                 ("ZRANGEBYSCORE", keys.DRAINING_TOKENS, "-inf", cutoff, "LIMIT", 0, 500),
             ]
+        beat = now - self._last_beat >= HEARTBEAT_S
+        if beat:
+            self._last_beat = now
+            now_ms = int(time.time() * 1000)
+            silent = now_ms - int(self._settings.mover_claim_idle_s * 1000)
+            commands += [
+                ("ZADD", keys.MOVERS, now_ms, self.consumer),
+                ("ZRANGEBYSCORE", keys.MOVERS, "-inf", silent),
+            ]
         commands += [self._read_command(streams, n) for _, streams, n in reads]
         try:
             replies = iter(await self._wire.execute(commands))
@@ -266,6 +284,8 @@ class Mover:
         states = [next(replies) for _ in self._breaker_keys] if breakers else []
         grant = Grant.from_reply(_ok([next(replies)])[0]) if ask else None
         chore_replies = _ok([next(replies) for _ in range(3)]) if chores else []
+        if beat:
+            self._dead = [m for m in _ok([next(replies), next(replies)])[1] if m != self.consumer]
         for (state, streams, n), result in zip(reads, replies, strict=True):
             await self._hold(now, state, streams, n, result)
         if grant is not None:
@@ -281,6 +301,41 @@ class Mover:
         if self._listed.changed(int(card), str(changes or "")) or now - self._listed.listed_at >= LIST_S:
             looked.new_tokens = await self._list(now)
         return looked
+
+    def _capped(self, now: float) -> list[TokenState]:
+        """Tokens at their cap (as this mover counts) whose in-flight count is to be read this round."""
+        cap = self.scheduler.in_flight_cap
+        if not cap:
+            return []
+        capped, others = [], False
+        for t in self._tokens.values():
+            if t.loaded:
+                if t.in_flight >= cap:
+                    capped.append(t)
+                else:
+                    others = True
+        return [t for t in capped if now - t.synced_at >= CAPPED_RECHECK_S] if others else capped
+
+    async def _claims(self, now: float) -> None:
+        """Sweep the token streams for a dead mover's entries when one is found (then once more, for what it
+        read after its last heartbeat), at start and now and then; keep the entries held here fresh."""
+        idle_s = self._settings.mover_claim_idle_s
+        if self._dead:
+            dead, self._dead = self._dead, []
+            log.warning("claiming what dead mover(s) %s left", ", ".join(dead))
+            await self._wire.execute([("ZREM", keys.MOVERS, *dead)])
+            self._sweeps = sorted([*self._sweeps, now, now + idle_s])
+        due = now - self._last_sweep >= SWEEP_S
+        while self._sweeps and now >= self._sweeps[0]:
+            self._sweeps.pop(0)
+            due = True
+        if due:
+            self._last_sweep = now
+            count = self._settings.mover_batch
+            await upkeep.claim(self._redis, self.consumer, self._tokens, int(idle_s * 1000), count)
+        if now - self._last_fresh >= idle_s / 4:
+            self._last_fresh = now
+            await upkeep.keep_fresh(self._redis, self.consumer, self._tokens, idle_s / 4)
 
     def _reads(self, plan: dict[str, int]) -> list[tuple[TokenState, list[str], int]]:
         """For each planned token holding too few: its short priority streams, read in one command."""

@@ -90,8 +90,7 @@ async def export_depths(redis: redisio.Redis) -> None:
 async def claim(
     redis: redisio.Redis, consumer: str, tokens: dict[str, TokenState], idle_ms: int, count: int
 ) -> None:
-    """Claim what a dead mover read and never moved (held from now on); keep what this mover holds fresh."""
-    held = [(state, h) for state in tokens.values() for h in state.all_held()]
+    """Claim what a dead mover read and never moved (held from now on)."""
     streams = [s for token in tokens for s in keys.token_streams(token)]
     now = time.monotonic()
     for start in range(0, len(streams), 3 * PIPELINE_CHUNK):
@@ -107,14 +106,15 @@ async def claim(
             before = state.held_total
             state.add_claimed(priority_of(stream), claimed)
             metrics.CLAIMED.inc(state.held_total - before)
-    await _keep_fresh(redis, consumer, held, idle_ms / 2000, now)
 
 
-async def _keep_fresh(
-    redis: redisio.Redis, consumer: str, held: list[tuple[TokenState, Held]], after_s: float, now: float
+async def keep_fresh(
+    redis: redisio.Redis, consumer: str, tokens: dict[str, TokenState], after_s: float
 ) -> None:
-    """Reset the idle time of entries held for long, so no other mover claims them; drop any one did."""
-    old = [(state, h) for state, h in held if now - h.read_at >= after_s]
+    """Reset the idle time of entries held for `after_s` or more, so no other mover claims them; drop any
+    one did."""
+    now = time.monotonic()
+    old = [(state, h) for state in tokens.values() for h in state.all_held() if now - h.read_at >= after_s]
     if not old:
         return
     pipe = redis.pipeline(transaction=False)
