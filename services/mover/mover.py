@@ -65,8 +65,10 @@ OTHER_TARGETS_S = 0.25
 HEARTBEAT_S = 1.0
 SWEEP_S = 300.0
 # A token this mover counts at its cap has its count read again each round while no other token
-# could move, else at most this often (other tokens take the moves meanwhile).
+# could move, else after CAPPED_RECHECK_S, doubling up to CAPPED_RECHECK_MAX_S while it stays at its
+# cap (other tokens take the moves meanwhile).
 CAPPED_RECHECK_S = 0.02
+CAPPED_RECHECK_MAX_S = 0.16
 # A breaker found closed is looked at again after this long; open or probing, every round.
 BREAKER_CACHE_S = 0.1
 # Budget taken and not spent within this long is given up (a grant never waits long for its calls).
@@ -281,6 +283,11 @@ class Mover:
         card, changes = _ok([next(replies), next(replies)])
         for state in capped:
             state.in_flight, state.synced_at = int(_ok([next(replies)])[0]), now
+            # Still at its cap: read again later and later (while other tokens move, see _capped).
+            still = state.in_flight >= self.scheduler.in_flight_cap
+            state.recheck_s = (
+                min(CAPPED_RECHECK_MAX_S, max(CAPPED_RECHECK_S, 2 * state.recheck_s)) if still else 0.0
+            )
         states = [next(replies) for _ in self._breaker_keys] if breakers else []
         grant = Grant.from_reply(_ok([next(replies)])[0]) if ask else None
         chore_replies = _ok([next(replies) for _ in range(3)]) if chores else []
@@ -314,7 +321,7 @@ class Mover:
                     capped.append(t)
                 else:
                     others = True
-        return [t for t in capped if now - t.synced_at >= CAPPED_RECHECK_S] if others else capped
+        return [t for t in capped if now - t.synced_at >= t.recheck_s] if others else capped
 
     async def _claims(self, now: float) -> None:
         """Sweep the token streams for a dead mover's entries when one is found (then once more, for what it
