@@ -16,7 +16,7 @@ go to the servers. Each target is run at every concurrency; CPU ms per request, 
 P50/P95/P99 latency are reported, and the edge's CPU as a ratio to the bare handler's.
 
     .venv/bin/python -m bench.edge_cost [--requests 3000] [--concurrency 50 200] [--rounds 3]
-        [--delay-ms 0] [--profile DIR]
+        [--delay-ms 0] [--profile DIR] [--ref-tree OTHER_CHECKOUT]
 
 `--profile DIR` also records the edge with py-spy during its first round (flame graph and raw
 stacks in DIR). `--delay-ms` slows the echo servicer and the bare handler alike, for request
@@ -238,13 +238,15 @@ def run(
     delay_ms: float = 0.0,
     rounds: int = 3,
     profile: Path | None = None,
+    ref_tree: Path | None = None,
 ) -> dict[str, Any]:
     """Edge vs bare aiohttp: CPU ms per request, req/s and latency percentiles at each concurrency.
 
     Each (target, concurrency) runs `rounds` times, bare and edge alternating, and the round with
     the median CPU per request is reported. `delay_ms` makes the echo servicer and the bare handler
     wait that long before answering, so both see a request rate like a real gateway's (less
-    batching per event-loop turn).
+    batching per event-loop turn). `ref_tree` (another checkout, e.g. a `git worktree` of an
+    older commit) adds its edge as target `edge-ref`, measured in the same rounds.
     """
     me = [sys.executable, "-m", "bench.edge_cost", "--delay-ms", str(delay_ms), "--serve"]
     echo_port, edge_port, bare_port = free_port(), free_port(), free_port()
@@ -255,24 +257,41 @@ def run(
         "LOG_LEVEL": "WARNING",
     }
     runs: list[Run] = []
-    with (
-        _process([*me, "echo", str(echo_port)], echo_port, {}),
-        _process([*me, "bare", str(bare_port)], bare_port, {}) as bare,
-        _process([sys.executable, "-m", "edge"], edge_port, edge_env) as edge,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_process([*me, "echo", str(echo_port)], echo_port, {}))
+        targets = {
+            "bare": (
+                bare_port,
+                stack.enter_context(_process([*me, "bare", str(bare_port)], bare_port, {})).pid,
+            ),
+            "edge": (
+                edge_port,
+                stack.enter_context(_process([sys.executable, "-m", "edge"], edge_port, edge_env)).pid,
+            ),
+        }
+        if ref_tree is not None:
+            ref_port = free_port()
+            roots = ":".join(str(ref_tree / root) for root in ("services", "libs", "gen", "."))
+            ref_env = {**edge_env, "EDGE_PORT": str(ref_port), "PYTHONPATH": roots}
+            ref = stack.enter_context(_process([sys.executable, "-m", "edge"], ref_port, ref_env))
+            targets["edge-ref"] = (ref_port, ref.pid)
         for c in concurrency:
-            bare_runs: list[Run] = []
-            edge_runs: list[Run] = []
+            by_target: dict[str, list[Run]] = {name: [] for name in targets}
             for i in range(rounds):
-                bare_runs.append(asyncio.run(drive("bare", bare_port, bare.pid, n, c)))
-                with _profiled(edge.pid, profile if c == concurrency[0] and i == 0 else None):
-                    edge_runs.append(asyncio.run(drive("edge", edge_port, edge.pid, n, c)))
-            runs += [_median_run(bare_runs), _median_run(edge_runs)]
+                for name, (port, pid) in targets.items():
+                    record = profile if name == "edge" and c == concurrency[0] and i == 0 else None
+                    with _profiled(pid, record):
+                        by_target[name].append(asyncio.run(drive(name, port, pid, n, c)))
+            runs += [_median_run(found) for found in by_target.values()]
     by = {(r.target, r.concurrency): r for r in runs}
     edge_ms = max(by["edge", c].cpu_ms_per_request for c in concurrency)
+    extra: dict[str, Any] = {}
+    if ref_tree is not None:
+        extra["edge_ref_cpu_ms_per_request"] = max(by["edge-ref", c].cpu_ms_per_request for c in concurrency)
     return {
         "runs": [asdict(r) for r in runs],
         "edge_cpu_ms_per_request": edge_ms,
+        **extra,
         "bare_cpu_ms_per_request": max(by["bare", c].cpu_ms_per_request for c in concurrency),
         "edge_to_bare": {
             str(c): round(by["edge", c].cpu_ms_per_request / by["bare", c].cpu_ms_per_request, 2)
@@ -293,6 +312,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--ref-tree", type=Path, help="another checkout whose edge is measured too")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"))
     args = parser.parse_args()
     if args.serve:
@@ -300,7 +320,9 @@ def main() -> None:
         delay = args.delay_ms / 1e3
         asyncio.run(_serve_echo(int(port), delay) if kind == "echo" else _serve_bare(int(port), delay))
         return
-    result = run(args.requests, tuple(args.concurrency), args.delay_ms, args.rounds, args.profile)
+    result = run(
+        args.requests, tuple(args.concurrency), args.delay_ms, args.rounds, args.profile, args.ref_tree
+    )
     print(json.dumps(result, indent=2))
 
 

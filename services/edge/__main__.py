@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+
+# Set before gRPC starts. The edge is a gRPC client only: with C-core's EventEngine client
+# endpoints every call's socket read is handed from an EventEngine thread to grpc.aio's
+# completion-queue poller thread and then to the event loop; without them the poller thread
+# reads the socket itself (about 4 fewer futex wake-ups per call and ~5-10% less edge CPU per
+# request in bench.edge_cost). An operator's own GRPC_EXPERIMENTS (even empty) wins.
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client")
+
+import uvloop
 
 from common.service import bootstrap
 from common.settings import Settings
@@ -10,10 +19,14 @@ from edge import app
 
 
 def main() -> None:
-    """Read settings, set up logging and tracing, and run the edge until SIGTERM."""
+    """Read settings, set up logging and tracing, and run the edge on uvloop until SIGTERM.
+
+    uvloop runs aiohttp and the grpc.aio client (its completion-queue socket is an ordinary
+    reader) with less CPU per loop turn than asyncio's selector loop (bench.edge_cost).
+    """
     settings = Settings.from_env()
     bootstrap("edge", settings)
-    asyncio.run(app.run(settings))
+    uvloop.run(app.run(settings))
 
 
 if __name__ == "__main__":

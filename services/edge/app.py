@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import signal
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +185,7 @@ class Edge:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Every REST route: match, transcode, call the gateway, render."""
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+        request_id = request.headers.get("X-Request-Id") or new_request_id()
         raw_path = request.raw_path.partition("?")[0]
         try:
             bound, variables = self.match(request.method, raw_path)
@@ -429,7 +429,17 @@ async def _start_stream(request: web.Request, request_id: str) -> web.StreamResp
 
 
 def _request_id(request: web.Request) -> str:
-    return request.headers.get("X-Request-Id") or str(uuid.uuid4())
+    return request.headers.get("X-Request-Id") or new_request_id()
+
+
+# The variant nibble of a random UUID: 10xx in binary.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as text, as str(uuid.uuid4()) gives it, without the UUID object."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def _json_response(http: int, body: Mapping[str, Any], request_id: str) -> web.Response:
