@@ -7,6 +7,12 @@ the next event-loop turn (window 0: everything that became ready together goes, 
 caller waits for nothing) or after a short window (e.g. the gateway's insert window, so that
 submissions arriving over a few milliseconds share one journal flush). The flush function
 gets every item and answers, per item, a result or an exception; the caller gets exactly that.
+
+`max_in_flight` bounds the flushes running at once (0: no bound). Items that arrive while that
+many are running wait for one to end and then go together at once: the batch grows with the
+store's latency. That is what makes a journaled write (MongoDB `j: true`, one log flush per
+write) scale: a slow flush gathers everything that arrived meanwhile into the next one, instead
+of one small write (and one log flush) per window queueing up behind it.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 class Batcher(Generic[T, R]):
     """Collects items and flushes them together; each caller awaits its own item's result."""
 
-    def __init__(self, flush: Flush[T, R], *, window_s: float = 0.0, max_items: int = 500) -> None:
+    def __init__(
+        self, flush: Flush[T, R], *, window_s: float = 0.0, max_items: int = 500, max_in_flight: int = 0
+    ) -> None:
         self._flush_fn = flush
         self._window = window_s
         self._max = max_items
+        self._max_in_flight = max_in_flight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.Handle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -52,11 +61,19 @@ class Batcher(Generic[T, R]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
+        while self._pending and not (self._max_in_flight and len(self._flushes) >= self._max_in_flight):
+            if self._max_in_flight:
+                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            else:
+                batch, self._pending = self._pending, []
             task = asyncio.create_task(self._run(batch))
             self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+            task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if self._pending and self._timer is None:  # they waited for a flush to end: no window more
+            self._flush_now()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -76,6 +93,7 @@ class Batcher(Generic[T, R]):
     async def drain(self) -> None:
         """Flush what is pending and wait for flushes in flight (graceful shutdown)."""
         self._flush_now()
-        if self._flushes:
+        while self._flushes:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._flushes)
+            self._flush_now()

@@ -32,6 +32,10 @@ from common.mongo import Doc
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+# Batches being written at once. The insert is journaled (one log flush each, common.mongo): while
+# two are in flight, new jobs gather for the next, so a slow flush makes a bigger batch rather than
+# a queue of small ones. Two, not one: a batch's Redis step overlaps the next batch's insert.
+MAX_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class JobCommitter:
         self._redis = redis
         self._hot = hot
         self._batch: Batcher[Accepted, None] = Batcher(
-            self._flush, window_s=window_ms / 1000, max_items=MAX_BATCH
+            self._flush, window_s=window_ms / 1000, max_items=MAX_BATCH, max_in_flight=MAX_IN_FLIGHT
         )
 
     async def commit(self, doc: Doc, entry: JobEntry) -> None:
