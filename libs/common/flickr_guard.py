@@ -39,7 +39,9 @@ class FlickrGuard:
         self.key_breaker = Breaker(redis, f"key:{key_hash}", key_policy)
         self.flickr_breaker = Breaker(redis, "flickr", flickr_policy)
         self._paused_cache: tuple[float, int] = (0.0, 0)
-        self._successes: Batcher[None, None] = Batcher(self._close_both)
+        # One close in flight at a time: answers arriving meanwhile share the next (closing is idempotent,
+        # and each answer is still followed by a close that starts after it).
+        self._successes: Batcher[None, None] = Batcher(self._close_both, max_in_flight=1)
 
     async def _close_both(self, answers: list[None]) -> list[None]:
         await asyncio.gather(self.key_breaker.success(), self.flickr_breaker.success())

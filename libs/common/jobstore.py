@@ -113,7 +113,9 @@ class JobStore:
         self._hot_recheck_after = hot_recheck_after
         # The claims and outcomes written in one event-loop turn share one bulk write (and one Redis
         # round trip for their hot copies): a worker reads its entries in batches, so they arrive together.
-        self._turn: Batcher[_Write, bool] = Batcher(self._write_all)
+        # At most two bulk writes in flight: what arrives meanwhile goes in the next one, so a journaled
+        # (slower) write makes bigger batches instead of a queue of small ones.
+        self._turn: Batcher[_Write, bool] = Batcher(self._write_all, max_in_flight=2)
 
     @classmethod
     def from_settings(cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings) -> JobStore:
