@@ -1,6 +1,11 @@
 """python -m worker"""
 
 import asyncio
+import os
+
+from common.grpc_core import EXPERIMENTS
+
+os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)  # before gRPC starts (see common.grpc_core)
 
 from common.settings import Settings
 from worker.app import run
