@@ -137,7 +137,8 @@ async def test_a_copy_only_moves_forward_and_a_missed_revision_sends_readers_to_
     # A result larger than the cap stays in MongoDB only: readers go there.
     await hot.apply(job_id, 4, {"$set": {"result_json": "x" * 101, "updated_at": at + timedelta(seconds=1)}})
     assert await hot.get(job_id) is None
-    assert "result_json" not in json.loads(await redis.get(keys.job_state(job_id)))
+    raw = await redis.get(keys.job_state(job_id))
+    assert raw is not None and "result_json" not in json.loads(raw)
 
 
 async def test_status_reads_never_go_back_while_jobs_run(stack: Stack) -> None:
