@@ -126,7 +126,8 @@ def _field(field: descriptor.FieldDescriptor) -> Convert:
 class _Printer:
     """One message type's printer; built on first use, shared by every type that nests it."""
 
-    _cache: dict[str, _Printer] = {}
+    # Keyed by the descriptor itself: two pools may each hold a type of the same full name.
+    _cache: dict[descriptor.Descriptor, _Printer] = {}
 
     def __init__(self, desc: descriptor.Descriptor) -> None:
         self.desc = desc
@@ -135,9 +136,9 @@ class _Printer:
 
     @classmethod
     def get(cls, desc: descriptor.Descriptor) -> _Printer:
-        printer = cls._cache.get(desc.full_name)
+        printer = cls._cache.get(desc)
         if printer is None:
-            printer = cls._cache[desc.full_name] = _Printer(desc)
+            printer = cls._cache[desc] = _Printer(desc)
         return printer
 
     @classmethod
