@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-# Set before gRPC starts. The edge is a gRPC client only: with C-core's EventEngine client
-# endpoints every call's socket read is handed from an EventEngine thread to grpc.aio's
-# completion-queue poller thread and then to the event loop; without them the poller thread
-# reads the socket itself (about 4 fewer futex wake-ups per call and ~5-10% less edge CPU per
-# request in bench.edge_cost). An operator's own GRPC_EXPERIMENTS (even empty) wins.
-os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client")
+from common.grpc_core import EXPERIMENTS
+
+# Before gRPC starts: without C-core's EventEngine client endpoints the grpc.aio poller thread
+# reads the gateway's socket itself (about 4 fewer futex wake-ups per call; ~5-10% less edge CPU
+# per request in bench.edge_cost). An operator's own GRPC_EXPERIMENTS (even empty) wins.
+os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)
 
 import uvloop
 
