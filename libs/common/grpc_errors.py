@@ -10,6 +10,7 @@ CPU per call here (its filters, metadata copies and per-call handler wrapping) a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # Methods served untraced (prefixes of the full method path).
 UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# Untraced methods still get their errors mapped, inside a span that records nothing.
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 # A store that cannot be reached is the caller's cue to retry, not an internal error.
@@ -91,9 +94,16 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) ->
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _span_for(method: str, traced: bool, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """The RPC's server span, or (untraced methods) a context giving a span that records nothing."""
+    return _server_span(method, context) if traced else _NO_SPAN
+
+
+def _wrap_unary(
+    method: str, behavior: Callable[..., Awaitable[Any]], traced: bool = True
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _server_span(method, context) as span:
+        with _span_for(method, traced, context) as span:
             try:
                 response = await behavior(request, context)
             except (grpc.aio.AbortError, grpc.RpcError) as exc:
@@ -108,13 +118,13 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return handler
 
 
-def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(method: str, behavior: Callable[..., Any], traced: bool = True) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):
         # Streams written with context.write() (e.g. the stock health Watch) are plain coroutines.
-        return _wrap_unary(method, behavior)
+        return _wrap_unary(method, behavior, traced)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        with _server_span(method, context) as span:
+        with _span_for(method, traced, context) as span:
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -136,7 +146,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     it (and the server) once per method and keeps the answer, so the wrapping costs nothing per
     call: the interceptors after it must answer the same handler for the same method, which all of
     FlickrHub's do (their per-call work happens inside the handlers they return). Health and
-    reflection are not traced: probes would drown the traces.
+    reflection are not traced (probes would drown the traces), but their errors are mapped too.
     """
 
     def __init__(self, untraced: tuple[str, ...] = UNTRACED) -> None:
@@ -155,27 +165,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler: Any = await continuation(handler_call_details)
         if handler is None:  # an unknown method: UNIMPLEMENTED, nothing to keep
             return None
-        wrapped = handler if method.startswith(self._untraced) else _wrap(method, handler)
+        wrapped = _wrap(method, handler, traced=not method.startswith(self._untraced))
         self._handlers[method] = wrapped
         return wrapped
 
 
-def _wrap(method: str, handler: Any) -> Any:
+def _wrap(method: str, handler: Any, traced: bool) -> Any:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary),
+            _wrap_unary(method, handler.unary_unary, traced),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream),
+            _wrap_stream(method, handler.unary_stream, traced),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary(method, handler.stream_unary),
+            _wrap_unary(method, handler.stream_unary, traced),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
