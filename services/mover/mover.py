@@ -143,6 +143,8 @@ class Mover:
         self._decision: tuple[float, Decision] | None = None
         self._credit, self._credit_until, self._budget_at = 0, 0.0, 0.0
         self._room_seen = 0
+        self._last_grant = 0
+        self._owed: dict[str, int] = {}  # moves planned and not made yet (token -> count), in plan order
         self._other_waiting, self._others_at = 0, float("-inf")
         self._gap = MIN_GAP_S
         self._idle = IDLE_MIN_S
@@ -202,23 +204,28 @@ class Mover:
         """The plan to read for in the first round trip, from what the last round saw; and budget to ask.
 
         The room is taken to be what the last round found (workers free it at a steady pace); the
-        budget, what is at hand plus what the take in the same round trip should grant.
+        budget, what is at hand plus what the take in the same round trip granted last time. Moves
+        the scheduler gave that a round could not make (less room or budget than expected) are owed:
+        they go first in the next rounds, in the scheduler's order, before it plans anything new.
         """
         if now >= self._credit_until:
             self._credit = 0
         decision = self._decision[1] if self._decision else None
         if self._room_seen <= 0 or (decision is not None and not decision.allowed):
-            return {}, 0
+            return self._owed, 0
         queues = self._queues()
         demands = self.scheduler.demands(queues)
         demand = sum(demands.values())
         if demand <= 0:
-            return {}, 0
+            return self._owed, 0
         want = min(self._settings.mover_work_backlog, demand)
         ask = want - self._credit if self._credit < want and now >= self._budget_at else 0
-        expected = self._credit + min(ask, self._guard.budget.burst)
-        allowed = min(self._room_seen, expected, demand)
-        return (self.scheduler.plan_tokens(queues, allowed, demands) if allowed > 0 else {}), ask
+        expected = self._credit + (min(ask, self._last_grant or self._guard.budget.burst) if ask else 0)
+        allowed = min(self._room_seen, expected, demand) - sum(self._owed.values())
+        if allowed > 0:
+            for token, n in self.scheduler.plan_tokens(queues, allowed, demands).items():
+                self._owed[token] = self._owed.get(token, 0) + n
+        return self._owed, ask
 
     # --- the first round trip -------------------------------------------------------------------
 
@@ -348,7 +355,9 @@ class Mover:
         """For each planned token holding too few: its short priority streams, read in one command."""
         reads = []
         for token, n in plan.items():
-            state = self._tokens[token]
+            state = self._tokens.get(token)
+            if state is None:
+                continue
             short = [keys.token_stream(token, p) for p in keys.PRIORITIES if len(state.held[p]) < n]
             if short:
                 reads.append((state, short, n))
@@ -382,6 +391,7 @@ class Mover:
             state.add_read(priority_of(stream), got.get(stream, []), n)
 
     def _granted(self, now: float, ask: int, grant: Grant) -> None:
+        self._last_grant = grant.granted
         if grant.granted:
             self._credit += grant.granted
             self._credit_until = now + CREDIT_S
@@ -518,11 +528,22 @@ class Mover:
         picks: list[tuple[int, TokenState, str, Held]] = []
         drains: list[TokenState] = []
         left = allowed
-        for token, n in plan.items():
-            state = self._tokens[token]
+        owed = plan is self._owed
+        for token, n in list(plan.items()):
+            state = self._tokens.get(token)
+            if state is None:  # left the active set meanwhile
+                plan.pop(token, None)
+                continue
             if not state.held_total and not any(state.more.values()) and self._may_drain(token, now):
                 drains.append(state)
             m = min(n, left, state.held_total, max(0, cap - state.in_flight) if cap else n)
+            if owed:
+                # Still owed only what the round's room or budget cut short; a token that had less
+                # (or is at its cap) forfeits the rest of its turn, as it would have in the plan.
+                if m < n and left == m and state not in drains:
+                    plan[token] = n - m
+                else:
+                    del plan[token]
             if m <= 0:
                 continue
             left -= m
