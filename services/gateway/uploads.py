@@ -302,7 +302,7 @@ async def _submit(
             await servicer.commit(servicer.document(job, entry, trace_id, extra), entry)
         except BaseException:
             with contextlib.suppress(PyMongoError):  # a cancelled commit may have written first
-                # Revision 0: as accepted, untouched by any worker (the fields of the job_revision index).
+                # Revision 0: as accepted, untouched by any worker (the job_id_rev_unique index).
                 await undo(servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0}))
             if idem_key:
                 await undo(servicer._release_idempotency(token, idem_key, job_id))
