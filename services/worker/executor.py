@@ -35,7 +35,6 @@ from common.flickr_methods import is_write
 from common.groupcommit import Batcher
 from common.jobstore import JobStore, now
 from common.logs import job_id_var
-from common.redisbatch import Coalescer
 from common.settings import Settings
 from common.tokens import TokenStore
 from worker import metrics
@@ -77,7 +76,7 @@ class Executor:
         # Empty unless a chaos test arms FAILPOINTS: each `hit` below is then one dict lookup.
         self._failpoints = failpoints.Failpoints.from_config(settings.failpoints)
         # Entries arrive in batches (one XREADGROUP): their Redis steps share round trips per turn.
-        self._pipes = Coalescer(redis)
+        self._announces: Batcher[tuple[str, str, bool], None] = Batcher(self._announce_all)
         self._acks: Batcher[tuple[str, str, jobs.JobEntry | None], None] = Batcher(self._ack_all)
         # Runs whose leases the one heartbeat task keeps fresh: (stream, entry id) -> (job id, rev, since).
         self._running: dict[tuple[str, str], tuple[str, int, float]] = {}
@@ -453,7 +452,15 @@ class Executor:
 
     async def _announce(self, job_id: str, state: str, *, has_callback: bool) -> None:
         """common.announce, sharing the turn's round trip with the other jobs' steps."""
-        await self._pipes.run(lambda pipe: announce_on(pipe, job_id, state, has_callback=has_callback))
+        await self._announces.submit((job_id, state, has_callback))
+
+    async def _announce_all(self, changes: list[tuple[str, str, bool]]) -> list[None]:
+        """Every announcement of one turn in one pipeline."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, state, has_callback in changes:
+            announce_on(pipe, job_id, state, has_callback=has_callback)
+        await pipe.execute()
+        return [None] * len(changes)
 
     @contextlib.asynccontextmanager
     async def _lease_kept(self, stream: str, entry_id: str, job_id: str, rev: int) -> AsyncIterator[None]:
