@@ -17,6 +17,7 @@ py-spy records a flame graph of each service during the run (which perturbs the 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -63,10 +64,13 @@ def _start_profilers(by_name: dict[str, int], out: Path) -> list[subprocess.Pope
     out.mkdir(parents=True, exist_ok=True)
     spies = []
     exe = _py_spy()
+    # BENCH_PROFILE_FORMAT=raw writes collapsed stacks (<name>.txt) to add up by function instead.
+    fmt = os.environ.get("BENCH_PROFILE_FORMAT", "flamegraph")
+    suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[fmt]
     for name, pid in by_name.items():
         if group(name) in SERVICES:
-            svg = str(out / f"{name}.svg")
-            cmd = [exe, "record", "--native", "-f", "flamegraph", "-r", "100", "-o", svg, "--pid", str(pid)]
+            dest = str(out / f"{name}.{suffix}")
+            cmd = [exe, "record", "--native", "-f", fmt, "-r", "100", "-o", dest, "--pid", str(pid)]
             with (out / f"{name}.log").open("wb") as log:
                 spies.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     time.sleep(1.0)  # py-spy attaches

@@ -1,6 +1,6 @@
 """How every FlickrHub service starts, reports health and stops.
 
-`python -m <service>` → `asyncio.run(app.run(settings))` → `run_service(app)`:
+`python -m <service>` → `run_loop(app.run(settings))` (uvloop unless EVENT_LOOP=asyncio) → `run_service(app)`:
 the gRPC server gets the standard health service, reflection, the error and
 tracing interceptors and a Prometheus port; SIGTERM flips health to NOT_SERVING,
 stops intake, drains within the grace period, then closes clients.
@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -137,6 +138,14 @@ def start_metrics(port: int) -> int:
 def insecure_channel(target: str) -> grpc.aio.Channel:
     """A client channel to another FlickrHub service, traced."""
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def run_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:
+    """Run a service's main coroutine to the end on the event loop its settings name."""
+    if settings.event_loop == "uvloop":
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def bootstrap(service: str, settings: Settings) -> None:

@@ -9,6 +9,7 @@ from the edge through gateway, mover, worker and cache to the Flickr call.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
 
 TRACER_NAME = "flickrhub"
 
@@ -60,20 +62,55 @@ ATTR_URL = "url.full"
 _provider: TracerProvider | None = None
 
 
+class WhileExporting(Sampler):
+    """Records spans only once something exports them; until then every span is dropped at once.
+
+    A span nobody exports still cost ~30-60 µs to build, fill and end (about ten per job, ~10% of
+    a service's CPU in a profile of the pipeline). Dropped spans keep their trace ids, so a job's
+    `trace_id`, log correlation and the context carried in stream entries are unchanged. While
+    exporting, the sampler the standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG variables
+    name decides (parent-based always-on by default). A process that exports nothing marks the
+    traces it starts as not sampled, so run every service with the same exporter settings.
+    """
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+        self.exporting = False
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kw: Any
+    ) -> SamplingResult:
+        if not self.exporting:
+            return _DROP
+        return self.inner.should_sample(parent_context, trace_id, name, *args, **kw)
+
+    def get_description(self) -> str:
+        return f"WhileExporting{{{self.inner.get_description()}}}"
+
+
+_DROP = SamplingResult(Decision.DROP)
+_sampler = WhileExporting(_get_from_env_or_default())
+
+
 def setup_tracing(service: str, exporter: str = "none", extra: SpanExporter | None = None) -> TracerProvider:
     """Install the process's tracer provider once; later calls only add `extra`."""
     global _provider
     if _provider is None:
-        _provider = TracerProvider(resource=Resource.create({"service.name": f"flickrhub-{service}"}))
+        _provider = TracerProvider(
+            sampler=_sampler, resource=Resource.create({"service.name": f"flickrhub-{service}"})
+        )
         if exporter == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _sampler.exporting = True
         elif exporter == "console":
             _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            _sampler.exporting = True
         trace.set_tracer_provider(_provider)
     if extra is not None:
         _provider.add_span_processor(SimpleSpanProcessor(extra))
+        _sampler.exporting = True
     return _provider
 
 

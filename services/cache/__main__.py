@@ -1,6 +1,5 @@
 """python -m cache"""
 
-import asyncio
 import os
 
 from common.grpc_core import EXPERIMENTS
@@ -8,6 +7,8 @@ from common.grpc_core import EXPERIMENTS
 os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)  # before gRPC starts (see common.grpc_core)
 
 from cache.app import run
+from common.service import run_loop
 from common.settings import Settings
 
-asyncio.run(run(Settings.from_env()))
+settings = Settings.from_env()
+run_loop(run(settings), settings)

@@ -11,22 +11,20 @@ from common.grpc_core import EXPERIMENTS
 # per request in bench.edge_cost). An operator's own GRPC_EXPERIMENTS (even empty) wins.
 os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)
 
-import uvloop
-
-from common.service import bootstrap
+from common.service import bootstrap, run_loop
 from common.settings import Settings
 from edge import app
 
 
 def main() -> None:
-    """Read settings, set up logging and tracing, and run the edge on uvloop until SIGTERM.
+    """Read settings, set up logging and tracing, and run the edge on its event loop until SIGTERM.
 
     uvloop runs aiohttp and the grpc.aio client (its completion-queue socket is an ordinary
     reader) with less CPU per loop turn than asyncio's selector loop (bench.edge_cost).
     """
     settings = Settings.from_env()
     bootstrap("edge", settings)
-    uvloop.run(app.run(settings))
+    run_loop(app.run(settings), settings)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """python -m mover"""
 
-import asyncio
 import os
 
 from common.grpc_core import EXPERIMENTS
 
 os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)  # before gRPC starts (see common.grpc_core)
 
+from common.service import run_loop
 from common.settings import Settings
 from mover.app import run
 
-asyncio.run(run(Settings.from_env()))
+settings = Settings.from_env()
+run_loop(run(settings), settings)

@@ -110,6 +110,8 @@ def test_settings_parse_types_and_name_the_bad_variable() -> None:
         Settings.from_env({"FLICKRHUB_ENV": "staging"})
     with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER"):
         Settings.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(SettingsError, match="EVENT_LOOP"):
+        Settings.from_env({"EVENT_LOOP": "trio"})
     assert Settings.from_env({"LOG_LEVEL": "DEBUG"}).log_level == "DEBUG"
     assert Settings.env_name("redis_url") == "REDIS_URL"
 
