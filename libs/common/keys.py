@@ -174,6 +174,11 @@ def breaker(name: str) -> str:
     return f"{PREFIX}:breaker:{{{name}}}"
 
 
+# Counter bumped by every write to the `tokens` collection (store, replace, revoke): processes that
+# cache decrypted tokens read it about once a second and forget their cache when it moved.
+TOKENS_EPOCH = f"{PREFIX}:tokens:epoch"
+
+
 # API keys (queue Redis). Each key's entries carry the hash tag `{k:<key_id>}` so its rate-limit
 # buckets share one slot and the one Lua step that checks them stays cluster-legal.
 

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pymongo.asynchronous.collection import AsyncCollection
+from redis.exceptions import RedisError
 
+from common import keys, redisio
 from common.mongo import Doc
 from common.vault import Vault
 
 PURPOSE = "oauth-token"
+# How long a looked-up token is kept when its cache can follow the tokens' epoch in Redis; without it
+# (no Redis), a write elsewhere is seen after FALLBACK_TTL_S at most.
+CACHE_TTL_S = 600.0
+FALLBACK_TTL_S = 30.0
+# The epoch is read at most this often: a token replaced or revoked elsewhere is seen within it.
+EPOCH_CHECK_S = 1.0
 
 
 def token_id_hash(oauth_token: str) -> str:
@@ -83,14 +91,29 @@ _SUMMARY_FIELDS = {
 
 
 class TokenStore:
-    """Reads and writes the `tokens` collection, with a short in-process cache of lookups."""
+    """Reads and writes the `tokens` collection, with an in-process cache of lookups.
 
-    def __init__(self, collection: AsyncCollection[Doc], vault: Vault, cache_ttl_s: float = 30.0) -> None:
+    With `redis` (the queue Redis), every write bumps the tokens' epoch (keys.TOKENS_EPOCH) and
+    every process's cache is dropped within EPOCH_CHECK_S of a bump: lookups are then kept for
+    CACHE_TTL_S and a job costs no MongoDB read for its token. If the epoch cannot be read, the
+    cache is dropped too (a store outage never serves a revoked token for long).
+    """
+
+    def __init__(
+        self,
+        collection: AsyncCollection[Doc],
+        vault: Vault,
+        redis: redisio.Redis | None = None,
+        cache_ttl_s: float | None = None,
+    ) -> None:
         self._tokens = collection
         self._vault = vault
-        self._ttl = cache_ttl_s
+        self._redis = redis
+        self._ttl = cache_ttl_s if cache_ttl_s is not None else CACHE_TTL_S if redis else FALLBACK_TTL_S
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
         self._loading: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self._epoch: bytes | str | None = None
+        self._epoch_at = float("-inf")
 
     async def put(self, record: TokenRecord) -> None:
         """Store (or replace) a user's token, encrypted."""
@@ -112,11 +135,32 @@ class TokenStore:
             {"user_id": record.user_id}, {"$set": doc, "$setOnInsert": {"created_at": now}}, upsert=True
         )
         self._cache.pop(record.user_id, None)
+        await self._bump()
+
+    async def _bump(self) -> None:
+        """Tell every process's cache that a token changed (after the write: a reload sees it)."""
+        if self._redis is not None:
+            await self._redis.incr(keys.TOKENS_EPOCH)
+
+    async def _follow_epoch(self, now: float) -> None:
+        """Forget every cached lookup if the tokens' epoch moved since the last look (once a second)."""
+        if self._redis is None or now - self._epoch_at < EPOCH_CHECK_S:
+            return
+        self._epoch_at = now  # before the await: callers meanwhile use the cache as it is
+        try:
+            epoch = await self._redis.get(keys.TOKENS_EPOCH)
+        except RedisError:
+            epoch = None
+            self._cache.clear()
+        if epoch != self._epoch:
+            self._cache.clear()
+            self._epoch = epoch
 
     async def get(self, user_id: str) -> TokenRecord | None:
-        """The user's live token, or None if unknown or revoked (cached for a few seconds)."""
-        hit = self._cache.get(user_id)
+        """The user's live token, or None if unknown or revoked (cached, see the class)."""
         now = time.monotonic()
+        await self._follow_epoch(now)
+        hit = self._cache.get(user_id)
         if hit is not None and hit[0] > now:
             return hit[1]
         # One read per user however many callers miss together (a cache entry expiring under load).
@@ -177,4 +221,5 @@ class TokenStore:
         self._cache.pop(user_id, None)
         if result.matched_count == 0:
             return None
+        await self._bump()
         return await self.summary(user_id)

@@ -52,7 +52,7 @@ class GatewayApp:
         self.redis = redisio.client(settings.redis_url)
         self.mongo = Mongo.from_settings(settings)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
-        self.tokens = TokenStore(self.mongo.tokens, self.vault)
+        self.tokens = TokenStore(self.mongo.tokens, self.vault, self.redis)
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
         self.committer = JobCommitter(self.mongo.jobs, self.redis, self.store.hot, settings.insert_batch_ms)
         self.events = EventHub(settings.redis_url)

@@ -42,7 +42,7 @@ class WorkerApp:
             window_s=settings.cache_batch_window_ms / 1000,
             max_batch=settings.cache_batch_max_ops,
         )
-        tokens = TokenStore(self.mongo.tokens, self.vault)
+        tokens = TokenStore(self.mongo.tokens, self.vault, self.redis)
         self.executor = Executor(
             settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name
         )
