@@ -22,6 +22,7 @@ A job open longer than the horizon stops counting, an under-count we accept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -34,14 +35,14 @@ from common.groupcommit import Batcher
 from common.settings import Settings
 
 # One step for every submission of an event-loop turn (every admission key shares the {admit} tag).
-# KEYS[1]: the global set, KEYS[2..]: client sets. ARGV: client cap, global cap, horizon ms, then per
-# submission: its client's KEYS index, its id count n, its n ids. Returns per submission {0, open
-# after} when admitted, {1, client open} or {2, total open} when refused. Stale ids are trimmed
-# only when a cap would refuse (they can only matter then), so the usual turn costs TIME, a ZCARD
-# per set and a ZADD per set.
+# KEYS[1]: the global set, KEYS[2..]: client sets. ARGV: client cap, global cap, horizon ms, the
+# gateway's clock (ms: scores only age ids out at the horizon, hours away, so a replica's skew does
+# not matter), then per submission: its client's KEYS index, its id count n, its n ids. Returns per
+# submission {0, open after} when admitted, {1, client open} or {2, total open} when refused. Stale
+# ids are trimmed only when a cap would refuse (they can only matter then), so the usual turn costs
+# a ZCARD per set and a ZADD per set.
 _ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(ARGV[4])
 local stale = now - tonumber(ARGV[3])
 local client_cap, total_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local counts, trimmed, adds, out = {}, false, {}, {}
@@ -61,7 +62,7 @@ local function trim(k)
     trimmed[k] = true
   end
 end
-local i = 4
+local i = 5
 while i <= #ARGV do
   local k, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if count(k) + n > client_cap or count(1) + n > total_cap then trim(k) end
@@ -190,7 +191,7 @@ class Admission:
         """One script call deciding every submission of a turn, in order."""
         sets = [keys.OPEN_JOBS]
         index: dict[str, int] = {}
-        args: list[str | int] = [self.client_cap, self.total_cap, self._horizon_ms]
+        args: list[str | int] = [self.client_cap, self.total_cap, self._horizon_ms, int(time.time() * 1000)]
         for client_id, job_ids in asks:
             if client_id not in index:
                 sets.append(keys.client_open_jobs(client_id))

@@ -139,6 +139,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# How long a gateway replica may go on passing a key's calls on a rate-limit lease without looking at
+# the key's epoch (gateway.ratelimit); rotate and revoke wait this long after bumping it.
+EPOCH_LEASE_S = 0.2
+
+
 class ApiKeyStore:
     """The `api_keys` collection: one indexed lookup by key id per (uncached) request."""
 
@@ -230,9 +235,15 @@ class ApiKeyStore:
 
     async def bump_epoch(self, key_id: str) -> None:
         """Tell every gateway replica that its cached checks of this key are void (after the Mongo write:
-        a replica that reloads on the new epoch must find the new document)."""
+        a replica that reloads on the new epoch must find the new document).
+
+        Then wait out EPOCH_LEASE_S: a replica may pass calls of a busy key on a lease granted
+        under the old epoch (gateway.ratelimit) for at most that long, so once this returns,
+        every replica refuses the old secret at its next call.
+        """
         if self._redis is not None:
             await self._redis.incr(keys.api_key_epoch(key_id))
+            await asyncio.sleep(EPOCH_LEASE_S)
 
     async def touch(self, key_ids: Iterable[str]) -> None:
         """Record that these keys were used now (called off the request path, in batches)."""

@@ -7,6 +7,7 @@ through one of them, and the other must refuse the old secret on its very next c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -146,6 +147,8 @@ async def test_the_epoch_is_bumped_by_every_rotation_and_revocation_and_a_lost_o
     # which differs from B's cached epoch, so B reloads and finds the key revoked.
     await replicas.stack.mongo.api_keys.update_one({"key_id": key_id}, {"$set": {"revoked": True}})
     await redis.delete(keys.api_key_epoch(key_id))
+    # What ApiKeyStore.bump_epoch does after its bump: B's rate-limit lease (granted under epoch 1) ends.
+    await asyncio.sleep(apikeys.EPOCH_LEASE_S)
     await _refused(replicas.jobs_b.ListJobs(LIST, metadata=_bearer(rotated.api_key)))
     other = await replicas.new_key()
     await replicas.admin_a.RevokeApiKey(keys_pb2.RevokeApiKeyRequest(key_id=other.key.key_id))
