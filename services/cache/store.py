@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,9 +57,13 @@ HOT_FLOOR = 0.25
 # Redis calls in flight at once; the client's pool has as many connections. redis-py's
 # asyncio pool raises MaxConnectionsError past its size instead of waiting, so calls queue here.
 MAX_IN_FLIGHT = 64
-# A generation outlives every entry stored under it (each Put refreshes it), so
-# its expiry never drops a live entry; it only stops idle tokens' keys piling up.
+# A generation outlives every entry stored under it, so its expiry never drops a live entry; it only
+# stops idle tokens' keys piling up. A Put renews it when this replica has not renewed it for
+# GENERATION_RENEW_S (it then still has more than MAX_TTL_S to live), else it costs no command.
 GENERATION_TTL_S = MAX_TTL_S + 3600
+GENERATION_RENEW_S = 1800.0
+# The replica remembers this many renewals at most (then forgets them all: each costs one renewal).
+RENEWALS_MAX = 200_000
 
 _NOW_US = """
 local function now_us()
@@ -94,14 +99,20 @@ return ttl
 """
 
 # KEYS: token generation, token+method generation.
-# ARGV: entry prefix, digest, value, ttl, generation ttl. → 1
+# ARGV: entry prefix, digest, value, ttl, generation ttl, then per generation '1' when its expiry is
+# to be renewed (see CacheStore._renewals). → 1
 _PUT = (
     _NOW_US
     + """
 local g = redis.call('MGET', KEYS[1], KEYS[2])
 local function generation(i)
-  local v = g[i] or now_us()
-  redis.call('SET', KEYS[i], v, 'EX', ARGV[5])
+  local v = g[i]
+  if not v then
+    v = now_us()
+    redis.call('SET', KEYS[i], v, 'EX', ARGV[5])
+  elseif ARGV[5 + i] == '1' then
+    redis.call('EXPIRE', KEYS[i], ARGV[5])
+  end
   return v
 end
 local entry = ARGV[1] .. generation(1) .. ':' .. generation(2) .. ':' .. ARGV[2]
@@ -189,8 +200,33 @@ class CacheStore:
         self._invalidate = redis.register_script(_INVALIDATE)
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
+        self._renewed: dict[str, float] = {}  # generation key -> when this replica last renewed it
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._trips = RoundTrips(redis, keep=MAX_IN_FLIGHT)
+
+    def _renewals(self, generations: Sequence[str]) -> list[str]:
+        """Per generation, '1' when a Put is to renew its expiry (counted as renewed from now), else '0'.
+
+        A renewal this replica sent less than GENERATION_RENEW_S ago left the key more than
+        MAX_TTL_S to live, longer than any entry a Put stores. An invalidation rewrites the key with
+        a full expiry, and a key that is gone (evicted) is seeded afresh by the Put itself.
+        """
+        now = time.monotonic()
+        if len(self._renewed) > RENEWALS_MAX:
+            self._renewed.clear()
+        flags = []
+        for name in generations:
+            if now - self._renewed.get(name, -GENERATION_RENEW_S) < GENERATION_RENEW_S:
+                flags.append("0")
+            else:
+                self._renewed[name] = now
+                flags.append("1")
+        return flags
+
+    def _forget_renewals(self, generations: Sequence[str]) -> None:
+        """A Put that failed may not have renewed them: the next one does."""
+        for name in generations:
+            self._renewed.pop(name, None)
 
     def ttl_for(self, method: str, requested: int = 0) -> int:
         """Seconds an answer of `method` may be cached; 0 for methods that are never cached."""
@@ -227,8 +263,13 @@ class CacheStore:
 
     async def put(self, method: str, params: Mapping[str, str], token: str, value: bytes, ttl_s: int) -> None:
         """Store an answer in the token's current scope for `ttl_s` seconds."""
-        args = [*_entry(method, params, token), value, ttl_s, GENERATION_TTL_S]
-        await self._call(self._put, _generations(token, method), args, extra={"puts": 1})
+        generations = _generations(token, method)
+        args = [*_entry(method, params, token), value, ttl_s, GENERATION_TTL_S, *self._renewals(generations)]
+        try:
+            await self._call(self._put, generations, args, extra={"puts": 1})
+        except RedisError:
+            self._forget_renewals(generations)
+            raise
 
     async def invalidate(self, token: str, method: str = "") -> int:
         """Drop every entry of the token (or of the token's method) in O(1); the new generation."""
@@ -262,8 +303,9 @@ class CacheStore:
                 commands.append(("ZINCRBY", keys.CACHE_HOT, 1, member))
         for p in puts:
             at.append(len(commands))
-            args = (*_generations(p.token, p.method), *_entry(p.method, p.params, p.token))
-            commands.append(("EVALSHA", self._put.sha, 2, *args, p.value, p.ttl_s, GENERATION_TTL_S))
+            generations = _generations(p.token, p.method)
+            args = (*generations, *_entry(p.method, p.params, p.token), p.value, p.ttl_s, GENERATION_TTL_S)
+            commands.append(("EVALSHA", self._put.sha, 2, *args, *self._renewals(generations)))
         if puts:
             self._pending["puts"] += len(puts)
         results: list[Any]
@@ -280,6 +322,9 @@ class CacheStore:
             self.count("misses" if isinstance(r, RedisError) or not r else "hits", g.method)
             found.append(r if isinstance(r, RedisError) else Hit(bytes(r[0]), int(r[1])) if r else None)
         stored = [r if isinstance(r, RedisError) else None for r in results[len(gets) :]]
+        for p, r in zip(puts, stored, strict=True):
+            if r is not None:
+                self._forget_renewals(_generations(p.token, p.method))
         return found, stored
 
     async def _rerun(self, again: list[Command], stale: list[int], results: list[Any]) -> list[Any]:

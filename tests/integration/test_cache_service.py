@@ -223,6 +223,31 @@ async def test_an_evicted_generation_never_brings_invalidated_entries_back(
     assert 0 < await cache_redis.ttl(keys.cache_generation(TOKEN_A)) <= GENERATION_TTL_S
 
 
+async def test_a_put_renews_its_generations_once_per_renewal_period_and_then_costs_two_commands(
+    cache: Stub, cache_redis: redisio.Redis
+) -> None:
+    await _put(cache, _key(photo_id="1"), b"one")  # seeds both generations
+    generation = keys.cache_generation(TOKEN_A)
+    await cache_redis.expire(generation, 1000)  # as if long ago: this replica renewed it just now
+    await cache_redis.config_resetstat()
+    await _put(cache, _key(photo_id="2"), b"two")
+    used = await _commands(cache_redis)
+    assert used.get("mget") == 1 and used.get("set") == 1 and "expire" not in used, used
+    assert await cache_redis.ttl(generation) <= 1000  # not renewed within GENERATION_RENEW_S
+    assert (await _get(cache, _key(photo_id="2"))).value == b"two"
+
+
+async def test_a_put_renews_a_generation_another_replica_kept_alive(
+    app: CacheApp, cache_redis: redisio.Redis
+) -> None:
+    await app.store.put("flickr.photos.getInfo", {"photo_id": "1"}, TOKEN_A, b"one", 60)
+    generation = keys.cache_generation(TOKEN_A)
+    await cache_redis.expire(generation, 1000)
+    app.store._renewed.clear()  # what a replica that never renewed it knows
+    await app.store.put("flickr.photos.getInfo", {"photo_id": "2"}, TOKEN_A, b"two", 60)
+    assert await cache_redis.ttl(generation) > GENERATION_TTL_S - 5
+
+
 def _violations(status: Any) -> set[str]:
     for detail in status.details:
         bad = error_details_pb2.BadRequest()
