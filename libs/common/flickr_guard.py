@@ -21,6 +21,10 @@ from common.flickr_errors import Failure
 from common.groupcommit import Batcher
 from common.settings import Settings
 
+# A success closes the breakers at most this late; the successes of a window share one close (a few
+# closes a second per replica, whatever its load, instead of one per answer).
+SUCCESS_WINDOW_S = 0.05
+
 
 class FlickrGuard:
     """Budget and breakers of the configured Flickr API key."""
@@ -39,9 +43,11 @@ class FlickrGuard:
         self.key_breaker = Breaker(redis, f"key:{key_hash}", key_policy)
         self.flickr_breaker = Breaker(redis, "flickr", flickr_policy)
         self._paused_cache: tuple[float, int] = (0.0, 0)
-        # One close in flight at a time: answers arriving meanwhile share the next (closing is idempotent,
-        # and each answer is still followed by a close that starts after it).
-        self._successes: Batcher[None, None] = Batcher(self._close_both, max_in_flight=1)
+        # Answers close the breakers off the job's path: the answers of SUCCESS_WINDOW_S share one close
+        # (closing is idempotent, and each answer is still followed by a close that starts after it).
+        self._successes: Batcher[None, None] = Batcher(
+            self._close_both, window_s=SUCCESS_WINDOW_S, max_in_flight=1
+        )
 
     async def _close_both(self, answers: list[None]) -> list[None]:
         await asyncio.gather(self.key_breaker.success(), self.flickr_breaker.success())
@@ -61,8 +67,8 @@ class FlickrGuard:
         """Feed one Flickr answer (None = success) to the breakers."""
         if failure is None or not failure.breaker:
             # Flickr answered (even with a refusal): the service and the key are fine. Closing is
-            # idempotent, so the answers of one event-loop turn close the breakers once.
-            await self._successes.submit(None)
+            # idempotent, so the answers of a window close the breakers once, and nobody waits for it.
+            self._successes.post(None)
         elif failure.breaker == "key":
             await self.key_breaker.failure()
         else:

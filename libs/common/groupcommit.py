@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +44,16 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue `item` with whatever else arrives now; its result, or what its flush raised for it."""
+        return await self._queue(item)
+
+    def post(self, item: T) -> None:
+        """Queue `item` without waiting for its flush; its result or error is dropped.
+
+        For steps nobody waits on that are safe to repeat or lose (closing a breaker).
+        """
+        self._queue(item).add_done_callback(_dropped)
+
+    def _queue(self, item: T) -> asyncio.Future[R]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
@@ -55,7 +65,7 @@ class Batcher(Generic[T, R]):
                 if self._window > 0
                 else loop.call_soon(self._flush_now)
             )
-        return await future
+        return future
 
     def _flush_now(self) -> None:
         if self._timer is not None:
@@ -97,3 +107,8 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._flushes)
             self._flush_now()
+
+
+def _dropped(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a posted item's failure is not an unhandled error

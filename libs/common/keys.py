@@ -107,9 +107,9 @@ def webhook_lease(job_id: str) -> str:
     return f"{PREFIX}:hooklease:{job_id}"
 
 
-def job_events(job_id: str) -> str:
-    """Pub/sub channel on which a job's state changes are announced."""
-    return f"{PREFIX}:ev:{job_id}"
+# Pub/sub channel on which jobs' state changes are announced: one message per batch of changes (a JSON
+# list of {"job_id", "state"}), so a worker's turn costs one PUBLISH whatever its number of jobs.
+JOB_EVENTS = f"{PREFIX}:ev"
 
 
 # Cache Redis

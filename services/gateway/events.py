@@ -1,15 +1,17 @@
 """Job state-change notifications for WatchJob: one Redis pub/sub connection per gateway.
 
-Workers publish on `keys.job_events(job_id)` after every transition; watchers of
-a job share one subscription. Pub/sub is a hint, not the record: a watcher
-re-reads MongoDB on every hint and also on a timer, so a lost message (Redis
-restart) only delays an update.
+Workers publish every batch of transitions as one message on `keys.JOB_EVENTS`,
+which every gateway subscribes to; each hands the hints of jobs watched here to
+their watchers and drops the rest (a JSON parse per batch, a dict lookup per
+job). Pub/sub is a hint, not the record: a watcher re-reads the job on every
+hint and also on a timer, so a lost message (Redis restart) only delays an update.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -19,7 +21,6 @@ from redis.exceptions import RedisError
 from common import keys, redisio
 
 log = logging.getLogger(__name__)
-_ANCHOR = keys.job_events("_gateway")  # keeps the connection subscribed when nobody watches
 
 
 class EventHub:
@@ -32,8 +33,8 @@ class EventHub:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Subscribe the anchor channel and start reading."""
-        await self._pubsub.subscribe(_ANCHOR)
+        """Subscribe to the job events channel and start reading."""
+        await self._pubsub.subscribe(keys.JOB_EVENTS)
         self._reader = asyncio.create_task(self._read(), name="event-hub")
 
     async def stop(self) -> None:
@@ -48,22 +49,15 @@ class EventHub:
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[str]]:
-        """A queue that receives the job's new states while the context is open."""
+        """A queue that receives the job's new states (JSON hints) while the context is open."""
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
-        channel = keys.job_events(job_id)
-        first = not self._watchers[channel]
-        self._watchers[channel].add(queue)
+        self._watchers[job_id].add(queue)
         try:
-            if first:
-                with contextlib.suppress(RedisError):
-                    await self._pubsub.subscribe(channel)
             yield queue
         finally:
-            self._watchers[channel].discard(queue)
-            if not self._watchers[channel]:
-                del self._watchers[channel]
-                with contextlib.suppress(RedisError):
-                    await self._pubsub.unsubscribe(channel)
+            self._watchers[job_id].discard(queue)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
 
     async def _read(self) -> None:
         while True:
@@ -73,8 +67,21 @@ class EventHub:
                 log.warning("job event subscription lost; retrying: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") != "message" or not self._watchers:
                 continue
-            for queue in tuple(self._watchers.get(message["channel"], ())):
+            self.deliver(str(message["data"]))
+
+    def deliver(self, data: str) -> None:
+        """Hand each hint of a published batch to the watchers of its job; malformed batches are dropped."""
+        try:
+            hints = json.loads(data)
+        except ValueError:
+            log.warning("dropped a malformed job events message")
+            return
+        if not isinstance(hints, list):
+            return
+        for hint in hints:
+            job_id = hint.get("job_id") if isinstance(hint, dict) else None
+            for queue in tuple(self._watchers.get(job_id, ())) if isinstance(job_id, str) else ():
                 with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(str(message["data"]))
+                    queue.put_nowait(json.dumps(hint))

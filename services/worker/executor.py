@@ -455,10 +455,9 @@ class Executor:
         await self._announces.submit((job_id, state, has_callback))
 
     async def _announce_all(self, changes: list[tuple[str, str, bool]]) -> list[None]:
-        """Every announcement of one turn in one pipeline."""
+        """Every announcement of one turn in one pipeline (one PUBLISH for all of them)."""
         pipe = self._redis.pipeline(transaction=False)
-        for job_id, state, has_callback in changes:
-            announce_on(pipe, job_id, state, has_callback=has_callback)
+        announce_on(pipe, changes)
         await pipe.execute()
         return [None] * len(changes)
 

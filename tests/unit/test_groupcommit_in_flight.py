@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from common.groupcommit import Batcher
 
@@ -53,3 +54,32 @@ async def test_without_a_bound_every_window_flushes_at_once_and_drain_waits_for_
     await draining
     assert all(f.done() for f in [first, second, *waiting, late])
     assert store.batches[2:] == [[3, 4], [5]]
+
+
+async def test_posted_items_share_the_window_s_flush_and_a_failed_flush_is_dropped_quietly() -> None:
+    batches: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[None]:
+        batches.append(items)
+        if items[0] < 0:
+            raise ConnectionError("store down")
+        return [None] * len(items)
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    try:
+        batcher: Batcher[int, None] = Batcher(flush, window_s=0.02, max_in_flight=1)
+        for i in range(5):
+            batcher.post(i)  # returns at once: nothing waits for the flush
+        assert batches == []
+        await asyncio.sleep(0.05)
+        assert batches == [[0, 1, 2, 3, 4]]
+        batcher.post(-1)
+        await asyncio.sleep(0.05)
+        assert batches[-1] == [-1]
+        gc.collect()  # an unretrieved exception would be reported when its future is collected
+        await asyncio.sleep(0)
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
