@@ -346,7 +346,16 @@ class Mover:
         if due:
             self._last_sweep = now
             count = self._settings.mover_batch
-            await upkeep.claim(self._redis, self.consumer, self._tokens, int(idle_s * 1000), count)
+            # Also over the tokens of the active and draining sets this view does not hold: it lets a
+            # token go while its streams read empty, which is just what a dead mover's entries look like.
+            listed = await self._wire.execute(
+                [("SMEMBERS", keys.ACTIVE_TOKENS), ("ZRANGE", keys.DRAINING_TOKENS, 0, -1)]
+            )
+            others = {str(t) for members in _ok(listed) for t in members} - set(self._tokens)
+            if await upkeep.claim(
+                self._redis, self.consumer, self._tokens, int(idle_s * 1000), count, others
+            ):
+                self._listed = ActiveSet()  # list (and load the tokens taken back) next round
         if now - self._last_fresh >= idle_s / 4:
             self._last_fresh = now
             await upkeep.keep_fresh(self._redis, self.consumer, self._tokens, idle_s / 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from common import keys, redisio, tokenqueue
@@ -88,24 +88,41 @@ async def export_depths(redis: redisio.Redis) -> None:
 
 
 async def claim(
-    redis: redisio.Redis, consumer: str, tokens: dict[str, TokenState], idle_ms: int, count: int
-) -> None:
-    """Claim what a dead mover read and never moved (held from now on)."""
-    streams = [s for token in tokens for s in keys.token_streams(token)]
+    redis: redisio.Redis,
+    consumer: str,
+    tokens: dict[str, TokenState],
+    idle_ms: int,
+    count: int,
+    others: Iterable[str] = (),
+) -> bool:
+    """Claim what a dead mover read and never moved (held from now on).
+
+    The streams of `others` (tokens `tokens` does not hold) are swept too; one with claimed entries
+    joins `tokens`, not yet loaded. Returns whether any did.
+    """
+    streams = [s for token in [*tokens, *others] for s in keys.token_streams(token)]
     now = time.monotonic()
+    joined = False
     for start in range(0, len(streams), 3 * PIPELINE_CHUNK):
         chunk = streams[start : start + 3 * PIPELINE_CHUNK]
         pipe = redis.pipeline(transaction=False)
         for stream in chunk:
             pipe.xautoclaim(stream, keys.MOVER_GROUP, consumer, idle_ms, "0-0", count=count)
         for stream, result in zip(chunk, await pipe.execute(raise_on_error=False), strict=True):
-            state = tokens.get(token_of(stream))
-            if isinstance(result, Exception) or state is None:
+            if isinstance(result, Exception):
                 continue  # NOGROUP: nothing can be pending there
             claimed = [Held(stream, entry_id, fields, now) for entry_id, fields in result[1] if fields]
+            token = token_of(stream)
+            state = tokens.get(token)
+            if state is None:
+                if not claimed:
+                    continue
+                state = tokens[token] = TokenState(token)
+                joined = True
             before = state.held_total
             state.add_claimed(priority_of(stream), claimed)
             metrics.CLAIMED.inc(state.held_total - before)
+    return joined
 
 
 async def keep_fresh(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from opentelemetry import trace
 
 from common import flickr_errors, oauth1, telemetry
@@ -17,6 +18,8 @@ from common.flickr_errors import Failure
 from common.settings import FlickrEndpoints
 from common.tokens import TokenRecord
 from worker import metrics
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True)
@@ -98,19 +101,24 @@ class FlickrClient:
 
     async def _post(self, url: str, form: dict[str, str]) -> Success | Failure:
         assert self._session is not None
+        # Encoded here as aiohttp's FormData would (urlencode), without its per-request machinery;
+        # the answer is parsed from its bytes (no charset sniffing).
+        payload = urllib.parse.urlencode(form).encode()
         try:
             with http_span("POST", url) as (span, headers):
-                async with self._session.post(url, data=form, headers=headers, allow_redirects=False) as resp:
-                    text = await resp.text()
+                headers["Content-Type"] = FORM_CONTENT_TYPE
+                post = self._session.post(url, data=payload, headers=headers, allow_redirects=False)
+                async with post as resp:
+                    raw = await resp.read()
                     status = resp.status
                     span.set_attribute(telemetry.ATTR_HTTP_STATUS, status)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return flickr_errors.from_transport(exc)
         if status != 200:
-            return flickr_errors.from_http(status, text)
+            return flickr_errors.from_http(status, raw.decode("utf-8", "replace"))
         try:
-            body = json.loads(text)
-        except json.JSONDecodeError:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return flickr_errors.bad_payload("not JSON")
         if not isinstance(body, dict) or body.get("stat") not in {"ok", "fail"}:
             return flickr_errors.bad_payload("no stat field")

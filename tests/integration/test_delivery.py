@@ -480,3 +480,27 @@ async def test_a_token_left_draining_by_a_dead_mover_is_put_back_by_another(
     assert await redis.zcard(keys.DRAINING_TOKENS) == 0
     assert await redis.hgetall(keys.TOKEN_CLIENTS) == {"stranded": "c1"}
     assert await mover.repair_draining() == 0
+
+
+async def test_a_sweep_claims_a_dead_movers_entries_of_a_token_the_view_let_go(
+    quiet_stack: Stack, redis: Any
+) -> None:
+    from mover import upkeep
+
+    stack = quiet_stack
+    for i in range(3):
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(user_id=DEMO_USER, method="flickr.test.echo", params={"v": str(i)})
+        )
+    token = next(iter(await redis.smembers(keys.ACTIVE_TOKENS)))
+    stream = keys.token_stream(token)
+    await redis.xgroup_create(stream, keys.MOVER_GROUP, id="0")
+    await redis.xreadgroup(keys.MOVER_GROUP, "dead-mover", {stream: ">"}, count=10)
+    await asyncio.sleep(0.05)
+    held: dict[str, Any] = {}  # the view holds no token: it let this one go while its streams read empty
+    assert not await upkeep.claim(redis, "live", held, 10_000, 10, [token])  # not idle long enough yet
+    assert held == {}
+    assert await upkeep.claim(redis, "live", held, 10, 10, [token])
+    assert set(held) == {token} and held[token].held_total == 3 and not held[token].loaded
+    pending = await redis.xpending(stream, keys.MOVER_GROUP)
+    assert pending["consumers"] == [{"name": "live", "pending": 3}]
