@@ -29,7 +29,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from common import keys, redisio
+from common import keys, redisio, resp
 from common.errors import FlickrHubError, Unavailable
 from common.groupcommit import Batcher
 from common.settings import Settings
@@ -148,12 +148,14 @@ class Admission:
         self,
         redis: redisio.Redis,
         *,
+        wire: resp.Multiplexed | None = None,
         client_cap: int,
         total_cap: int,
         horizon_s: float,
         retry_after_s: float,
     ) -> None:
         self._redis = redis
+        self._wire = wire  # the lean connection for the per-turn steps, when the service has one
         self.client_cap = client_cap
         self.total_cap = total_cap
         self._horizon_ms = int(horizon_s * 1000)
@@ -163,10 +165,13 @@ class Admission:
         self._releases: Batcher[tuple[str, Sequence[str]], None] = Batcher(self._release_all)
 
     @classmethod
-    def from_settings(cls, redis: redisio.Redis, settings: Settings) -> Admission:
+    def from_settings(
+        cls, redis: redisio.Redis, settings: Settings, wire: resp.Multiplexed | None = None
+    ) -> Admission:
         """The caps and horizon the settings name."""
         return cls(
             redis,
+            wire=wire,
             client_cap=settings.client_max_pending_jobs,
             total_cap=settings.max_buffered_jobs,
             horizon_s=settings.admission_horizon_s,
@@ -198,7 +203,12 @@ class Admission:
                 index[client_id] = len(sets)  # Lua's KEYS are 1-based
             args += [index[client_id], len(job_ids), *job_ids]
         # EVAL, not EVALSHA: a script Redis forgot (restart, SCRIPT FLUSH) costs nothing to resend.
-        result = await self._redis.eval(_ADMIT, len(sets), *sets, *args)
+        if self._wire is None:
+            result = await self._redis.eval(_ADMIT, len(sets), *sets, *args)
+        else:
+            (result,) = await self._wire.execute([("EVAL", _ADMIT, len(sets), *sets, *args)])
+            if isinstance(result, Exception):
+                raise result
         return [(int(verdict), int(count)) for verdict, count in result]
 
     async def release(self, client_id: str, job_ids: Sequence[str]) -> None:
@@ -221,7 +231,9 @@ class Admission:
             if client_id:
                 pipe.zrem(keys.client_open_jobs(client_id), *job_ids)
         pipe.zrem(keys.OPEN_JOBS, *[job_id for ids in by_client.values() for job_id in ids])
-        await pipe.execute()
+        for reply in await resp.run(pipe, self._wire):
+            if isinstance(reply, Exception):
+                raise reply
         return [None] * len(asks)
 
     async def open_jobs(self, client_id: str | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import keys, redisio
+from common import keys, redisio, resp
 from common.mongo import Doc
 from common.settings import Settings
 
@@ -139,13 +139,18 @@ class HotState:
         self._ttl_s = ttl_s
         self._max_result = max_result_bytes
         self._write = redis.register_script(_WRITE)
+        self.wire: resp.Multiplexed | None = None  # pipelines go over it when set (common.resp)
 
     @classmethod
-    def from_settings(cls, redis: redisio.Redis, settings: Settings) -> HotState | None:
-        """The hot state `settings` ask for (None when JOB_HOT_TTL_S is 0)."""
+    def from_settings(
+        cls, redis: redisio.Redis, settings: Settings, wire: resp.Multiplexed | None = None
+    ) -> HotState | None:
+        """The hot state `settings` ask for (None when JOB_HOT_TTL_S is 0); `wire` carries its pipelines."""
         if settings.job_hot_ttl_s <= 0:
             return None
-        return cls(redis, settings.job_hot_ttl_s, settings.job_hot_max_result_bytes)
+        hot = cls(redis, settings.job_hot_ttl_s, settings.job_hot_max_result_bytes)
+        hot.wire = wire
+        return hot
 
     def _fields(self, values: dict[str, Any], unset: list[str]) -> dict[str, Any]:
         """FIELDS of `values` encoded; None values and too large results go to `unset`."""
@@ -166,8 +171,12 @@ class HotState:
         return out
 
     def pipeline(self) -> Pipeline:
-        """A pipeline on the copies' Redis (for `put_on` / `apply_on`)."""
+        """A pipeline on the copies' Redis (for `put_on` / `apply_on`), to send with `run`."""
         return self._redis.pipeline(transaction=False)
+
+    async def run(self, pipe: Pipeline) -> list[Any]:
+        """The pipeline's replies, errors in place (over the lean connection when there is one)."""
+        return await resp.run(pipe, self.wire)
 
     def snapshot(self, doc: Doc) -> str:
         """The copy of `doc` as stored (JSON: its FIELDS and its revision)."""

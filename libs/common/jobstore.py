@@ -118,9 +118,12 @@ class JobStore:
         self._turn: Batcher[_Write, bool] = Batcher(self._write_all, max_in_flight=2)
 
     @classmethod
-    def from_settings(cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings) -> JobStore:
-        """A store with the hot state (in the queue Redis `redis`) and retention `settings` ask for."""
-        hot = HotState.from_settings(redis, settings)
+    def from_settings(
+        cls, collection: AsyncCollection[Doc], redis: Any, settings: Settings, wire: Any = None
+    ) -> JobStore:
+        """A store with the hot state (in the queue Redis `redis`, its pipelines over `wire` when given:
+        common.resp) and retention `settings` ask for."""
+        hot = HotState.from_settings(redis, settings, wire)
         return cls(collection, hot=hot, retention=Retention.from_settings(settings))
 
     async def get(self, job_id: str) -> Doc | None:
@@ -216,7 +219,7 @@ class JobStore:
         for w in writes:
             self.hot.apply_on(pipe, w.job_id, w.rev + 1, w.update)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self.hot.run(pipe)
         except RedisError as exc:
             replies = [exc] * len(writes)
         for w, reply in zip(writes, replies, strict=True):

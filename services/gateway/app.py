@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from common import redisio
+from common import redisio, resp
 from common.apikeys import ApiKeyStore
 from common.auth_requests import AuthRequestStore
 from common.flickr_guard import FlickrGuard
@@ -50,11 +50,16 @@ class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = redisio.client(settings.redis_url)
+        # The per-turn steps of a submission (admission, the commit's pipeline) go over one lean
+        # connection (common.resp); everything else uses redis-py.
+        self.wire = resp.Multiplexed(settings.redis_url)
         self.mongo = Mongo.from_settings(settings)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.tokens = TokenStore(self.mongo.tokens, self.vault, self.redis)
-        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
-        self.committer = JobCommitter(self.mongo.jobs, self.redis, self.store.hot, settings.insert_batch_ms)
+        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings, self.wire)
+        self.committer = JobCommitter(
+            self.mongo.jobs, self.redis, self.store.hot, settings.insert_batch_ms, self.wire
+        )
         self.events = EventHub(settings.redis_url)
         self.guard = FlickrGuard(self.redis, settings)
         # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
@@ -89,7 +94,7 @@ class GatewayApp:
             interceptors=[AuthInterceptor(self.authenticator, self.limiter, self.audit)],
         )
         job_servicer = JobServicer(
-            settings, self.redis, self.store, self.tokens, self.vault, self.committer, self.events
+            settings, self.redis, self.store, self.tokens, self.vault, self.committer, self.events, self.wire
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, self.grpc.server)
         legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(job_servicer), self.grpc.server)
@@ -129,6 +134,7 @@ class GatewayApp:
         await self.events.stop()
         await self.auth.close()
         await self.cache_channel.close()
+        await self.wire.close()
         await self.redis.aclose()
         await self.mongo.close()
 

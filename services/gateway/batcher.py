@@ -22,7 +22,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
-from common import redisio, tokenqueue
+from common import redisio, resp, tokenqueue
 from common.errors import Unavailable
 from common.groupcommit import Batcher
 from common.hotstate import HotState
@@ -55,9 +55,11 @@ class JobCommitter:
         redis: redisio.Redis,
         hot: HotState | None,
         window_ms: float,
+        wire: resp.Multiplexed | None = None,
     ) -> None:
         self._jobs = collection
         self._redis = redis
+        self._wire = wire  # the batch's pipeline goes over it when given (common.resp)
         self._hot = hot
         self._batch: Batcher[Accepted, None] = Batcher(
             self._flush, window_s=window_ms / 1000, max_items=MAX_BATCH, max_in_flight=MAX_IN_FLIGHT
@@ -94,7 +96,7 @@ class JobCommitter:
             tokenqueue.append(pipe, item.entry)
         tokenqueue.activate(pipe, [item.entry for item in items])
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await resp.run(pipe, self._wire)
         except RedisError as exc:
             log.warning("queue append failed: %s", type(exc).__name__)
             failed = list(range(len(items)))

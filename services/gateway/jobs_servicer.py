@@ -15,7 +15,7 @@ from opentelemetry import trace
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import admission, jobs, redisio, telemetry, tokenqueue, urlguard
+from common import admission, jobs, redisio, resp, telemetry, tokenqueue, urlguard
 from common.announce import announce
 from common.blobs import BlobStore
 from common.errors import (
@@ -61,6 +61,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         vault: Vault,
         committer: JobCommitter,
         events: EventHub,
+        wire: resp.Multiplexed | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -71,7 +72,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._events = events
         self._blobs = BlobStore(store.jobs.database)
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
-        self.admission = admission.Admission.from_settings(redis, settings)
+        self.admission = admission.Admission.from_settings(redis, settings, wire)
         self.idempotency = idempotency.IdempotencyKeys(redis)
 
     async def SubmitJob(

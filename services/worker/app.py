@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from common import keys, redisio, urlguard
+from common import keys, redisio, resp, urlguard
 from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
 from common.mongo import Mongo
@@ -31,10 +31,13 @@ class WorkerApp:
         self.settings = settings
         self.consumer_name = consumer or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.redis = redisio.client(settings.redis_url)
+        # The per-turn steps of a run (claims' and outcomes' hot copies, announcements, acknowledgements,
+        # releases) go over one lean connection (common.resp); everything else uses redis-py.
+        self.wire = resp.Multiplexed(settings.redis_url)
         self.blocking = redisio.blocking_client(settings.redis_url)
         self.mongo = Mongo.from_settings(settings)
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
-        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings)
+        self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings, self.wire)
         self.flickr = FlickrClient(settings.flickr_endpoints, settings.flickr_timeout_s)
         self.cache = CacheClient(
             settings.cache_addr,
@@ -44,7 +47,7 @@ class WorkerApp:
         )
         tokens = TokenStore(self.mongo.tokens, self.vault, self.redis)
         self.executor = Executor(
-            settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name
+            settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name, self.wire
         )
         # Off by default (CACHE_WARM_ENABLED): then no warming task exists at all.
         self.warmer = (
@@ -128,6 +131,7 @@ class WorkerApp:
         await self.webhooks.close()
         await self.cache.close()
         await self.blocking.aclose()
+        await self.wire.close()
         await self.redis.aclose()
         await self.mongo.close()
 

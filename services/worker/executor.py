@@ -25,7 +25,7 @@ from opentelemetry import trace
 from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import RedisError
 
-from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, telemetry
+from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, resp, telemetry
 from common.admission import Admission
 from common.announce import announce, announce_on
 from common.blobs import BlobStore
@@ -57,9 +57,11 @@ class Executor:
         flickr: FlickrClient,
         cache: CacheClient,
         worker_id: str,
+        wire: resp.Multiplexed | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
+        self._wire = wire  # the per-turn pipelines go over it when given (common.resp)
         self._store = store
         self._tokens = tokens
         self._flickr = flickr
@@ -68,7 +70,7 @@ class Executor:
         self._lease_s = settings.worker_visibility_timeout_s * 0.8
         self._guard = FlickrGuard(redis, settings)
         # A final job stops counting against its client's backpressure cap (common.admission).
-        self._admission = Admission.from_settings(redis, settings)
+        self._admission = Admission.from_settings(redis, settings, wire)
         self._blobs = BlobStore(store.jobs.database)
         self._uploads = Uploader(
             flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
@@ -458,7 +460,7 @@ class Executor:
         """Every announcement of one turn in one pipeline (one PUBLISH for all of them)."""
         pipe = self._redis.pipeline(transaction=False)
         announce_on(pipe, changes)
-        await pipe.execute()
+        _raise_first(await resp.run(pipe, self._wire))
         return [None] * len(changes)
 
     @contextlib.asynccontextmanager
@@ -516,7 +518,7 @@ class Executor:
             pipe.xdel(stream, *ids)
         for token, job_ids in by_token.items():
             pipe.zrem(keys.token_in_flight(token), *job_ids)
-        await pipe.execute()
+        _raise_first(await resp.run(pipe, self._wire))
         return [None] * len(handled)
 
     async def close(self) -> None:
@@ -544,6 +546,13 @@ class Executor:
                 }
             ),
         )
+
+
+def _raise_first(replies: list[Any]) -> None:
+    """What `pipe.execute()` does with an error reply: raise it (here, once every reply is in)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _is_write(entry: jobs.JobEntry) -> bool:
