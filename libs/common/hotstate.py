@@ -24,6 +24,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
@@ -128,7 +129,8 @@ def decode(held: dict[str, Any]) -> Doc | None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, UTF-8 unescaped (what json.dumps(separators=(",", ":"), ensure_ascii=False) writes)."""
+    return orjson.dumps(value).decode()
 
 
 class HotState:
