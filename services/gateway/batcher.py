@@ -11,6 +11,11 @@ insert_many amortises well, and a pipeline costs the same for 1 or 100 entries. 
 3. a job whose entry could not be appended is undone (its document deleted) and its caller gets
    UNAVAILABLE, so a refused submission leaves nothing behind. An entry appended for a document
    that was then deleted is harmless: a worker meets no job and drops it.
+
+Two lanes: a token with HEAVY_AT or more submissions in the committer already (a flood) commits in
+the bulk lane, every other submission in the light lane, each with its own batches in flight. A
+flood then fills the bulk lane's batches and waits for its slots, while another token's job goes
+out in the light lane's next batch instead of queueing behind the flood's.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ MAX_BATCH = 500
 # two are in flight, new jobs gather for the next, so a slow flush makes a bigger batch rather than
 # a queue of small ones. Two, not one: a batch's Redis step overlaps the next batch's insert.
 MAX_IN_FLIGHT = 2
+# A token with this many submissions in the committer already commits in the bulk lane.
+HEAVY_AT = 4
 
 
 @dataclass(frozen=True)
@@ -61,13 +68,24 @@ class JobCommitter:
         self._redis = redis
         self._wire = wire  # the batch's pipeline goes over it when given (common.resp)
         self._hot = hot
-        self._batch: Batcher[Accepted, None] = Batcher(
-            self._flush, window_s=window_ms / 1000, max_items=MAX_BATCH, max_in_flight=MAX_IN_FLIGHT
+        self._lanes: tuple[Batcher[Accepted, None], ...] = tuple(
+            Batcher(self._flush, window_s=window_ms / 1000, max_items=MAX_BATCH, max_in_flight=MAX_IN_FLIGHT)
+            for _ in ("light", "bulk")
         )
+        self._open: dict[str, int] = {}  # token -> its submissions in the committer now
 
     async def commit(self, doc: Doc, entry: JobEntry) -> None:
         """Record and enqueue one job; raises Unavailable (nothing left behind) when either store fails."""
-        await self._batch.submit(Accepted(doc, entry))
+        token = entry.token
+        open_now = self._open.get(token, 0)
+        self._open[token] = open_now + 1
+        try:
+            await self._lanes[open_now >= HEAVY_AT].submit(Accepted(doc, entry))
+        finally:
+            if self._open[token] <= 1:
+                del self._open[token]
+            else:
+                self._open[token] -= 1
 
     async def _flush(self, items: list[Accepted]) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(items)
@@ -119,4 +137,5 @@ class JobCommitter:
 
     async def drain(self) -> None:
         """Write what is pending and wait for writes in flight (graceful shutdown)."""
-        await self._batch.drain()
+        for lane in self._lanes:
+            await lane.drain()
