@@ -13,6 +13,13 @@ Ids, not counters, because every step that touches them can be repeated safely:
   and releasing repairs itself when the entry comes back. ZREM of an absent id is a
   no-op, so nothing is ever released twice; a counter would drift on every repeat.
 
+A turn whose every cap is far away is not counted: while this replica's last count of a set,
+plus what it admitted since, plus the turn stays under FAR_SHARE of the cap, and that count is
+less than FAR_S old, the script only adds the ids (a ZADD per set instead of a ZCARD and a ZADD).
+Releases elsewhere only lower the true count, so the estimate errs high. Another replica's
+admissions are what it does not see: to pass a cap through this shortcut, the other replicas
+together would have to admit more than (1 - FAR_SHARE) of it within FAR_S.
+
 What can still leak is a reservation whose job never existed (a gateway killed between
 reserving and writing the job) or a release lost for good. A check that would refuse first drops ids
 older than the horizon (`Settings.admission_horizon_s`: longer than any job should stay
@@ -37,16 +44,20 @@ from common.settings import Settings
 # One step for every submission of an event-loop turn (every admission key shares the {admit} tag).
 # KEYS[1]: the global set, KEYS[2..]: client sets. ARGV: client cap, global cap, horizon ms, the
 # gateway's clock (ms: scores only age ids out at the horizon, hours away, so a replica's skew does
-# not matter), then per submission: its client's KEYS index, its id count n, its n ids. Returns per
-# submission {0, open after} when admitted, {1, client open} or {2, total open} when refused. Stale
-# ids are trimmed only when a cap would refuse (they can only matter then), so the usual turn costs
-# a ZCARD per set and a ZADD per set.
+# not matter), '1' when the caller knows every cap of the turn is far away (nothing is counted,
+# everything admitted: see Admission), then per submission: its client's KEYS index, its id count
+# n, its n ids. Returns per submission {0, client open after, total open after} when admitted
+# (-1, -1 when not counted), {1, client open, total open} or {2, ...} when refused. Stale ids are
+# trimmed only when a cap would refuse (they can only matter then), so a counted turn costs a
+# ZCARD per set and a ZADD per set, an uncounted one a ZADD per set.
 _ADMIT = """
 local now = tonumber(ARGV[4])
 local stale = now - tonumber(ARGV[3])
 local client_cap, total_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local far = ARGV[5] == '1'
 local counts, trimmed, adds, out = {}, false, {}, {}
 local function count(k)
+  if far then return -1 end
   if counts[k] == nil then counts[k] = redis.call('ZCARD', KEYS[k]) end
   return counts[k]
 end
@@ -62,23 +73,25 @@ local function trim(k)
     trimmed[k] = true
   end
 end
-local i = 5
+local i = 6
 while i <= #ARGV do
   local k, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if count(k) + n > client_cap or count(1) + n > total_cap then trim(k) end
   if count(k) + n > client_cap then
-    out[#out + 1] = {1, counts[k]}
+    out[#out + 1] = {1, counts[k], count(1)}
   elseif count(1) + n > total_cap then
-    out[#out + 1] = {2, counts[1]}
+    out[#out + 1] = {2, counts[k], counts[1]}
   else
-    counts[k] = counts[k] + n
-    counts[1] = counts[1] + n
+    if not far then
+      counts[k] = counts[k] + n
+      counts[1] = counts[1] + n
+    end
     adds[k] = adds[k] or {}
     for j = i + 2, i + 1 + n do
       adds[k][#adds[k] + 1] = now
       adds[k][#adds[k] + 1] = ARGV[j]
     end
-    out[#out + 1] = {0, counts[k]}
+    out[#out + 1] = {0, count(k), count(1)}
   end
   i = i + 2 + n
 end
@@ -95,6 +108,13 @@ end
 if #all > 0 then zadd(KEYS[1], all) end
 return out
 """
+
+# A turn is not counted while every set it touches is known to be under this share of its cap...
+FAR_SHARE = 0.5
+# ...by a count read at most this long ago (seconds).
+FAR_S = 1.0
+# Counts of at most this many clients are remembered (then all are forgotten: each costs one count).
+KNOWN_MAX = 10_000
 
 CLIENT = "client_pending"
 BUFFER = "buffer_full"
@@ -162,6 +182,9 @@ class Admission:
         self._retry_after_s = retry_after_s
         # Submissions of one event-loop turn share one script call (common.groupcommit).
         self._turn: Batcher[tuple[str, Sequence[str]], tuple[int, int]] = Batcher(self._admit_all)
+        # The last count read of each set (KEYS name -> (open ids, when read)), plus what this replica
+        # admitted since: what tells a turn it may skip counting.
+        self._known: dict[str, tuple[int, float]] = {}
         self._releases: Batcher[tuple[str, Sequence[str]], None] = Batcher(self._release_all)
 
     @classmethod
@@ -196,20 +219,61 @@ class Admission:
         """One script call deciding every submission of a turn, in order."""
         sets = [keys.OPEN_JOBS]
         index: dict[str, int] = {}
-        args: list[str | int] = [self.client_cap, self.total_cap, self._horizon_ms, int(time.time() * 1000)]
+        adding = [0]  # ids this turn adds to each set, by KEYS position - 1
+        submissions: list[str | int] = []
         for client_id, job_ids in asks:
             if client_id not in index:
                 sets.append(keys.client_open_jobs(client_id))
                 index[client_id] = len(sets)  # Lua's KEYS are 1-based
-            args += [index[client_id], len(job_ids), *job_ids]
+                adding.append(0)
+            adding[0] += len(job_ids)
+            adding[index[client_id] - 1] += len(job_ids)
+            submissions += [index[client_id], len(job_ids), *job_ids]
+        now = time.monotonic()
+        far = self._far(sets, adding, now)
+        args = [self.client_cap, self.total_cap, self._horizon_ms, int(time.time() * 1000), int(far)]
         # EVAL, not EVALSHA: a script Redis forgot (restart, SCRIPT FLUSH) costs nothing to resend.
         if self._wire is None:
-            result = await self._redis.eval(_ADMIT, len(sets), *sets, *args)
+            result = await self._redis.eval(_ADMIT, len(sets), *sets, *args, *submissions)
         else:
-            (result,) = await self._wire.execute([("EVAL", _ADMIT, len(sets), *sets, *args)])
+            (result,) = await self._wire.execute([("EVAL", _ADMIT, len(sets), *sets, *args, *submissions)])
             if isinstance(result, Exception):
                 raise result
-        return [(int(verdict), int(count)) for verdict, count in result]
+        verdicts = [(int(verdict), int(client), int(total)) for verdict, client, total in result]
+        self._learn(sets, adding, asks, index, verdicts, far, now)
+        return [(verdict, client if verdict != 2 else total) for verdict, client, total in verdicts]
+
+    def _far(self, sets: list[str], adding: list[int], now: float) -> bool:
+        """Whether every set of the turn is known to stay under FAR_SHARE of its cap with it."""
+        for i, name in enumerate(sets):
+            known = self._known.get(name)
+            cap = self.total_cap if i == 0 else self.client_cap
+            if known is None or now - known[1] > FAR_S or known[0] + adding[i] > cap * FAR_SHARE:
+                return False
+        return True
+
+    def _learn(
+        self,
+        sets: list[str],
+        adding: list[int],
+        asks: list[tuple[str, Sequence[str]]],
+        index: dict[str, int],
+        verdicts: list[tuple[int, int, int]],
+        far: bool,
+        now: float,
+    ) -> None:
+        """Keep the counts a turn read (or, uncounted, add what it admitted to the estimates)."""
+        if far:
+            for i, name in enumerate(sets):
+                count, read_at = self._known[name]
+                self._known[name] = (count + adding[i], read_at)
+            return
+        if len(self._known) > KNOWN_MAX:
+            self._known.clear()
+        for (client_id, _), (_, client, total) in zip(asks, verdicts, strict=True):
+            # In the turn's order: the last submission of a set leaves its count after the turn.
+            self._known[sets[index[client_id] - 1]] = (client, now)
+            self._known[sets[0]] = (total, now)
 
     async def release(self, client_id: str, job_ids: Sequence[str]) -> None:
         """Stop counting `job_ids` (final, cancelled or never accepted); repeating it is harmless.

@@ -18,6 +18,7 @@ from aiohttp import web
 from google.rpc import error_details_pb2
 from prometheus_client import REGISTRY
 
+from common import admission as admission_module
 from common import credentials, keys, webhook
 from common.admission import Admission, BufferFull, ClientOverloaded
 from common.settings import Settings
@@ -330,3 +331,41 @@ async def test_a_batch_is_admitted_whole_or_not_at_all(redis: Any) -> None:
     with pytest.raises(BufferFull):
         await admission.admit("c2", ["f"])
     assert await admission.open_jobs("c2") == 1
+
+
+async def _zcards(redis: Any) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_zcard", {}).get("calls", 0))
+
+
+async def test_turns_far_from_every_cap_skip_the_count_and_one_replica_stays_exact(redis: Any) -> None:
+    admission = Admission(redis, client_cap=20, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    before = await _zcards(redis)
+    await admission.admit("c1", ["a"])  # nothing known yet: counted (the client's set and the global one)
+    assert await _zcards(redis) - before == 2
+    for i in range(8):  # 1 + 8 + 1 stays within half of 20: added, not counted
+        await admission.admit("c1", [f"x{i}"])
+    assert await _zcards(redis) - before == 2
+    await admission.admit("c1", ["y"])  # 9 + 1 = 10: still half the cap
+    assert await _zcards(redis) - before == 2
+    await admission.admit("c1", ["z"])  # 11 would pass half the cap: counted again
+    assert await _zcards(redis) - before == 4
+    for i in range(9):  # counted from here on: exact at the cap
+        await admission.admit("c1", [f"w{i}"])
+    with pytest.raises(ClientOverloaded):
+        await admission.admit("c1", ["over"])
+    assert await admission.open_jobs("c1") == 20
+
+
+async def test_a_count_older_than_far_s_is_read_again(redis: Any) -> None:
+    admission = Admission(redis, client_cap=20, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    other = Admission(redis, client_cap=20, total_cap=100, horizon_s=60, retry_after_s=1.0)  # another replica
+    await admission.admit("c1", ["a"])
+    await other.admit("c1", [f"o{i}" for i in range(9)])  # unseen by the first replica
+    before = await _zcards(redis)
+    await asyncio.sleep(admission_module.FAR_S + 0.05)
+    await admission.admit("c1", ["b"])  # its count is too old to trust: read again, and it sees 11
+    assert await _zcards(redis) - before == 2
+    await admission.admit("c1", ["c"])  # 11 + 1 is past half the cap: counted
+    assert await _zcards(redis) - before == 4
+    assert await admission.open_jobs("c1") == 12
