@@ -157,10 +157,10 @@ async def _write(servicer: JobServicer, new: list[tuple[jobs_pb2.SubmitJobReques
     entries: list[jobs.JobEntry] = []
     docs: list[dict[str, Any]] = []
     traces: list[str] = []
-    tracer = telemetry.tracer()
     for item, token, job_id in new:
-        # One enqueue span per job, children of the batch call: each entry carries its own context.
-        with tracer.start_as_current_span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
+        # One enqueue span per job, children of the batch call: each entry carries its own context
+        # (while spans are exported; until then every entry carries the batch call's).
+        with telemetry.span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
             span.set_attribute(telemetry.ATTR_METHOD, item.method)
             span.set_attribute(telemetry.ATTR_TOKEN, token)

@@ -162,9 +162,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 metrics.SUBMITTED.labels(outcome="deduplicated").inc()
                 return (await self.responses([existing]))[0]
         job_id_var.set(job_id)
-        with telemetry.tracer().start_as_current_span(
-            telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER
-        ) as span:
+        with telemetry.span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
             span.set_attribute(telemetry.ATTR_METHOD, request.method)
             span.set_attribute(telemetry.ATTR_TOKEN, token.token_id_hash)

@@ -274,8 +274,7 @@ async def _submit(
             metrics.SUBMITTED.labels(outcome="deduplicated").inc()
             await servicer._blobs.delete(info.blob_id)
             return (await servicer.responses([existing]))[0]
-    tracer = telemetry.tracer()
-    with tracer.start_as_current_span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
+    with telemetry.span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
         span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
         span.set_attribute(telemetry.ATTR_METHOD, job.method)
         span.set_attribute(telemetry.ATTR_TARGET, target)

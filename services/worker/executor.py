@@ -95,9 +95,7 @@ class Executor:
             return
         job_id_var.set(entry.job_id)
         parent = telemetry.extract_fields(entry.trace)
-        with telemetry.tracer().start_as_current_span(
-            telemetry.SPAN_EXECUTE, context=parent, kind=trace.SpanKind.CONSUMER
-        ) as span:
+        with telemetry.span(telemetry.SPAN_EXECUTE, context=parent, kind=trace.SpanKind.CONSUMER) as span:
             span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
@@ -296,7 +294,7 @@ class Executor:
             return outcome, False
         cacheable = not entry.cache_bypass and not is_write(entry.method)
         if cacheable:
-            with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_LOOKUP):
+            with telemetry.span(telemetry.SPAN_CACHE_LOOKUP):
                 cached = await self._cache.get(entry.method, entry.params, entry.token)
             if cached is not None:
                 return Success(cached), True
@@ -304,7 +302,7 @@ class Executor:
         await self._guard.report(None if isinstance(outcome, Success) else outcome)
         if isinstance(outcome, Success):
             if cacheable:
-                with telemetry.tracer().start_as_current_span(telemetry.SPAN_CACHE_STORE):
+                with telemetry.span(telemetry.SPAN_CACHE_STORE):
                     await self._cache.put(entry.method, entry.params, entry.token, outcome.body)
             elif is_write(entry.method):
                 await self._cache.invalidate(entry.token)

@@ -32,7 +32,7 @@ class Success:
 @contextlib.contextmanager
 def http_span(method: str, url: str) -> Iterator[tuple[trace.Span, dict[str, str]]]:
     """The client span of one HTTP request to Flickr, and the headers that carry its trace context."""
-    with telemetry.tracer().start_as_current_span(
+    with telemetry.span(
         method,
         kind=trace.SpanKind.CLIENT,
         attributes={telemetry.ATTR_HTTP_METHOD: method, telemetry.ATTR_URL: url.split("?", 1)[0]},
@@ -87,9 +87,7 @@ class FlickrClient:
         form = {**params, "method": method, "format": "json", "nojsoncallback": "1"}
         signed = oauth1.signed_params("POST", url, form, creds)
         started = time.perf_counter()
-        with telemetry.tracer().start_as_current_span(
-            telemetry.SPAN_FLICKR_CALL, kind=trace.SpanKind.CLIENT
-        ) as span:
+        with telemetry.span(telemetry.SPAN_FLICKR_CALL, kind=trace.SpanKind.CLIENT) as span:
             span.set_attribute(telemetry.ATTR_METHOD, method)
             outcome = await self._post(url, signed)
             if isinstance(outcome, Failure):

@@ -133,9 +133,7 @@ class Uploader:
         if info is None:
             return flickr_errors.blob_missing(entry.blob_id)
         started = time.perf_counter()
-        with telemetry.tracer().start_as_current_span(
-            telemetry.SPAN_FLICKR_CALL, kind=trace.SpanKind.CLIENT
-        ) as span:
+        with telemetry.span(telemetry.SPAN_FLICKR_CALL, kind=trace.SpanKind.CLIENT) as span:
             span.set_attribute(telemetry.ATTR_METHOD, entry.method)
             span.set_attribute(telemetry.ATTR_TARGET, entry.target)
             outcome = await self._post(entry, token, info.size)

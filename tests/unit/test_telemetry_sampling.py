@@ -36,3 +36,48 @@ def test_while_exporting_the_configured_sampler_decides() -> None:
     tracer = TracerProvider(sampler=sampler).get_tracer("t")
     assert not tracer.start_span("never").is_recording()
     assert "TraceIdRatioBased" in sampler.get_description()
+
+
+def test_a_path_span_while_nothing_exports_is_the_current_span_or_the_given_context() -> None:
+    from opentelemetry import trace
+
+    from common import telemetry
+
+    exporting = telemetry._sampler.exporting
+    telemetry._sampler.exporting = False
+    try:
+        provider = TracerProvider(sampler=telemetry._sampler)
+        with provider.get_tracer("t").start_as_current_span("root") as root:
+            with telemetry.span("child") as child:
+                assert child is root  # no span made: the root's ids carry on
+            parent = propagate.extract(
+                {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+            )
+            with telemetry.span("consumer", context=parent) as consumer:
+                ctx = consumer.get_span_context()
+                assert format(ctx.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+                assert trace.get_current_span() is consumer
+            assert trace.get_current_span() is root  # the given context is detached again
+    finally:
+        telemetry._sampler.exporting = exporting
+
+
+def test_a_path_span_while_exporting_is_a_real_child() -> None:
+    from common import telemetry
+
+    exporting = telemetry._sampler.exporting
+    telemetry._sampler.exporting = True
+    try:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=telemetry._sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        old, telemetry._tracer = telemetry._tracer, provider.get_tracer("t")
+        try:
+            with telemetry._tracer.start_as_current_span("root") as root, telemetry.span("child") as child:
+                assert child is not root and child.is_recording()
+                assert child.get_span_context().trace_id == root.get_span_context().trace_id
+        finally:
+            telemetry._tracer = old
+        assert [s.name for s in exporter.get_finished_spans()] == ["child", "root"]
+    finally:
+        telemetry._sampler.exporting = exporting
