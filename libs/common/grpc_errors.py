@@ -64,14 +64,7 @@ def _server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> An
         if key in _TRACE_HEADERS:
             carrier[key] = value if isinstance(value, str) else value.decode()
     parent = telemetry.extract_fields(carrier) if carrier else None
-    return telemetry.tracer().start_as_current_span(
-        method,
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        attributes=_rpc_attributes(method),
-        record_exception=False,
-        set_status_on_exception=False,
-    )
+    return telemetry.server_span(method, parent, lambda: _rpc_attributes(method))
 
 
 def _rpc_attributes(method: str) -> dict[str, str]:

@@ -9,7 +9,8 @@ from the edge through gateway, mover, worker and cache to the Flickr call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, MutableMapping
+import random
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -157,6 +158,38 @@ def span(
     token = otel_context.attach(context)
     try:
         yield trace.get_current_span()
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
+def server_span(
+    name: str, context: otel_context.Context | None, attributes: Callable[[], Mapping[str, Any]]
+) -> Iterator[trace.Span]:
+    """A request's server span, a child of the caller's `context` when it sent one.
+
+    While nothing exports spans it is not built (it would be dropped): the caller's span goes on
+    being current or, for a call without one, a span context with fresh random ids that records
+    nothing, so the request still has a trace id (answered, stored with its jobs, carried on).
+    """
+    if _sampler.exporting:
+        with tracer().start_as_current_span(
+            name,
+            context=context,
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes(),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as made:
+            yield made
+        return
+    current = trace.get_current_span(context)
+    if not current.get_span_context().is_valid:
+        fresh = trace.SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False)
+        current = trace.NonRecordingSpan(fresh)
+    token = otel_context.attach(trace.set_span_in_context(current, context))
+    try:
+        yield current
     finally:
         otel_context.detach(token)
 

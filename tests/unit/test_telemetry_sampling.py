@@ -81,3 +81,32 @@ def test_a_path_span_while_exporting_is_a_real_child() -> None:
         assert [s.name for s in exporter.get_finished_spans()] == ["child", "root"]
     finally:
         telemetry._sampler.exporting = exporting
+
+
+def test_a_server_span_while_nothing_exports_still_gives_the_request_a_trace_id() -> None:
+    from opentelemetry import trace
+
+    from common import telemetry
+
+    exporting = telemetry._sampler.exporting
+    telemetry._sampler.exporting = False
+    try:
+        built: list[str] = []
+
+        def attributes() -> dict[str, str]:
+            built.append("attrs")
+            return {}
+
+        with telemetry.server_span("/svc/M", None, attributes) as span:
+            ctx = span.get_span_context()
+            assert ctx.is_valid and not ctx.trace_flags.sampled and not span.is_recording()
+            assert telemetry.current_trace_id() == format(ctx.trace_id, "032x")
+        assert not trace.get_current_span().get_span_context().is_valid
+        with telemetry.server_span("/svc/M", None, attributes) as again:
+            assert again.get_span_context().trace_id != ctx.trace_id  # the next request: new ids
+        parent = propagate.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        with telemetry.server_span("/svc/M", parent, dict):
+            assert telemetry.current_trace_id() == "0af7651916cd43dd8448eb211c80319c"
+        assert built == []  # the attributes are never built for a span that is not made
+    finally:
+        telemetry._sampler.exporting = exporting
