@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import grpc
 from redis.exceptions import RedisError
 
-from common import keys, redisio
+from common import keys, redisio, resp
 from common.errors import FieldViolation, FlickrHubError, Unavailable
 from flickrhub.v1 import jobs_pb2
 
@@ -70,8 +70,9 @@ class Claim:
 class IdempotencyKeys:
     """Reserve, look up and release idempotency keys."""
 
-    def __init__(self, redis: redisio.Redis) -> None:
+    def __init__(self, redis: redisio.Redis, wire: resp.Multiplexed | None = None) -> None:
         self._redis = redis
+        self._wire = wire  # the reservation's round trip goes over it when given (common.resp)
 
     async def reserve(self, claim: Claim) -> str | None:
         """Reserve the key for `claim.job_id`; the first job's id when the key was used before."""
@@ -92,7 +93,10 @@ class IdempotencyKeys:
             pipe = self._redis.pipeline(transaction=False)
             for name, claim in zip(names, claims, strict=True):
                 pipe.set(name, f"{claim.job_id}:{claim.fingerprint}", nx=True, ex=TTL_S)
-            reserved = await pipe.execute()
+            reserved = await resp.run(pipe, self._wire)
+            for reply in reserved:
+                if isinstance(reply, Exception):
+                    raise reply
             out: list[str | None] = [None] * len(claims)
             pending = [i for i, ok in enumerate(reserved) if not ok]
             conflicts: list[int] = []

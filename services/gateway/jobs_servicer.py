@@ -73,7 +73,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._blobs = BlobStore(store.jobs.database)
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
         self.admission = admission.Admission.from_settings(redis, settings, wire)
-        self.idempotency = idempotency.IdempotencyKeys(redis)
+        self.idempotency = idempotency.IdempotencyKeys(redis, wire)
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
