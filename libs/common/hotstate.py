@@ -24,11 +24,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import keys, redisio, resp
+from common import jsontext, keys, redisio, resp
 from common.mongo import Doc
 from common.settings import Settings
 
@@ -129,8 +128,7 @@ def decode(held: dict[str, Any]) -> Doc | None:
 
 
 def _dumps(value: Any) -> str:
-    """Compact JSON, UTF-8 unescaped (what json.dumps(separators=(",", ":"), ensure_ascii=False) writes)."""
-    return orjson.dumps(value).decode()
+    return jsontext.dumps(value)
 
 
 class HotState:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from common import jsontext
 from flickrhub.v1 import jobs_pb2
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
@@ -112,7 +113,7 @@ class JobEntry:
             "user_id": self.user_id,
             "method": self.method,
             "target": self.target,
-            "params": json.dumps(self.params, separators=(",", ":"), ensure_ascii=False),
+            "params": jsontext.dumps(self.params),
             "max_attempts": str(self.max_attempts),
             "attempt": str(self.attempt),
             "priority": self.priority,

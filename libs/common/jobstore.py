@@ -16,7 +16,6 @@ the job's hot copy in Redis (common.hotstate), which status reads use first. A w
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 from redis.exceptions import RedisError
 
-from common import jobs
+from common import jobs, jsontext
 from common.groupcommit import Batcher
 from common.hotstate import HotState
 from common.mongo import Doc
@@ -291,7 +290,7 @@ class JobStore:
             "lease_until": None,
         }
         if result is not None:
-            fields["result_json"] = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+            fields["result_json"] = jsontext.dumps(result)
         if error is not None:
             fields["error"] = error
         mark = {"status": state, "updated_at": t}

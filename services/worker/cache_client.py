@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from common import jsontext
 from common.service import insecure_channel
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
 from worker import metrics
@@ -68,7 +69,7 @@ class CacheClient:
 
     async def put(self, method: str, params: dict[str, str], token: str, value: dict[str, Any]) -> None:
         """Store an answer; failures are logged and ignored."""
-        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        body = jsontext.dumps(value).encode()
         result = await self._batcher.put(method, params, token, body)
         if result is None:
             log.warning("cache put failed: no answer")
