@@ -231,6 +231,10 @@ class Admission:
             submissions += [index[client_id], len(job_ids), *job_ids]
         now = time.monotonic()
         far = self._far(sets, adding, now)
+        if far:  # counted in the estimates before the step is sent: turns in flight at once see each other
+            for i, name in enumerate(sets):
+                count, read_at = self._known[name]
+                self._known[name] = (count + adding[i], read_at)
         args = [self.client_cap, self.total_cap, self._horizon_ms, int(time.time() * 1000), int(far)]
         # EVAL, not EVALSHA: a script Redis forgot (restart, SCRIPT FLUSH) costs nothing to resend.
         if self._wire is None:
@@ -240,7 +244,7 @@ class Admission:
             if isinstance(result, Exception):
                 raise result
         verdicts = [(int(verdict), int(client), int(total)) for verdict, client, total in result]
-        self._learn(sets, adding, asks, index, verdicts, far, now)
+        self._learn(sets, asks, index, verdicts, far, now)
         return [(verdict, client if verdict != 2 else total) for verdict, client, total in verdicts]
 
     def _far(self, sets: list[str], adding: list[int], now: float) -> bool:
@@ -255,18 +259,14 @@ class Admission:
     def _learn(
         self,
         sets: list[str],
-        adding: list[int],
         asks: list[tuple[str, Sequence[str]]],
         index: dict[str, int],
         verdicts: list[tuple[int, int, int]],
         far: bool,
         now: float,
     ) -> None:
-        """Keep the counts a turn read (or, uncounted, add what it admitted to the estimates)."""
+        """Keep the counts a counted turn read (an uncounted one was added to the estimates already)."""
         if far:
-            for i, name in enumerate(sets):
-                count, read_at = self._known[name]
-                self._known[name] = (count + adding[i], read_at)
             return
         if len(self._known) > KNOWN_MAX:
             self._known.clear()

@@ -369,3 +369,18 @@ async def test_a_count_older_than_far_s_is_read_again(redis: Any) -> None:
     await admission.admit("c1", ["c"])  # 11 + 1 is past half the cap: counted
     assert await _zcards(redis) - before == 4
     assert await admission.open_jobs("c1") == 12
+
+
+async def test_uncounted_turns_in_flight_at_once_see_each_other(redis: Any) -> None:
+    admission = Admission(redis, client_cap=20, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    await admission.admit("c1", ["first"])  # counted: 1 open
+    before = await _zcards(redis)
+    pending = []
+    for i in range(12):  # one turn each, started while the earlier ones are still in flight
+        pending.append(asyncio.ensure_future(admission.admit("c1", [f"p{i}"])))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    await asyncio.gather(*pending)
+    # Had each turn judged from the estimate before the others, all 12 would have gone uncounted.
+    assert await _zcards(redis) - before >= 2
+    assert await admission.open_jobs("c1") == 13
