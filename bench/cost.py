@@ -4,8 +4,9 @@ A stack (as `make run` starts it: gateway, mover, two workers, cache service, ed
 Redis, cache Redis, SecantusDB, the Flickr sandbox) takes `jobs` echo jobs over `users`
 users, each with its own token, submitted over gRPC by driver processes (see bench.driver)
 with the admin key; each job has distinct params, so each is a cache miss. Completion is read
-from the workers' Prometheus counters (a few cheap scrapes), never by polling the gateway, so
-the measured processes only do the jobs' own work.
+from the queue Redis (how many jobs are still open), then confirmed by the workers' Prometheus
+counters once: never by polling the gateway or scraping the workers while they work, so the
+measured processes only do the jobs' own work.
 
 Around the run: CPU of every process from /proc (bench.procstat), `INFO commandstats` of
 both Redis servers and SecantusDB's `top`/`serverStatus` (bench.counters). After it: every

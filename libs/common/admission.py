@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from redis.asyncio.client import Pipeline
 
 from common import keys, redisio, resp
 from common.errors import FlickrHubError, Unavailable
@@ -287,14 +288,8 @@ class Admission:
 
     async def _release_all(self, asks: list[tuple[str, Sequence[str]]]) -> list[None]:
         """One round trip releasing every id of a turn: a ZREM per client and one for the total."""
-        by_client: dict[str, list[str]] = {}
-        for client_id, job_ids in asks:
-            by_client.setdefault(client_id, []).extend(job_ids)
         pipe = self._redis.pipeline(transaction=False)
-        for client_id, job_ids in by_client.items():
-            if client_id:
-                pipe.zrem(keys.client_open_jobs(client_id), *job_ids)
-        pipe.zrem(keys.OPEN_JOBS, *[job_id for ids in by_client.values() for job_id in ids])
+        release_on(pipe, asks)
         for reply in await resp.run(pipe, self._wire):
             if isinstance(reply, Exception):
                 raise reply
@@ -304,3 +299,14 @@ class Admission:
         """How many ids are counted for `client_id` (or in all) right now, stale ones included."""
         key = keys.OPEN_JOBS if client_id is None else keys.client_open_jobs(client_id)
         return int(await self._redis.zcard(key))
+
+
+def release_on(pipe: Pipeline, asks: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Queue `Admission.release` of every (client id, job ids) on `pipe`: a ZREM per client, one for all."""
+    by_client: dict[str, list[str]] = {}
+    for client_id, job_ids in asks:
+        by_client.setdefault(client_id, []).extend(job_ids)
+    for client_id, job_ids in by_client.items():
+        if client_id:
+            pipe.zrem(keys.client_open_jobs(client_id), *job_ids)
+    pipe.zrem(keys.OPEN_JOBS, *[job_id for ids in by_client.values() for job_id in ids])

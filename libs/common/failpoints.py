@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 WORKER_CLAIMED: Final = "worker.claimed"  # the claim recorded the attempt; Flickr not called yet
 WORKER_ANSWERED: Final = "worker.answered"  # Flickr answered; nothing recorded yet
 WORKER_RECORDED: Final = "worker.recorded"  # outcome in MongoDB; not announced, no webhook queued
-WORKER_ANNOUNCED: Final = "worker.announced"  # announced, webhook queued; the entry not acked
+# Announced, webhook queued; a retry's entry not acked yet (a final outcome's went in the same pipeline).
+WORKER_ANNOUNCED: Final = "worker.announced"
 WORKER_ACKED: Final = "worker.acked"  # the entry acknowledged: the run is over
 POINTS: Final = (WORKER_CLAIMED, WORKER_ANSWERED, WORKER_RECORDED, WORKER_ANNOUNCED, WORKER_ACKED)
 

@@ -7,9 +7,10 @@ MongoDB stays the record; the copy is written after it and only ever moves forwa
 - a whole snapshot (`put`: the gateway at accept, a status read that had to go to MongoDB)
   replaces only a copy of a lower revision (or a bare marker of the same one);
 - a transition (`apply`, called by JobStore after its compare-and-set won) is the very change made
-  in MongoDB, applied only to a whole copy at exactly `rev - 1`. Anything else (no copy, a missed
-  revision) leaves a marker holding just the revision: no older write can land after it, and
-  readers go to MongoDB (whose answer is put back as a snapshot).
+  in MongoDB, applied only to a whole copy at exactly `rev - 1` (or several changes in a row from
+  `rev - n`: a worker's claim whose copy waited goes with the outcome that followed it). Anything
+  else (no copy, a missed revision) leaves a marker holding just the revision: no older write can
+  land after it, and readers go to MongoDB (whose answer is put back as a snapshot).
 
 So a reader sees the copy at some revision MongoDB already passed through, never one older than a
 copy it saw before. A copy lives `JOB_HOT_TTL_S` (24 h) after its last write; results larger than
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,8 +64,9 @@ FIELDS: dict[str, str] = {
 RESULT_ELSEWHERE = "result_elsewhere"
 
 # KEYS[1]: the copy (a JSON object; a bare marker is {"rev": n}). ARGV: rev, ttl, mode (put|apply),
-# then the whole copy (put) or the change (apply: {"set": {}, "inc": {}, "min": {}, "unset": []}).
-# Two commands a write (GET, SET): a job's copy costs 1 + 2 per transition, whatever its size.
+# then the whole copy (put) or the changes (apply: a list of {"set": {}, "inc": {}, "min": {}, "unset": []},
+# the transitions that took the job from rev - #list to rev, in order: a claim whose copy was
+# deferred goes with the outcome that followed it). Two commands a write (GET, SET), whatever its size.
 _WRITE = """
 local rev = tonumber(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
@@ -76,17 +79,19 @@ if ARGV[3] == 'put' then
   return 1
 end
 if held >= rev then return 0 end
-if held ~= rev - 1 or not whole then
+local changes = cjson.decode(ARGV[4])
+if held ~= rev - #changes or not whole then
   redis.call('SET', KEYS[1], cjson.encode({rev = rev}), 'EX', ARGV[2])
   return 2
 end
-local change = cjson.decode(ARGV[4])
-for k, v in pairs(change.set) do cur[k] = v end
-for k, v in pairs(change.inc) do cur[k] = (tonumber(cur[k]) or 0) + v end
-for k, v in pairs(change.min) do
-  if cur[k] == nil or v < cur[k] then cur[k] = v end
+for _, change in ipairs(changes) do
+  for k, v in pairs(change.set) do cur[k] = v end
+  for k, v in pairs(change.inc) do cur[k] = (tonumber(cur[k]) or 0) + v end
+  for k, v in pairs(change.min) do
+    if cur[k] == nil or v < cur[k] then cur[k] = v end
+  end
+  for _, k in ipairs(change.unset) do cur[k] = nil end
 end
-for _, k in ipairs(change.unset) do cur[k] = nil end
 cur.rev = rev
 redis.call('SET', KEYS[1], cjson.encode(cur), 'EX', ARGV[2])
 return 1
@@ -201,23 +206,25 @@ class HotState:
         except RedisError as exc:
             log.warning("hot state snapshot not written: %s", type(exc).__name__)
 
-    def change_args(self, rev: int, update: dict[str, Any]) -> list[str | int]:
-        """The script arguments applying the MongoDB `update` that took a job to `rev`."""
+    def _change(self, update: dict[str, Any]) -> dict[str, Any]:
         unset = [name for name in update.get("$unset", {}) if name in FIELDS]
         fields = self._fields(update.get("$set", {}), unset)
         inc = {k: int(v) for k, v in update.get("$inc", {}).items() if FIELDS.get(k) == INT}
         low = {k: _encode(FIELDS[k], v) for k, v in update.get("$min", {}).items() if k in FIELDS}
-        change = _dumps({"set": fields, "inc": inc, "min": low, "unset": unset})
-        return [rev, self._ttl_s, "apply", change]
+        return {"set": fields, "inc": inc, "min": low, "unset": unset}
 
-    def apply_on(self, pipe: Pipeline, job_id: str, rev: int, update: dict[str, Any]) -> None:
+    def change_args(self, rev: int, updates: Sequence[dict[str, Any]]) -> list[str | int]:
+        """The script arguments applying the MongoDB `updates` that took a job to `rev`, in order."""
+        return [rev, self._ttl_s, "apply", _dumps([self._change(u) for u in updates])]
+
+    def apply_on(self, pipe: Pipeline, job_id: str, rev: int, updates: Sequence[dict[str, Any]]) -> None:
         """Queue `apply` on a pipeline (the caller handles a failed reply by calling `drop`)."""
-        pipe.eval(_WRITE, 1, keys.job_state(job_id), *self.change_args(rev, update))
+        pipe.eval(_WRITE, 1, keys.job_state(job_id), *self.change_args(rev, updates))
 
-    async def apply(self, job_id: str, rev: int, update: dict[str, Any]) -> None:
-        """Apply the MongoDB `update` that took the job to `rev` (best effort; see the module doc)."""
+    async def apply(self, job_id: str, rev: int, *updates: dict[str, Any]) -> None:
+        """Apply the MongoDB `updates` that took the job to `rev` (best effort; see the module doc)."""
         try:
-            await self._write(keys=[keys.job_state(job_id)], args=self.change_args(rev, update))
+            await self._write(keys=[keys.job_state(job_id)], args=self.change_args(rev, updates))
         except RedisError as exc:
             log.warning("hot state not updated (%s); dropping the copy", type(exc).__name__)
             await self.drop(job_id)

@@ -12,11 +12,21 @@ answers False; the caller decides from a re-read.
 Every write that bumps `rev` goes through this class: after MongoDB, it applies the same change to
 the job's hot copy in Redis (common.hotstate), which status reads use first. A writer that bumped
 `rev` elsewhere would leave a copy behind MongoDB until the next transition.
+
+A worker's claim leaves its copy waiting up to HOT_DEFER_S: most jobs end sooner, and then the
+claim and the outcome reach the copy in one step (status reads see the job queued until then:
+a revision MongoDB passed through). Whoever owns a grouped write may also hand it a `tag`: once
+the write won, `after` queues that caller's own Redis steps for the tags (the worker's hint,
+release and acknowledgement) in the same pipeline as the copies, so a turn of outcomes costs one
+Redis round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,13 +35,16 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import jobs, jsontext
+from common import jobs, jsontext, resp
 from common.groupcommit import Batcher
 from common.hotstate import HotState
 from common.mongo import Doc
 from common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token": 1, "lease_until": 1}
 
@@ -39,6 +52,11 @@ _STATE_FIELDS = {"_id": 0, "rev": 1, "status": 1, "worker_id": 1, "attempt_token
 # A non-final hot copy untouched this long is checked against MongoDB: a writer killed between its
 # MongoDB write and its copy update leaves the copy behind, and a job may never move again to fix it.
 HOT_RECHECK_AFTER = timedelta(seconds=10)
+# How long a grouped claim's hot copy (and what `after` queues for it) may wait for the job's outcome.
+HOT_DEFER_S = 0.25
+
+# Queues a caller's Redis steps for the tags of writes that won, on the pipeline of their hot copies.
+After = Callable[[Pipeline, list[Any]], None]
 
 
 def _unsettled(held: Doc, after: timedelta) -> bool:
@@ -85,14 +103,20 @@ class _Write:
     rev: int
     update: dict[str, Any]
     mark: dict[str, Any] = field(default_factory=dict)
+    defer: bool = False  # a claim: its hot copy may wait HOT_DEFER_S for the outcome
+    tag: Any = None  # handed to `after` once the write won (None: nothing to queue)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed job: the revision now owned, and whether a dead worker's run was taken over."""
+    """A claimed job: the revision now owned, and whether a dead worker's run was taken over.
+
+    `tagged`: the claim's tag goes to `after` with its hot copy (deferred, see the module doc).
+    """
 
     rev: int
     taken_over: bool
+    tagged: bool = False
 
 
 class JobStore:
@@ -105,9 +129,17 @@ class JobStore:
         hot: HotState | None = None,
         retention: Retention | None = None,
         hot_recheck_after: timedelta = HOT_RECHECK_AFTER,
+        redis: Any = None,
+        wire: resp.Multiplexed | None = None,
     ) -> None:
         self.jobs = collection
         self.hot = hot
+        self._redis = redis  # for `after`'s pipelines when there is no hot state
+        self._wire = wire
+        self.after: After | None = None
+        self._deferred: dict[str, tuple[_Write, float]] = {}  # job id -> (claim, its copy due by)
+        self._defer_timer: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[Any]] = set()
         self.retention = retention or Retention()
         self._hot_recheck_after = hot_recheck_after
         # The claims and outcomes written in one event-loop turn share one bulk write (and one Redis
@@ -123,7 +155,7 @@ class JobStore:
         """A store with the hot state (in the queue Redis `redis`, its pipelines over `wire` when given:
         common.resp) and retention `settings` ask for."""
         hot = HotState.from_settings(redis, settings, wire)
-        return cls(collection, hot=hot, retention=Retention.from_settings(settings))
+        return cls(collection, hot=hot, retention=Retention.from_settings(settings), redis=redis, wire=wire)
 
     async def get(self, job_id: str) -> Doc | None:
         """The job document, or None."""
@@ -167,16 +199,18 @@ class JobStore:
         if not bump:
             return rev
         if self.hot is not None:  # after MongoDB: the copy never runs ahead of the record
-            await self.hot.apply(job_id, rev + 1, update)
+            await self.hot.apply(job_id, rev + 1, *self._chain(job_id, rev, update))
         return rev + 1
 
     async def _cas_grouped(self, write: _Write) -> int | None:
         """`_cas` (bumping `rev`) through the turn's group commit; the revision after it, or None."""
         update = {**write.update, "$inc": {**write.update.get("$inc", {}), "rev": 1}}
-        won = await self._turn.submit(_Write(write.job_id, write.rev, update, write.mark))
+        won = await self._turn.submit(
+            _Write(write.job_id, write.rev, update, write.mark, write.defer, write.tag)
+        )
         return write.rev + 1 if won else None
 
-    async def _write_all(self, writes: list[_Write]) -> list[bool]:
+    async def _write_all(self, writes: list[_Write]) -> list[bool | Exception]:
         """One unordered bulk write of every compare-and-set of a turn; which of them won.
 
         A bulk write reports how many documents changed, not which: when fewer than all did, one
@@ -207,26 +241,113 @@ class JobStore:
                     and doc.get("rev") == w.rev + 1
                     and all(doc.get(k) == v for k, v in w.mark.items())
                 )
-        if self.hot is not None:  # after MongoDB: the copy never runs ahead of the record
-            await self._apply_hot([w for w in batch if won[w.job_id]])
-        return [won[w.job_id] and first[w.job_id] == i for i, w in enumerate(writes)]
+        failed = await self._publish([w for w in batch if won[w.job_id]])
+        results: list[bool | Exception] = []
+        for i, w in enumerate(writes):
+            sent = w.tag is not None and not (w.defer and self.hot is not None)
+            results.append(
+                failed
+                if failed is not None and won[w.job_id] and sent
+                else won[w.job_id] and first[w.job_id] == i
+            )
+        return results
 
-    async def _apply_hot(self, writes: list[_Write]) -> None:
-        if not writes or self.hot is None:
-            return
-        pipe = self.hot.pipeline()
-        for w in writes:
-            self.hot.apply_on(pipe, w.job_id, w.rev + 1, w.update)
+    async def _publish(self, visible: list[_Write]) -> Exception | None:
+        """After MongoDB: the hot copies of writes that won (claims' deferred) and `after`'s steps.
+
+        Returns what failed `after`'s steps (their callers learn it), None when they went through.
+        """
+        if not visible:
+            return None
+        at = time.monotonic()
+        chains: list[tuple[_Write, list[dict[str, Any]]]] = []
+        for w in visible:
+            if w.defer and self.hot is not None:
+                self._deferred[w.job_id] = (w, at + HOT_DEFER_S)
+                if self._defer_timer is None:
+                    self._defer_timer = asyncio.get_running_loop().call_later(HOT_DEFER_S, self._due)
+                continue
+            chains.append((w, self._chain(w.job_id, w.rev, w.update)))
+        return await self._send(chains) if chains else None
+
+    def _chain(self, job_id: str, rev: int, update: dict[str, Any]) -> list[dict[str, Any]]:
+        """`update` (from `rev`), after the deferred claim it follows if one is waiting.
+
+        A claim applied this way gets no hint of its own: nobody saw the job running.
+        """
+        held = self._deferred.pop(job_id, None)
+        if held is not None and held[0].rev + 1 == rev:
+            return [held[0].update, update]
+        return [update]
+
+    async def _send(self, chains: list[tuple[_Write, list[dict[str, Any]]]]) -> Exception | None:
+        """One pipeline: each chain's copy update, then `after`'s steps for the tagged writes."""
+        tags = [w.tag for w, _ in chains if w.tag is not None]
+        steps = bool(tags and self.after is not None)
+        hot = self.hot
+        if hot is None and not steps:
+            return None
+        pipe = hot.pipeline() if hot is not None else self._redis.pipeline(transaction=False)
+        if hot is not None:
+            for w, updates in chains:
+                hot.apply_on(pipe, w.job_id, w.rev + 1, updates)
+        copies = len(chains) if hot is not None else 0
+        if steps:
+            assert self.after is not None
+            self.after(pipe, tags)
         try:
-            replies = await self.hot.run(pipe)
+            replies = await resp.run(pipe, self._wire)
         except RedisError as exc:
-            replies = [exc] * len(writes)
-        for w, reply in zip(writes, replies, strict=True):
-            if isinstance(reply, Exception):  # the copy may now be behind MongoDB: readers go there
-                await self.hot.drop(w.job_id)
+            replies = [exc] * (copies + (1 if steps else 0))
+        if hot is not None:
+            for (w, _), reply in zip(chains, replies[:copies], strict=True):
+                if isinstance(reply, Exception):  # the copy may now be behind MongoDB: readers go there
+                    await hot.drop(w.job_id)
+        return next((r for r in replies[copies:] if isinstance(r, Exception)), None)
+
+    def _due(self) -> None:
+        """The timer: send the deferred copies that waited long enough (one pipeline)."""
+        self._defer_timer = None
+        at = time.monotonic()
+        due = [w for w, by in self._deferred.values() if by <= at]
+        for w in due:
+            del self._deferred[w.job_id]
+        if self._deferred:
+            first = min(by for _, by in self._deferred.values())
+            self._defer_timer = asyncio.get_running_loop().call_later(max(0.0, first - at), self._due)
+        if due:
+            self._spawn([(w, [w.update]) for w in due])
+
+    def _spawn(self, chains: list[tuple[_Write, list[dict[str, Any]]]]) -> None:
+        task = asyncio.create_task(self._send(chains))
+        self._sends.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and (task.exception() or task.result()) is not None:
+            log.warning("deferred hot copies not written: %r", task.exception() or task.result())
+
+    async def flush(self) -> None:
+        """Send every deferred copy now and wait for what is being sent (graceful shutdown)."""
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+            self._defer_timer = None
+        deferred, self._deferred = list(self._deferred.values()), {}
+        if deferred:
+            self._spawn([(w, [w.update]) for w, _ in deferred])
+        while self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
 
     async def claim(
-        self, job_id: str, worker_id: str, attempt: int, lease_s: float, expected_rev: int | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        attempt: int,
+        lease_s: float,
+        expected_rev: int | None = None,
+        *,
+        tag: Any = None,
     ) -> Claim | None:
         """Take a queued or retrying job (or one whose runner's lease ran out); the revision now owned.
 
@@ -250,9 +371,9 @@ class JobStore:
         }
         if expected_rev is not None:
             mark = {"worker_id": worker_id, "attempt_token": token}
-            owned = await self._cas_grouped(_Write(job_id, expected_rev, update, mark))
+            owned = await self._cas_grouped(_Write(job_id, expected_rev, update, mark, True, tag))
             if owned is not None:
-                return Claim(owned, taken_over=False)
+                return Claim(owned, taken_over=False, tagged=tag is not None)
         doc = await self.jobs.find_one({"job_id": job_id}, _STATE_FIELDS)
         if doc is None:
             return None
@@ -278,8 +399,12 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         from_cache: bool = False,
+        tag: Any = None,
     ) -> bool:
-        """Record a final outcome of the run that owns revision `rev`; False if it no longer owns the job."""
+        """Record a final outcome of the run that owns revision `rev`; False if it no longer owns the job.
+
+        With a `tag`, `after` queues its steps once the write won; what failed them is raised here.
+        """
         t = now()
         fields: dict[str, Any] = {
             "status": state,
@@ -294,7 +419,7 @@ class JobStore:
         if error is not None:
             fields["error"] = error
         mark = {"status": state, "updated_at": t}
-        return await self._cas_grouped(_Write(job_id, rev, {"$set": fields}, mark)) is not None
+        return await self._cas_grouped(_Write(job_id, rev, {"$set": fields}, mark, tag=tag)) is not None
 
     async def schedule_retry(self, job_id: str, rev: int, error: dict[str, Any], due: datetime) -> bool:
         """Record a transient failure; the job waits in RETRYING (at revision rev + 1) until `due`."""

@@ -168,6 +168,12 @@ class Settings:
     insert_batch_ms: float = _env(
         "GATEWAY_INSERT_BATCH_MS", 2.0, "Window in which submissions share one insert_many."
     )
+    gateway_user_turns: int = _env(
+        "GATEWAY_USER_TURNS",
+        8,
+        "SubmitJob calls of one user (token) in progress at once per gateway; more wait their turn "
+        "(0 = no limit).",
+    )
 
     # Mover
     mover_port: int = _env("MOVER_PORT", 50052, "Mover gRPC port (health only).")
@@ -543,6 +549,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}: must be at least 1")
+        if self.gateway_user_turns < 0:
+            raise SettingsError("GATEWAY_USER_TURNS: must be 0 (no limit) or more")
         if self.mover_token_in_flight < 0:
             raise SettingsError("MOVER_TOKEN_IN_FLIGHT: must be 0 (no cap) or more")
         if not BCRYPT_MIN_ROUNDS <= self.api_key_bcrypt_rounds <= BCRYPT_MAX_ROUNDS:

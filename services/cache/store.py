@@ -13,7 +13,11 @@ Invalidating a token (or a token's method) moves its generation forward: every
 older entry becomes unreachable at once, whatever their number, and ages out by
 TTL or LRU. Get and Put read the generations and touch the entry in one Lua call
 (one round trip, pipelined with the stats increments); every key a script
-touches carries the token's hash tag, so it stays inside one cluster slot.
+touches carries the token's hash tag, so it stays inside one cluster slot. A miss
+hands back the generations it read, and a batched Put of that scope soon after is a
+plain SET under them (one command instead of three): if a write moved the
+generations in between, the answer, which may predate the write, lands where no
+lookup finds it.
 
 Generations are seeded from the Redis clock (microseconds) and never restart at
 a fixed value: this Redis runs allkeys-lru, so it may evict a generation key
@@ -64,6 +68,9 @@ GENERATION_TTL_S = MAX_TTL_S + 3600
 GENERATION_RENEW_S = 1800.0
 # The replica remembers this many renewals at most (then forgets them all: each costs one renewal).
 RENEWALS_MAX = 200_000
+# Generations a miss read are used by a Put of the same scope for this long; at most SEEN_MAX scopes.
+SEEN_S = 60.0
+SEEN_MAX = 100_000
 
 _NOW_US = """
 local function now_us()
@@ -73,13 +80,15 @@ end
 """
 
 # KEYS: token generation, token+method generation. ARGV: entry prefix, digest.
-# → false (miss) or {value, seconds left}
+# → {value, seconds left} (hit), {false, generation, method generation} (miss), false (a generation
+# is missing: no entry can match). A miss hands back the generations it read: the Put that
+# follows stores under them (see CacheStore._put_command).
 _GET = """
 local g = redis.call('MGET', KEYS[1], KEYS[2])
 if not g[1] or not g[2] then return false end
 local entry = ARGV[1] .. g[1] .. ':' .. g[2] .. ':' .. ARGV[2]
 local value = redis.call('GET', entry)
-if not value then return false end
+if not value then return {false, g[1], g[2]} end
 return {value, redis.call('TTL', entry)}
 """
 
@@ -201,6 +210,8 @@ class CacheStore:
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._renewed: dict[str, float] = {}  # generation key -> when this replica last renewed it
+        # (generation key, method generation key) -> the values a miss read there, and when.
+        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._trips = RoundTrips(redis, keep=MAX_IN_FLIGHT)
 
@@ -255,11 +266,9 @@ class CacheStore:
         except RedisError:
             self.count("misses", method)
             raise
-        self.count("hits" if found else "misses", method)
-        if not found:
-            return None
-        value, ttl = found
-        return Hit(bytes(value), int(ttl))
+        hit = _hit(found)
+        self.count("hits" if hit else "misses", method)
+        return hit
 
     async def put(self, method: str, params: Mapping[str, str], token: str, value: bytes, ttl_s: int) -> None:
         """Store an answer in the token's current scope for `ttl_s` seconds."""
@@ -303,9 +312,7 @@ class CacheStore:
                 commands.append(("ZINCRBY", keys.CACHE_HOT, 1, member))
         for p in puts:
             at.append(len(commands))
-            generations = _generations(p.token, p.method)
-            args = (*generations, *_entry(p.method, p.params, p.token), p.value, p.ttl_s, GENERATION_TTL_S)
-            commands.append(("EVALSHA", self._put.sha, 2, *args, *self._renewals(generations)))
+            commands.append(self._put_command(p))
         if puts:
             self._pending["puts"] += len(puts)
         results: list[Any]
@@ -319,13 +326,43 @@ class CacheStore:
             results = await self._rerun([commands[at[i]] for i in stale], stale, results)
         found: list[Hit | RedisError | None] = []
         for g, r in zip(gets, results, strict=False):
-            self.count("misses" if isinstance(r, RedisError) or not r else "hits", g.method)
-            found.append(r if isinstance(r, RedisError) else Hit(bytes(r[0]), int(r[1])) if r else None)
+            answer = r if isinstance(r, RedisError) else _hit(r)
+            self.count("hits" if isinstance(answer, Hit) else "misses", g.method)
+            found.append(answer)
+            if not isinstance(r, RedisError) and answer is None:
+                self._saw(g, r)
         stored = [r if isinstance(r, RedisError) else None for r in results[len(gets) :]]
         for p, r in zip(puts, stored, strict=True):
             if r is not None:
                 self._forget_renewals(_generations(p.token, p.method))
         return found, stored
+
+    def _saw(self, g: GetOp, reply: Any) -> None:
+        """Remember the generations a miss read (or forget them: a generation was missing)."""
+        scope = cast("tuple[str, str]", tuple(_generations(g.token, g.method)))
+        if not reply:
+            self._seen.pop(scope, None)
+            return
+        if len(self._seen) > SEEN_MAX:
+            self._seen.clear()
+        self._seen[scope] = (_text(reply[1]), _text(reply[2]), time.monotonic())
+
+    def _put_command(self, p: PutOp) -> Command:
+        """A Put as one SET under the generations a recent miss of its scope read, else the script.
+
+        Those generations may have moved on since (a write invalidated the scope): the answer is
+        then stored where no lookup will find it, which is right, as it may predate the write.
+        The script (which reads the current generations and seeds a missing one) goes when none
+        were seen, or a generation's expiry is due for renewal.
+        """
+        generations = _generations(p.token, p.method)
+        prefix, digest = _entry(p.method, p.params, p.token)
+        renew = self._renewals(generations)
+        seen = self._seen.get((generations[0], generations[1]))
+        if seen is not None and "1" not in renew and time.monotonic() - seen[2] < SEEN_S:
+            return ("SET", f"{prefix}{seen[0]}:{seen[1]}:{digest}", p.value, "EX", p.ttl_s)
+        args = (*generations, prefix, digest, p.value, p.ttl_s, GENERATION_TTL_S, *renew)
+        return ("EVALSHA", self._put.sha, 2, *args)
 
     async def _rerun(self, again: list[Command], stale: list[int], results: list[Any]) -> list[Any]:
         """Reload the scripts (Redis restarted or flushed them) and send the calls that met NOSCRIPT again."""
@@ -526,6 +563,17 @@ def _parse_canonical(member: bytes | str) -> tuple[str, dict[str, str], str] | N
     if not isinstance(method, str) or not isinstance(token, str):
         return None
     return method, params, token
+
+
+def _hit(reply: Any) -> Hit | None:
+    """A Get script's reply as a Hit (`{value, ttl}`), or None for either kind of miss."""
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] is not None:
+        return Hit(bytes(reply[0]), int(reply[1]))
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _generations(token: str, method: str) -> list[str]:

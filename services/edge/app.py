@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram, start_http_server
 
-from common.service import CHANNEL_OPTIONS
+from common.service import CHANNEL_OPTIONS, settle_gc
 from common.settings import Settings, cors_origins
 from edge import envelope, hardening, routes, status, transcode
 from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
@@ -510,6 +510,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    settle_gc()
     log.info("edge listening", extra={"addr": f"{settings.edge_host}:{settings.edge_port}"})
     try:
         await stop.wait()

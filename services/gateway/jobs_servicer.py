@@ -34,6 +34,7 @@ from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 from gateway import batch, convert, history, idempotency, identity, metrics, uploads, validation
 from gateway.batcher import JobCommitter
 from gateway.events import EventHub
+from gateway.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
         self.admission = admission.Admission.from_settings(redis, settings, wire)
         self.idempotency = idempotency.IdempotencyKeys(redis, wire)
+        self.turns = Turns(settings.gateway_user_turns)
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -110,8 +112,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
         validation.validate_submit(request)
         identity.require_user(request.user_id)
-        job_id = uuid.uuid4().hex
         client = identity.client_id()
+        async with self.turns.turn((client, request.user_id)):
+            return await self._submit(request, context, client, extra)
+
+    async def _submit(
+        self,
+        request: jobs_pb2.SubmitJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        client: str,
+        extra: dict[str, Any] | None,
+    ) -> jobs_pb2.SubmitJobResponse:
+        job_id = uuid.uuid4().hex
         await self.admit(client, [job_id])
         try:
             response = await self._accept(request, context, job_id, extra)

@@ -270,7 +270,8 @@ class Mover:
                 ("ZADD", keys.MOVERS, now_ms, self.consumer),
                 ("ZRANGEBYSCORE", keys.MOVERS, "-inf", silent),
             ]
-        commands += [self._read_command(streams, n) for _, streams, n in reads]
+        groups = _grouped(reads)
+        commands += [self._read_command(streams, n) for streams, n, _ in groups]
         try:
             replies = iter(await self._wire.execute(commands))
         except RedisError:
@@ -300,8 +301,8 @@ class Mover:
         chore_replies = _ok([next(replies) for _ in range(3)]) if chores else []
         if beat:
             self._dead = [m for m in _ok([next(replies), next(replies)])[1] if m != self.consumer]
-        for (state, streams, n), result in zip(reads, replies, strict=True):
-            await self._hold(now, state, streams, n, result)
+        for (_, n, members), result in zip(groups, replies, strict=True):
+            await self._hold_all(now, members, n, result)
         if grant is not None:
             self._granted(now, ask, grant)
         looked.decision = await self._breakers(now, states)
@@ -361,7 +362,7 @@ class Mover:
             await upkeep.keep_fresh(self._redis, self.consumer, self._tokens, idle_s / 4)
 
     def _reads(self, plan: dict[str, int]) -> list[tuple[TokenState, list[str], int]]:
-        """For each planned token holding too few: its short priority streams, read in one command."""
+        """For each planned token holding too few: its short priority streams (read together: `_grouped`)."""
         reads = []
         for token, n in plan.items():
             state = self._tokens.get(token)
@@ -386,18 +387,24 @@ class Mover:
             *arrows,
         )
 
-    async def _hold(self, now: float, state: TokenState, streams: list[str], n: int, result: Any) -> None:
+    async def _hold_all(
+        self, now: float, members: list[tuple[TokenState, list[str]]], n: int, result: Any
+    ) -> None:
+        """Hold what one read of several tokens' streams returned (each stream's entries with its token)."""
         if isinstance(result, Exception):
             if not redisio.is_nogroup(result):
                 raise result
-            for stream in keys.token_streams(state.token):
-                await redisio.ensure_group(self._redis, stream, keys.MOVER_GROUP)
+            # One stream without its group fails the whole read: make sure every one has it.
+            for state, _ in members:
+                for stream in keys.token_streams(state.token):
+                    await redisio.ensure_group(self._redis, stream, keys.MOVER_GROUP)
             return  # not known to be empty: read again next round
         got: dict[str, list[Held]] = {}
         for stream, entries in result or []:
             got[stream] = [Held(stream, entry_id, _pairs(flat), now) for entry_id, flat in entries if flat]
-        for stream in streams:
-            state.add_read(priority_of(stream), got.get(stream, []), n)
+        for state, streams in members:
+            for stream in streams:
+                state.add_read(priority_of(stream), got.get(stream, []), n)
 
     def _granted(self, now: float, ask: int, grant: Grant) -> None:
         self._last_grant = grant.granted
@@ -517,9 +524,10 @@ class Mover:
         reads = self._reads(plan)
         if not reads:
             return
-        replies = await self._wire.execute([self._read_command(streams, n) for _, streams, n in reads])
-        for (state, streams, n), result in zip(reads, replies, strict=True):
-            await self._hold(now, state, streams, n, result)
+        groups = _grouped(reads)
+        replies = await self._wire.execute([self._read_command(streams, n) for streams, n, _ in groups])
+        for (_, n, members), result in zip(groups, replies, strict=True):
+            await self._hold_all(now, members, n, result)
 
     def _pace(self, room: int, moved: int) -> None:
         """The pause before the next round: about a quarter of the backlog should be free by then."""
@@ -697,6 +705,20 @@ class Mover:
             keys.DELAYED, "-inf", int(time.time() * 1000), start=0, num=500
         )
         return await upkeep.requeue_due(self._redis, due)
+
+
+def _grouped(
+    reads: list[tuple[TokenState, list[str], int]],
+) -> list[tuple[list[str], int, list[tuple[TokenState, list[str]]]]]:
+    """The reads of a round as one XREADGROUP per count (COUNT applies per stream): (streams, count,
+    the tokens and their streams). Most rounds read every token for the same count: one command."""
+    by_count: dict[int, list[tuple[TokenState, list[str]]]] = {}
+    for state, streams, n in reads:
+        by_count.setdefault(n, []).append((state, streams))
+    return [
+        ([stream for _, streams in members for stream in streams], n, members)
+        for n, members in by_count.items()
+    ]
 
 
 def _ack_commands(acks: dict[str, list[str]]) -> list[Command]:

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from opentelemetry import trace
 from pymongo.errors import ConnectionFailure, PyMongoError
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, resp, telemetry
-from common.admission import Admission
+from common.admission import Admission, release_on
 from common.announce import announce, announce_on
 from common.blobs import BlobStore
 from common.flickr_errors import Failure
@@ -43,6 +46,21 @@ from worker.flickr import FlickrClient, Success
 from worker.uploads import Uploader
 
 log = logging.getLogger(__name__)
+
+# What `_record` did: the job was not ours any more; recorded (the entry still to acknowledge);
+# recorded and acknowledged in the same round trip.
+NOT_OWNED, RECORDED, SETTLED = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """A final outcome's tag (common.jobstore): what `_after` queues once its write won."""
+
+    entry: jobs.JobEntry
+    state: str
+    stream: str
+    entry_id: str
+    ack: bool
 
 
 class Executor:
@@ -71,6 +89,8 @@ class Executor:
         self._guard = FlickrGuard(redis, settings)
         # A final job stops counting against its client's backpressure cap (common.admission).
         self._admission = Admission.from_settings(redis, settings, wire)
+        # A turn's outcomes are announced, released and acknowledged with their hot copies (_after).
+        store.after = self._after
         self._blobs = BlobStore(store.jobs.database)
         self._uploads = Uploader(
             flickr, self._blobs, settings.upload_ticket_timeout_s, settings.flickr_timeout_s
@@ -108,8 +128,9 @@ class Executor:
             if paused_ms:
                 await self._defer(stream, entry_id, entry, paused_ms)
                 return
+            # The claim's hot copy and RUNNING hint may wait for the outcome (common.jobstore).
             claim = await self._store.claim(
-                entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev
+                entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev, tag=entry.job_id
             )
             if claim is None:
                 await self._not_claimed(stream, entry_id, entry)
@@ -127,7 +148,8 @@ class Executor:
                     return
                 # ABSENT: the write certainly did not happen; the run below sends it.
             self._failpoints.hit(failpoints.WORKER_CLAIMED)
-            await self._announce(entry.job_id, jobs.RUNNING, has_callback=False)
+            if not claim.tagged:
+                await self._announce(entry.job_id, jobs.RUNNING, has_callback=False)
             metrics.IN_FLIGHT.inc()
             try:
                 async with self._lease_kept(stream, entry_id, entry.job_id, rev):
@@ -141,8 +163,10 @@ class Executor:
                 metrics.IN_FLIGHT.dec()
             self._failpoints.hit(failpoints.WORKER_ANSWERED)
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
-            if await self._record_kept(stream, entry_id, entry, rev, outcome, from_cache):
+            recorded = await self._record_kept(stream, entry_id, entry, rev, outcome, from_cache)
+            if recorded == RECORDED:
                 await self._ack(stream, entry_id, entry)
+            if recorded != NOT_OWNED:
                 self._failpoints.hit(failpoints.WORKER_ACKED)
 
     def _run_deadline(self, entry: jobs.JobEntry) -> float:
@@ -316,7 +340,7 @@ class Executor:
         rev: int,
         outcome: Success | Failure,
         from_cache: bool,
-    ) -> bool:
+    ) -> int:
         """`_record`, retried while MongoDB cannot be reached, the entry kept ours meanwhile.
 
         The call has run: left pending, the entry would be taken over after the visibility timeout
@@ -368,38 +392,28 @@ class Executor:
         rev: int,
         outcome: Success | Failure,
         from_cache: bool,
-    ) -> bool:
-        """Write the outcome to MongoDB and announce it; False when this worker no longer owns the job."""
+    ) -> int:
+        """Write the outcome to MongoDB and announce it: NOT_OWNED when this worker no longer owns the
+        job, RECORDED (the entry still to acknowledge) or SETTLED (acknowledged with the outcome).
+
+        A final outcome's hint (and webhook), release and acknowledgement go in the Redis round trip of
+        its hot copy (`_after`); a retry's are sent after it.
+        """
         attempt = entry.attempt + 1
-        if isinstance(outcome, Success):
-            state, owned = (
-                jobs.COMPLETED,
-                await self._store.finish(
-                    entry.job_id,
-                    rev,
-                    jobs.COMPLETED,
-                    result=outcome.body,
-                    from_cache=from_cache,
-                ),
-            )
-        elif (
-            outcome.retryable
+        retry = (
+            not isinstance(outcome, Success)
+            and outcome.retryable
             and attempt < entry.max_attempts
             and not (outcome.ambiguous and _is_write(entry))
-        ):
-            due = now() + timedelta(
-                seconds=backoff.delay(
-                    attempt, self._settings.worker_backoff_base_s, self._settings.worker_backoff_max_s
-                )
-            )
-            retry = entry.next_attempt(rev + 1).with_trace(dict(telemetry.inject_fields({})))
-            # Scheduled before the state says so: a crash in between repeats an attempt, never loses one.
-            await self._redis.zadd(
-                keys.DELAYED, {json.dumps(retry.to_fields(), sort_keys=True): int(due.timestamp() * 1000)}
-            )
-            state, owned = (
-                jobs.RETRYING,
-                await self._store.schedule_retry(entry.job_id, rev, _error(outcome), due),
+        )
+        if retry:
+            assert isinstance(outcome, Failure)
+            return await self._record_retry(entry, rev, outcome, attempt)
+        # An upload's photo bytes go before its entry is acknowledged: a crash in between repeats that.
+        settle = _Settle(entry, jobs.COMPLETED, stream, entry_id, ack=not entry.blob_id)
+        if isinstance(outcome, Success):
+            owned = await self._store.finish(
+                entry.job_id, rev, jobs.COMPLETED, result=outcome.body, from_cache=from_cache, tag=settle
             )
         else:
             error = _error(outcome)
@@ -415,27 +429,63 @@ class Executor:
                 await self._dead_letter(
                     stream, entry_id, entry.to_fields(), "attempts_exhausted", outcome.message
                 )
-            state, owned = (
-                jobs.FAILED,
-                await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error),
-            )
+            settle = dataclasses.replace(settle, state=jobs.FAILED)
+            owned = await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error, tag=settle)
         if not owned:
-            log.warning("lost ownership of the job before recording %s", state)
-            return False
-        self._failpoints.hit(failpoints.WORKER_RECORDED)
-        metrics.JOBS.labels(outcome=state).inc()
-        if state in jobs.FINAL_STATES:
-            await self._discard_blob(entry.blob_id)
-        if state in jobs.FINAL_STATES and entry.enqueued_ms:
+            log.warning("lost ownership of the job before recording %s", settle.state)
+            return NOT_OWNED
+        metrics.JOBS.labels(outcome=settle.state).inc()
+        if entry.enqueued_ms:
             metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
-        await self._announce(entry.job_id, state, has_callback=entry.has_callback)
         self._failpoints.hit(failpoints.WORKER_ANNOUNCED)
-        if state in jobs.FINAL_STATES:
-            await self._release(entry)
+        await self._discard_blob(entry.blob_id)
         log.info(
-            "job %s", state, extra={"job_id": entry.job_id, "attempt": attempt, "from_cache": from_cache}
+            "job %s",
+            settle.state,
+            extra={"job_id": entry.job_id, "attempt": attempt, "from_cache": from_cache},
         )
-        return True
+        return SETTLED if settle.ack else RECORDED
+
+    async def _record_retry(self, entry: jobs.JobEntry, rev: int, outcome: Failure, attempt: int) -> int:
+        """Schedule the next attempt of a transient failure, then record and announce RETRYING."""
+        due = now() + timedelta(
+            seconds=backoff.delay(
+                attempt, self._settings.worker_backoff_base_s, self._settings.worker_backoff_max_s
+            )
+        )
+        retry = entry.next_attempt(rev + 1).with_trace(dict(telemetry.inject_fields({})))
+        # Scheduled before the state says so: a crash in between repeats an attempt, never loses one.
+        await self._redis.zadd(
+            keys.DELAYED, {json.dumps(retry.to_fields(), sort_keys=True): int(due.timestamp() * 1000)}
+        )
+        if not await self._store.schedule_retry(entry.job_id, rev, _error(outcome), due):
+            log.warning("lost ownership of the job before recording %s", jobs.RETRYING)
+            return NOT_OWNED
+        self._failpoints.hit(failpoints.WORKER_RECORDED)
+        metrics.JOBS.labels(outcome=jobs.RETRYING).inc()
+        await self._announce(entry.job_id, jobs.RETRYING, has_callback=entry.has_callback)
+        self._failpoints.hit(failpoints.WORKER_ANNOUNCED)
+        log.info("job %s", jobs.RETRYING, extra={"job_id": entry.job_id, "attempt": attempt})
+        return RECORDED
+
+    def _after(self, pipe: Pipeline, tags: list[Any]) -> None:
+        """JobStore.after: after the hot copies of a turn's claims and outcomes, on their pipeline,
+        the hints (and webhooks), then for outcomes the releases and acknowledgements."""
+        settles = [t for t in tags if isinstance(t, _Settle)]
+        if settles:
+            self._failpoints.hit(failpoints.WORKER_RECORDED)
+        announce_on(
+            pipe,
+            [
+                (t.entry.job_id, t.state, t.entry.has_callback)
+                if isinstance(t, _Settle)
+                else (t, jobs.RUNNING, False)
+                for t in tags
+            ],
+        )
+        if settles:
+            release_on(pipe, [(t.entry.client_id, [t.entry.job_id]) for t in settles])
+            _ack_on(pipe, [(t.stream, t.entry_id, t.entry) for t in settles if t.ack])
 
     async def _release(self, entry: jobs.JobEntry) -> None:
         """Stop counting a final job against the caps; a Redis error leaves the entry to come back."""
@@ -504,23 +554,15 @@ class Executor:
     async def _ack_all(self, handled: list[tuple[str, str, jobs.JobEntry | None]]) -> list[None]:
         """Every entry handled in one turn, acknowledged in one round trip: an XACK and an XDEL per
         stream and a ZREM per token, whatever the number of entries."""
-        by_stream: dict[str, list[str]] = {}
-        by_token: dict[str, list[str]] = {}
-        for stream, entry_id, entry in handled:
-            by_stream.setdefault(stream, []).append(entry_id)
-            if entry is not None:
-                by_token.setdefault(entry.token, []).append(entry.job_id)
         pipe = self._redis.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, keys.WORKER_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-        for token, job_ids in by_token.items():
-            pipe.zrem(keys.token_in_flight(token), *job_ids)
+        _ack_on(pipe, handled)
         _raise_first(await resp.run(pipe, self._wire))
         return [None] * len(handled)
 
     async def close(self) -> None:
-        """Stop the heartbeat task (the runs it kept are over or handed back)."""
+        """Send the hot copies still deferred; stop the heartbeat task (its runs are over or handed back)."""
+        with contextlib.suppress(RedisError):
+            await self._store.flush()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -544,6 +586,22 @@ class Executor:
                 }
             ),
         )
+
+
+def _ack_on(pipe: Pipeline, handled: list[tuple[str, str, jobs.JobEntry | None]]) -> None:
+    """Queue the acknowledgement of handled entries: an XACK and an XDEL per stream and a ZREM per
+    token (its in-flight count), whatever the number of entries."""
+    by_stream: dict[str, list[str]] = {}
+    by_token: dict[str, list[str]] = {}
+    for stream, entry_id, entry in handled:
+        by_stream.setdefault(stream, []).append(entry_id)
+        if entry is not None:
+            by_token.setdefault(entry.token, []).append(entry.job_id)
+    for stream, ids in by_stream.items():
+        pipe.xack(stream, keys.WORKER_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+    for token, job_ids in by_token.items():
+        pipe.zrem(keys.token_in_flight(token), *job_ids)
 
 
 def _raise_first(replies: list[Any]) -> None:

@@ -135,6 +135,41 @@ async def test_a_batch_is_one_round_trip_of_the_same_scripts_and_counts_once(
     assert (stats.hits, stats.misses, stats.puts) == (10, 10, 20)
 
 
+async def test_a_put_after_a_miss_of_its_scope_is_one_set_under_the_generations_the_miss_read(
+    stub: Stub, cache_redis: redisio.Redis
+) -> None:
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(1, "seed", b"v")]))  # seeds the generations
+    assert not (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(2, "a")]))).results[0].get.hit
+    await cache_redis.config_resetstat()
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(3, "a", b"answer")]))
+    assert await _commands(cache_redis) == {"set": 1}  # no script: the miss just read the generations
+    again = (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(4, "a")]))).results[0].get
+    assert again.hit and again.value == b"answer"
+    # A write invalidates the scope between a miss and its Put: what the Put stores (an answer that
+    # may predate the write) lands under the old generations, where no lookup finds it.
+    assert not (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(5, "b")]))).results[0].get.hit
+    await stub.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN))
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(6, "b", b"before the write")]))
+    assert not (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(7, "b")]))).results[0].get.hit
+    # That lookup read the new generations: the next Put is found.
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(8, "b", b"after")]))
+    after = (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(9, "b")]))).results[0].get
+    assert after.hit and after.value == b"after"
+
+
+async def test_after_a_generation_is_lost_a_put_seeds_it_again_instead_of_using_what_a_miss_read(
+    stub: Stub, cache_redis: redisio.Redis
+) -> None:
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(1, "seed", b"v")]))
+    assert not (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(2, "a")]))).results[0].get.hit
+    await cache_redis.delete(keys.cache_generation(TOKEN))  # evicted (allkeys-lru)
+    assert not (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(3, "a")]))).results[0].get.hit
+    await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_put(4, "a", b"answer")]))
+    assert await cache_redis.exists(keys.cache_generation(TOKEN)) == 1  # the script seeded it
+    found = (await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(5, "a")]))).results[0].get
+    assert found.hit and found.value == b"answer"
+
+
 async def test_more_than_256_operations_are_refused_whole(stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Exchange(cache_pb2.CacheBatchRequest(ops=[_get(i, str(i)) for i in range(257)]))

@@ -138,6 +138,26 @@ async def test_client_weights_give_a_weighted_share(
     assert per_client["light"] == 100
 
 
+async def test_a_round_reads_every_planned_token_in_one_command(
+    redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = _mover_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_work_backlog=1000)
+    tokens = [f"t{i:02d}" for i in range(30)]
+    await _fill(redis, [_entry(0, t) for t in tokens])
+    mover = Mover(settings, redis, "m")
+    await mover.run_round()  # creates the consumer groups
+    await _fill(redis, [_entry(i, t) for t in tokens for i in (1, 2)])
+    await redis.config_resetstat()
+    for _ in range(4):
+        await mover.run_round()
+    stats = await redis.info("commandstats")
+    reads = int(stats["cmdstat_xreadgroup"]["calls"])
+    # Thirty tokens' streams (three priorities each) planned together: one XREADGROUP per round that
+    # reads, not one per token.
+    assert reads <= 4, reads
+    assert len(await _take_work(redis)) == 90  # the first round's 30 and the 60 queued after
+
+
 async def test_a_flood_holds_at_most_its_in_flight_cap_of_the_work_streams(
     redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
 ) -> None:
