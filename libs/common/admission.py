@@ -5,7 +5,8 @@ The count is two sorted sets of job ids scored by acceptance time (ms): one per 
 Ids, not counters, because every step that touches them can be repeated safely:
 
 - the gateway reserves a submission's ids (one Lua step for all submissions of an event-loop
-  turn: count, refuse or add; stale ids are trimmed when a cap would refuse) before it writes
+  turn, or that arrived while the previous step was in flight: count, refuse or add; stale ids
+  are trimmed when a cap would refuse) before it writes
   anything, and releases them when the submission fails or is a duplicate;
 - whoever makes a job final releases its id: the worker (completed, failed, expired,
   write outcome unknown) and the gateway's CancelJob. A redelivered entry of a job
@@ -181,8 +182,13 @@ class Admission:
         self.total_cap = total_cap
         self._horizon_ms = int(horizon_s * 1000)
         self._retry_after_s = retry_after_s
-        # Submissions of one event-loop turn share one script call (common.groupcommit).
-        self._turn: Batcher[tuple[str, Sequence[str]], tuple[int, int]] = Batcher(self._admit_all)
+        # Submissions of one event-loop turn share one script call (common.groupcommit), and so do
+        # those that arrive while a call is in flight: grpc.aio hands each call its own loop turn, so
+        # under load a turn held one submission (two ZADDs and an EVAL per job); one call in flight
+        # lets the batch grow with Redis's latency instead, and a lone submission still goes at once.
+        self._turn: Batcher[tuple[str, Sequence[str]], tuple[int, int]] = Batcher(
+            self._admit_all, max_in_flight=1
+        )
         # The last count read of each set (KEYS name -> (open ids, when read)), plus what this replica
         # admitted since: what tells a turn it may skip counting.
         self._known: dict[str, tuple[int, float]] = {}

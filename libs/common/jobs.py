@@ -104,6 +104,9 @@ class JobEntry:
     rev: int = 0
     # The API key id that submitted the job: the mover's fair scheduler shares moves out by client.
     client_id: str = ""
+    # Work entries only: when the mover moved it (ms), naming its keys.IN_FLIGHT member; 0 when the
+    # mover counted no in-flight cap. Not written by to_fields: each move sets its own.
+    moved_ms: int = 0
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for XADD (trace context under its W3C header names)."""
@@ -152,6 +155,7 @@ class JobEntry:
                 blob_id=fields.get("blob_id", ""),
                 rev=int(fields.get("rev", 0)),
                 client_id=fields.get("client_id", ""),
+                moved_ms=int(fields.get("moved_ms", 0)),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc!r}") from exc

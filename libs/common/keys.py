@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 PREFIX = "fh"
 TARGETS = ("rest", "upload", "replace")
@@ -72,9 +72,36 @@ def work_stream(target: str) -> str:
     return f"{PREFIX}:work:{{work}}:{target}"
 
 
-def token_in_flight(token_id_hash: str) -> str:
-    """Sorted set of a token's jobs in the work streams (job id → when moved, ms), for its in-flight cap."""
-    return f"{PREFIX}:inflight:{{{token_id_hash}}}"
+# Every entry in the work streams, for the tokens' in-flight caps: one sorted set whose members all
+# score 0 and sort by name, `<token>|<when moved, ms, 13 digits>|<job id>` (see in_flight_member).
+# One ZADD carries a mover round's moves and one ZREM a worker turn's acknowledgements, whatever
+# their tokens; a token's count is a ZLEXCOUNT over its own range.
+IN_FLIGHT = f"{PREFIX}:inflight:{{work}}"
+
+
+def in_flight_member(token_id_hash: str, moved_ms: int, job_id: str) -> str:
+    """The IN_FLIGHT member of one entry moved at `moved_ms` (the work entry carries `moved_ms`)."""
+    return f"{token_id_hash}|{moved_ms:013d}|{job_id}"
+
+
+def in_flight_counts(members: Iterable[str | bytes], since_ms: int = 0) -> dict[str, int]:
+    """Per token, how many of `members` (IN_FLIGHT names) were moved at or after `since_ms`."""
+    counts: dict[str, int] = {}
+    for raw in members:
+        member = raw.decode() if isinstance(raw, bytes) else raw
+        token, _, rest = member.partition("|")
+        moved = rest[:13]
+        if moved.isdigit() and int(moved) >= since_ms:
+            counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+def in_flight_range(token_id_hash: str, since_ms: int = 0) -> tuple[str, str]:
+    """ZLEXCOUNT / ZRANGEBYLEX bounds of a token's members moved at or after `since_ms`.
+
+    '}' sorts right after '|', so the range holds exactly the names that start with `<token>|`.
+    """
+    return f"[{token_id_hash}|{since_ms:013d}", f"({token_id_hash}}}"
 
 
 def delayed_lock() -> str:
@@ -127,13 +154,13 @@ def cache_digest(method: str, params: Mapping[str, str], token_id_hash: str) -> 
 
 
 def cache_entry_prefix(token_id_hash: str) -> str:
-    """Start of every entry key in a token's cache scope (the Lua scripts append generations and digest)."""
+    """Start of every entry key in a token's cache scope."""
     return f"{PREFIX}c:e:{{{token_id_hash}}}:"
 
 
-def cache_entry(token_id_hash: str, generation: int, method_generation: int, digest: str) -> str:
-    """Key of one cached answer inside its token's scope and generations."""
-    return f"{cache_entry_prefix(token_id_hash)}{generation}:{method_generation}:{digest}"
+def cache_entry(token_id_hash: str, digest: str) -> str:
+    """Key of one cached answer in its token's scope (its value names the generations it was stored under)."""
+    return f"{cache_entry_prefix(token_id_hash)}{digest}"
 
 
 CACHE_STATS = f"{PREFIX}c:stats"

@@ -4,20 +4,29 @@ Key layout (all names come from `common.keys`; `{T}` is the token's hash tag):
 
     fhc:gen:{T}             the token's generation
     fhc:gen:{T}:<method>    the token+method generation
-    fhc:e:{T}:<gen>:<mgen>:<digest>   one answer; digest = SHA-256(method, sorted params, T)
+    fhc:e:{T}:<digest>      one answer; digest = SHA-256(method, sorted params, T)
     fhc:stats               hits / misses / puts of every replica, also per method (`hits:<method>`)
     fhc:hot                 warming only: decayed request counts per key (member = canonical request)
     fhc:warm:{T}:<digest>   warming only: held while a worker refetches that entry
 
-Invalidating a token (or a token's method) moves its generation forward: every
-older entry becomes unreachable at once, whatever their number, and ages out by
-TTL or LRU. Get and Put read the generations and touch the entry in one Lua call
-(one round trip, pipelined with the stats increments); every key a script
-touches carries the token's hash tag, so it stays inside one cluster slot. A miss
-hands back the generations it read, and a batched Put of that scope soon after is a
-plain SET under them (one command instead of three): if a write moved the
-generations in between, the answer, which may predate the write, lands where no
-lookup finds it.
+An entry's value is a header line, then the answer's bytes:
+
+    b"<gen>:<mgen>:<expires_at>\\n" + answer
+
+the generation and method generation it was stored under, and when it expires (unix seconds,
+the service's clock). The header holds only digits and colons, so its first newline ends it,
+whatever the answer holds.
+
+Invalidating a token (or a token's method) moves its generation forward: every older entry stops
+matching at once, whatever their number, and ages out by TTL or LRU (or is overwritten by the
+next Put of its key). A Get is one MGET of both generations and the entry, no script (pipelined
+with the stats increments): a hit when both generations exist and equal the header's. A Put is a
+Lua script that reads the generations (seeding a missing one) and writes the entry with them;
+every key a script touches carries the token's hash tag, so it stays inside one cluster slot. A
+miss keeps the generations it read, and a batched Put of that scope soon after is a plain SET
+with them in its header (one command instead of three): if a write moved the generations in
+between, the answer, which may predate the write, is stored with generations no lookup matches
+(a miss, never a stale hit).
 
 Generations are seeded from the Redis clock (microseconds) and never restart at
 a fixed value: this Redis runs allkeys-lru, so it may evict a generation key
@@ -42,7 +51,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from cache.roundtrip import Command, RoundTrips
@@ -79,37 +87,25 @@ local function now_us()
 end
 """
 
-# KEYS: token generation, token+method generation. ARGV: entry prefix, digest.
-# → {value, seconds left} (hit), {false, generation, method generation} (miss), false (a generation
-# is missing: no entry can match). A miss hands back the generations it read: the Put that
-# follows stores under them (see CacheStore._put_command).
-_GET = """
+# KEYS: token generation, token+method generation, entry, warm claim.
+# ARGV: refresh within (s), claim ttl (s). → seconds left, or false
+# Only a live entry of the current generations (its header's) is refreshed: an invalidated or
+# expired one waits for a real request (warming never brings back what a write or an operator dropped).
+_CLAIM = """
 local g = redis.call('MGET', KEYS[1], KEYS[2])
 if not g[1] or not g[2] then return false end
-local entry = ARGV[1] .. g[1] .. ':' .. g[2] .. ':' .. ARGV[2]
-local value = redis.call('GET', entry)
-if not value then return {false, g[1], g[2]} end
-return {value, redis.call('TTL', entry)}
-"""
-
-# KEYS: token generation, token+method generation, warm claim.
-# ARGV: entry prefix, digest, refresh within (s), claim ttl (s). → seconds left, or false
-# Only a live entry of the current generations is refreshed: an invalidated or expired one waits
-# for a real request (warming never brings back what a write or an operator dropped).
-_CLAIM = """
-local g = redis.call('GET', KEYS[1])
-if not g then return false end
-local mg = redis.call('GET', KEYS[2])
-if not mg then return false end
-local ttl = redis.call('TTL', ARGV[1] .. g .. ':' .. mg .. ':' .. ARGV[2])
-if ttl < 0 or ttl > tonumber(ARGV[3]) then return false end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return false end
+local head = g[1] .. ':' .. g[2] .. ':'
+if redis.call('GETRANGE', KEYS[3], 0, #head - 1) ~= head then return false end
+local ttl = redis.call('TTL', KEYS[3])
+if ttl < 0 or ttl > tonumber(ARGV[1]) then return false end
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[2]) then return false end
 return ttl
 """
 
-# KEYS: token generation, token+method generation.
-# ARGV: entry prefix, digest, value, ttl, generation ttl, then per generation '1' when its expiry is
-# to be renewed (see CacheStore._renewals). → 1
+# KEYS: token generation, token+method generation, entry.
+# ARGV: value, ttl, expires at (unix s), generation ttl, then per generation '1' when its expiry is
+# to be renewed (see CacheStore._renewals), then optionally the generations a miss read, which the
+# header then carries instead of the current ones (see CacheStore._put_command). → 1
 _PUT = (
     _NOW_US
     + """
@@ -118,14 +114,15 @@ local function generation(i)
   local v = g[i]
   if not v then
     v = now_us()
-    redis.call('SET', KEYS[i], v, 'EX', ARGV[5])
-  elseif ARGV[5 + i] == '1' then
-    redis.call('EXPIRE', KEYS[i], ARGV[5])
+    redis.call('SET', KEYS[i], v, 'EX', ARGV[4])
+  elseif ARGV[4 + i] == '1' then
+    redis.call('EXPIRE', KEYS[i], ARGV[4])
   end
   return v
 end
-local entry = ARGV[1] .. generation(1) .. ':' .. generation(2) .. ':' .. ARGV[2]
-redis.call('SET', entry, ARGV[3], 'EX', ARGV[4])
+local gen, mgen = generation(1), generation(2)
+if ARGV[7] then gen, mgen = ARGV[7], ARGV[8] end
+redis.call('SET', KEYS[3], gen .. ':' .. mgen .. ':' .. ARGV[3] .. '\\n' .. ARGV[1], 'EX', ARGV[2])
 return 1
 """
 )
@@ -192,7 +189,7 @@ def method_label(method: str) -> str:
 class CacheStore:
     """Reads and writes cached Flickr answers (its client has decode=False: values are bytes).
 
-    Hit and miss counts are only known once a Get's script has answered, so they
+    Hit and miss counts are only known once a Get's MGET has answered, so they
     ride the next pipeline this store sends (or `flush_stats`, which the app runs
     every second): the shared counters stay one round trip per operation.
     """
@@ -204,14 +201,13 @@ class CacheStore:
         self._ttls = settings.cache_ttls
         self.warming = settings.cache_warm_enabled
         self._hot_keep = settings.cache_warm_top * HOT_KEEP_FACTOR
-        self._get = redis.register_script(_GET)
         self._put = redis.register_script(_PUT)
         self._invalidate = redis.register_script(_INVALIDATE)
         self._claim = redis.register_script(_CLAIM)
         self._pending: Counter[str] = Counter()
         self._renewed: dict[str, float] = {}  # generation key -> when this replica last renewed it
         # (generation key, method generation key) -> the values a miss read there, and when.
-        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._seen: dict[tuple[str, str], tuple[bytes, bytes, float]] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._trips = RoundTrips(redis, keep=MAX_IN_FLIGHT)
 
@@ -258,24 +254,22 @@ class CacheStore:
         """The cached answer in the token's current scope, or None."""
         try:
             found = await self._call(
-                self._get,
-                _generations(token, method),
-                _entry(method, params, token),
-                hot=self._hot_member(method, params, token),
+                ("MGET", *_lookup(method, params, token)), hot=self._hot_member(method, params, token)
             )
         except RedisError:
             self.count("misses", method)
             raise
-        hit = _hit(found)
+        hit = _hit(found, int(time.time()))
         self.count("hits" if hit else "misses", method)
         return hit
 
     async def put(self, method: str, params: Mapping[str, str], token: str, value: bytes, ttl_s: int) -> None:
         """Store an answer in the token's current scope for `ttl_s` seconds."""
         generations = _generations(token, method)
-        args = [*_entry(method, params, token), value, ttl_s, GENERATION_TTL_S, *self._renewals(generations)]
+        entry = keys.cache_entry(token, keys.cache_digest(method, params, token))
+        args = [value, ttl_s, _expiry(ttl_s), GENERATION_TTL_S, *self._renewals(generations)]
         try:
-            await self._call(self._put, generations, args, extra={"puts": 1})
+            await self._call(("EVALSHA", self._put.sha, 3, *generations, entry, *args), extra={"puts": 1})
         except RedisError:
             self._forget_renewals(generations)
             raise
@@ -283,31 +277,23 @@ class CacheStore:
     async def invalidate(self, token: str, method: str = "") -> int:
         """Drop every entry of the token (or of the token's method) in O(1); the new generation."""
         generation = keys.cache_generation(token, method)
-        return int(await self._call(self._invalidate, [generation], [GENERATION_TTL_S]))
+        return int(await self._call(("EVALSHA", self._invalidate.sha, 1, generation, GENERATION_TTL_S)))
 
     async def exchange(
         self, gets: Sequence[GetOp], puts: Sequence[PutOp]
     ) -> tuple[list[Hit | RedisError | None], list[RedisError | None]]:
         """Every Get and Put of a batch in one round trip (`RoundTrips`): each answer or its error.
 
-        Each operation is the same script call as its single form (so the same commands per
-        operation). The hit/miss/put counts are not sent with the batch: they wait for a single
-        call's pipeline or the app's flush every second, so a busy replica sends a few HINCRBYs a
-        second whatever its load.
+        A Get is the same MGET as its single form; a Put the same script call, or a plain SET
+        after a recent miss of its scope (`_put_command`). The hit/miss/put counts are not sent
+        with the batch: they wait for a single call's pipeline or the app's flush every second, so
+        a busy replica sends a few HINCRBYs a second whatever its load.
         """
         commands: list[Command] = []
-        at: list[int] = []  # position of each operation's script call
+        at: list[int] = []  # position of each operation's command
         for g in gets:
             at.append(len(commands))
-            commands.append(
-                (
-                    "EVALSHA",
-                    self._get.sha,
-                    2,
-                    *_generations(g.token, g.method),
-                    *_entry(g.method, g.params, g.token),
-                )
-            )
+            commands.append(("MGET", *_lookup(g.method, g.params, g.token)))
             if (member := self._hot_member(g.method, g.params, g.token)) is not None:
                 commands.append(("ZINCRBY", keys.CACHE_HOT, 1, member))
         for p in puts:
@@ -325,8 +311,9 @@ class CacheStore:
         if stale := [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]:
             results = await self._rerun([commands[at[i]] for i in stale], stale, results)
         found: list[Hit | RedisError | None] = []
+        now = int(time.time())
         for g, r in zip(gets, results, strict=False):
-            answer = r if isinstance(r, RedisError) else _hit(r)
+            answer = r if isinstance(r, RedisError) else _hit(r, now)
             self.count("hits" if isinstance(answer, Hit) else "misses", g.method)
             found.append(answer)
             if not isinstance(r, RedisError) and answer is None:
@@ -340,29 +327,31 @@ class CacheStore:
     def _saw(self, g: GetOp, reply: Any) -> None:
         """Remember the generations a miss read (or forget them: a generation was missing)."""
         scope = cast("tuple[str, str]", tuple(_generations(g.token, g.method)))
-        if not reply:
+        generation, method_generation, _ = reply
+        if generation is None or method_generation is None:
             self._seen.pop(scope, None)
             return
         if len(self._seen) > SEEN_MAX:
             self._seen.clear()
-        self._seen[scope] = (_text(reply[1]), _text(reply[2]), time.monotonic())
+        self._seen[scope] = (generation, method_generation, time.monotonic())
 
     def _put_command(self, p: PutOp) -> Command:
-        """A Put as one SET under the generations a recent miss of its scope read, else the script.
+        """A Put as one SET with the generations a recent miss of its scope read, else the script.
 
-        Those generations may have moved on since (a write invalidated the scope): the answer is
-        then stored where no lookup will find it, which is right, as it may predate the write.
-        The script (which reads the current generations and seeds a missing one) goes when none
-        were seen, or a generation's expiry is due for renewal.
+        The script (which renews the generations' expiry, and seeds a missing one) still stores
+        the generations the miss read when there are some: the answer may predate a later write.
         """
         generations = _generations(p.token, p.method)
-        prefix, digest = _entry(p.method, p.params, p.token)
+        entry = keys.cache_entry(p.token, keys.cache_digest(p.method, p.params, p.token))
+        expires = _expiry(p.ttl_s)
         renew = self._renewals(generations)
         seen = self._seen.get((generations[0], generations[1]))
-        if seen is not None and "1" not in renew and time.monotonic() - seen[2] < SEEN_S:
-            return ("SET", f"{prefix}{seen[0]}:{seen[1]}:{digest}", p.value, "EX", p.ttl_s)
-        args = (*generations, prefix, digest, p.value, p.ttl_s, GENERATION_TTL_S, *renew)
-        return ("EVALSHA", self._put.sha, 2, *args)
+        if seen is not None and time.monotonic() - seen[2] >= SEEN_S:
+            seen = None
+        if seen is not None and "1" not in renew:
+            return ("SET", entry, _header(seen[0], seen[1], expires) + p.value, "EX", p.ttl_s)
+        args = (p.value, p.ttl_s, expires, GENERATION_TTL_S, *renew, *(seen[:2] if seen else ()))
+        return ("EVALSHA", self._put.sha, 3, *generations, entry, *args)
 
     async def _rerun(self, again: list[Command], stale: list[int], results: list[Any]) -> list[Any]:
         """Reload the scripts (Redis restarted or flushed them) and send the calls that met NOSCRIPT again."""
@@ -390,7 +379,7 @@ class CacheStore:
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (one round trip) so the first calls meet no NOSCRIPT."""
-        scripts = (self._get, self._put, self._invalidate, self._claim)
+        scripts = (self._put, self._invalidate, self._claim)
         pipe = self._redis.pipeline(transaction=False)
         for script in scripts:
             pipe.script_load(script.script)
@@ -474,11 +463,10 @@ class CacheStore:
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             for c in batch:
-                prefix, digest = _entry(c.method, c.params, c.token)
-                claim = keys.cache_warm_claim(c.token, digest)
-                script_keys = [*_generations(c.token, c.method), claim]
-                args = (prefix, digest, within_s, claim_s)
-                pipe.evalsha(self._claim.sha, len(script_keys), *script_keys, *args)
+                digest = keys.cache_digest(c.method, c.params, c.token)
+                entry, claim = keys.cache_entry(c.token, digest), keys.cache_warm_claim(c.token, digest)
+                script_keys = [*_generations(c.token, c.method), entry, claim]
+                pipe.evalsha(self._claim.sha, len(script_keys), *script_keys, within_s, claim_s)
             async with self._slots:
                 results = list(await pipe.execute(raise_on_error=False))
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
@@ -490,21 +478,16 @@ class CacheStore:
         raise AssertionError("unreachable")
 
     async def _call(
-        self,
-        script: AsyncScript,
-        script_keys: Sequence[str],
-        args: Sequence[Any],
-        extra: Mapping[str, int] | None = None,
-        hot: str | None = None,
+        self, command: Command, extra: Mapping[str, int] | None = None, hot: str | None = None
     ) -> Any:
-        """EVALSHA plus the pending stats (and the warming count `hot`) in one pipeline (one round trip).
+        """One command plus the pending stats (and the warming count `hot`) in one pipeline (one round trip).
 
-        Not `script(client=pipe)`: redis-py then sends SCRIPT EXISTS before every
-        pipeline. A NOSCRIPT answer (Redis restarted or flushed its scripts)
-        reloads the script and runs it again, without counting the stats twice.
+        A script is called by EVALSHA, not `script(client=pipe)`: redis-py then sends SCRIPT
+        EXISTS before every pipeline. A NOSCRIPT answer (Redis restarted or flushed its scripts)
+        reloads the scripts and runs the command again, without counting the stats twice.
         """
         pipe = self._redis.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+        pipe.execute_command(*command)
         if hot is not None:
             pipe.zincrby(keys.CACHE_HOT, 1, hot)
         taken = self._queue_stats(pipe, Counter(extra or {}))
@@ -512,7 +495,7 @@ class CacheStore:
         if isinstance(result, NoScriptError):
             async with self._slots:
                 await self.load_scripts()
-                return await self._redis.evalsha(script.sha, len(script_keys), *script_keys, *args)
+                return await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
         if isinstance(result, Exception):
             raise result
         return result
@@ -565,20 +548,37 @@ def _parse_canonical(member: bytes | str) -> tuple[str, dict[str, str], str] | N
     return method, params, token
 
 
-def _hit(reply: Any) -> Hit | None:
-    """A Get script's reply as a Hit (`{value, ttl}`), or None for either kind of miss."""
-    if isinstance(reply, list) and len(reply) == 2 and reply[0] is not None:
-        return Hit(bytes(reply[0]), int(reply[1]))
-    return None
+def _hit(reply: Any, now: int) -> Hit | None:
+    """A Get's MGET reply (generation, method generation, entry) as a Hit, or None for a miss.
+
+    A hit needs both generations and an entry whose header carries them; its seconds left come
+    from the header's expiry (at least 1: the key still exists).
+    """
+    generation, method_generation, entry = reply
+    if generation is None or method_generation is None or entry is None:
+        return None
+    header, newline, value = entry.partition(b"\n")
+    stored, _, rest = header.partition(b":")
+    stored_method, _, expires = rest.partition(b":")
+    if not newline or stored != generation or stored_method != method_generation or not expires.isdigit():
+        return None
+    return Hit(value, min(max(int(expires) - now, 1), MAX_TTL_S))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _header(generation: bytes, method_generation: bytes, expires_at: int) -> bytes:
+    """The start of an entry's value (the `_PUT` script writes the same)."""
+    return b"%s:%s:%d\n" % (generation, method_generation, expires_at)
+
+
+def _expiry(ttl_s: int) -> int:
+    """When an entry stored now for `ttl_s` expires, in unix seconds (rounded down)."""
+    return int(time.time()) + ttl_s
 
 
 def _generations(token: str, method: str) -> list[str]:
     return [keys.cache_generation(token), keys.cache_generation(token, method)]
 
 
-def _entry(method: str, params: Mapping[str, str], token: str) -> list[str]:
-    return [keys.cache_entry_prefix(token), keys.cache_digest(method, params, token)]
+def _lookup(method: str, params: Mapping[str, str], token: str) -> list[str]:
+    """A Get's keys: both generations, then the entry."""
+    return [*_generations(token, method), keys.cache_entry(token, keys.cache_digest(method, params, token))]

@@ -12,10 +12,13 @@ The work streams are kept shallow (MOVER_WORK_BACKLOG undelivered entries): what
 waits, waits in the token queues, where the scheduler still orders it. A work
 stream filled with one token's flood would put every later job behind the flood.
 For the same reason one token may have at most MOVER_TOKEN_IN_FLIGHT entries in the
-work streams at once, waiting or running: the mover records each entry it moves in
-the token's in-flight set and the worker removes it when it acknowledges the entry.
+work streams at once, waiting or running: the mover records each entry it moves in the
+in-flight set (keys.IN_FLIGHT, one ZADD per round for every token) and the worker removes it
+when it acknowledges the entry (one ZREM per turn); one token's count is a ZLEXCOUNT of its range,
+several tokens' are read from the whole set at once.
 A member whose worker died before removing it stops counting after the workers'
-visibility timeout, so a lost removal can tighten the cap for a while, never for good.
+visibility timeout (and is dropped by the next trim, every IN_FLIGHT_TRIM_S), so a lost removal
+can tighten the cap for a while, never for good.
 
 What a round costs does not grow with the number of active tokens: the mover keeps what it
 knows about them between rounds (mover.view) and asks Redis only what may have changed. A
@@ -34,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +76,9 @@ CAPPED_RECHECK_MAX_S = 0.16
 BREAKER_CACHE_S = 0.1
 # Budget taken and not spent within this long is given up (a grant never waits long for its calls).
 CREDIT_S = 1.0
-# An in-flight set's expiry is renewed at least this often while its token moves.
-IN_FLIGHT_TOUCH_S = 30.0
+# In-flight members older than the workers' visibility timeout (removals that never came) are
+# dropped this often.
+IN_FLIGHT_TRIM_S = 30.0
 # A budget that allows more calls this soon is waited for by the next round's own round trips.
 BUDGET_SPIN_S = 0.002
 # Pacing: the pause after a round that found the work streams full adapts within these bounds.
@@ -127,6 +131,7 @@ class Mover:
         self._last_fresh = self._started
         self._last_pump = float("-inf")
         self._last_gauges = float("-inf")
+        self._last_trim = float("-inf")
         self._lease = redis.register_script(upkeep.LEASE)
         self._guard = FlickrGuard(redis, settings)
         self._breaker_keys = [
@@ -188,6 +193,9 @@ class Mover:
         if now - self._last_gauges >= GAUGES_S:
             self._last_gauges = now
             await upkeep.export_depths(self._redis)
+        if self.scheduler.in_flight_cap and now - self._last_trim >= IN_FLIGHT_TRIM_S:
+            self._last_trim = now
+            await upkeep.trim_in_flight(self._redis, int(time.time() * 1000) - self._horizon_ms)
         plan, ask = self._speculate(now)
         looked = await self._look(now, plan, ask)
         await self._claims(now)
@@ -242,12 +250,11 @@ class Mover:
         commands = _ack_commands(acks)
         for token in checks:
             commands += drain.check(token)
-        for target in targets:
-            stream = keys.work_stream(target)
-            commands += [("XLEN", stream), ("XPENDING", stream, keys.WORKER_GROUP)]
+        # The workers' group's lag is what waits undelivered (one command; XLEN - XPENDING when unknown).
+        commands += [("XINFO", "GROUPS", keys.work_stream(target)) for target in targets]
         commands += [("SCARD", keys.ACTIVE_TOKENS), ("GET", keys.ACTIVE_CHANGES)]
         since = int(time.time() * 1000) - self._horizon_ms
-        commands += [("ZCOUNT", keys.token_in_flight(t.token), since, "+inf") for t in capped]
+        commands += _count_commands(capped, since)
         if breakers:
             commands += [("HGET", key, "state") for key in self._breaker_keys]
         if ask:
@@ -283,14 +290,16 @@ class Mover:
         width = len(keys.PRIORITIES)
         for token in checks:
             self._ends.append((token, drain.holds(_ok([next(replies) for _ in range(width)]))))
-        waiting = [_waiting(next(replies), next(replies)) for _ in targets]
+        lags = [_lag(next(replies)) for _ in targets]
+        waiting = await self._waiting(targets, lags) if None in lags else [int(lag or 0) for lag in lags]
         if others:
             self._others_at, self._other_waiting = now, sum(waiting[1:])
         looked = _Looked(room=self._settings.mover_work_backlog - waiting[0] - self._other_waiting)
         self._room_seen = max(0, looked.room)
         card, changes = _ok([next(replies), next(replies)])
-        for state in capped:
-            state.in_flight, state.synced_at = int(_ok([next(replies)])[0]), now
+        counts = _counted(capped, _ok([next(replies)])[0], since) if capped else []
+        for state, count in zip(capped, counts, strict=True):
+            state.in_flight, state.synced_at = count, now
             # Still at its cap: read again later and later (while other tokens move, see _capped).
             still = state.in_flight >= self.scheduler.in_flight_cap
             state.recheck_s = (
@@ -316,6 +325,19 @@ class Mover:
         if self._listed.changed(int(card), str(changes or "")) or now - self._listed.listed_at >= LIST_S:
             looked.new_tokens = await self._list(now)
         return looked
+
+    async def _waiting(self, targets: Sequence[str], lags: list[int | None]) -> list[int]:
+        """The undelivered entries of each target's work stream, counted where its lag was unknown.
+
+        Redis reports no lag before the group exists, before 7.0, or after entries the group had
+        not been given yet were deleted: then XLEN minus what is pending.
+        """
+        unknown = [keys.work_stream(t) for t, lag in zip(targets, lags, strict=True) if lag is None]
+        commands: list[Command] = []
+        for stream in unknown:
+            commands += [("XLEN", stream), ("XPENDING", stream, keys.WORKER_GROUP)]
+        replies = iter(await self._wire.execute(commands))
+        return [int(lag) if lag is not None else _undelivered(next(replies), next(replies)) for lag in lags]
 
     def _capped(self, now: float) -> list[TokenState]:
         """Tokens at their cap (as this mover counts) whose in-flight count is to be read this round."""
@@ -457,12 +479,13 @@ class Mover:
         since = int(time.time() * 1000) - self._horizon_ms
         commands: list[Command] = [("HMGET", keys.TOKEN_CLIENTS, *[t.token for t in named])]
         if cap:
-            commands += [("ZCOUNT", keys.token_in_flight(t.token), since, "+inf") for t in new]
-        clients, *counts = _ok(await self._wire.execute(commands))
+            commands += _count_commands(new, since)
+        clients, *reply = _ok(await self._wire.execute(commands))
         for state, client in zip(named, clients, strict=True):
             state.client = str(client or "")  # queued by an older gateway: one unnamed client
-        for state, count in zip(new, counts if cap else [0] * len(new), strict=True):
-            state.in_flight, state.loaded, state.synced_at = int(count), True, now
+        counts = _counted(new, reply[0], since) if reply else [0] * len(new)
+        for state, count in zip(new, counts, strict=True):
+            state.in_flight, state.loaded, state.synced_at = count, True, now
         return bool(new)
 
     # --- the second round trip ------------------------------------------------------------------
@@ -574,7 +597,7 @@ class Mover:
         now_ms = int(time.time() * 1000)
         live: list[tuple[TokenState, str, Held, str, dict[str, str]]] = []
         dead: list[tuple[TokenState, str, Held]] = []
-        members: dict[str, dict[str, int]] = {}
+        members: list[str] = []
         for _, state, priority, held in picks:
             try:
                 stream, job_id, fields = work_entry(held.fields)
@@ -584,9 +607,12 @@ class Mover:
                 dead.append((state, priority, held))
                 continue
             if cap:
-                members.setdefault(state.token, {})[job_id] = now_ms
+                fields["moved_ms"] = str(now_ms)
+                members.append(keys.in_flight_member(state.token, now_ms, job_id))
             live.append((state, priority, held, stream, fields))
-        commands = self._in_flight_commands(members, now, now_ms)
+        # The in-flight members go before the work entries (no worker may finish one first). MULTI
+        # could not span the set and a work stream on a cluster; nor need it: see the module doc.
+        commands: list[Command] = [("ZADD", keys.IN_FLIGHT, *_scored(members))] if members else []
         skip = len(commands)
         commands += [_xadd(stream, fields) for _, _, _, stream, fields in live]
         for _, _, held in dead:
@@ -627,30 +653,6 @@ class Mover:
         if moved and self.scheduler.in_flight_cap:
             state.in_flight += 1
         return True
-
-    def _in_flight_commands(
-        self, members: dict[str, dict[str, int]], now: float, now_ms: int
-    ) -> list[Command]:
-        """The in-flight members, sent before the work entries (no worker may finish one first).
-
-        MULTI cannot span a token key and a work stream on a cluster. The set's expiry is renewed
-        when it may have been empty (Redis deletes an empty set, and a ZADD makes it anew without
-        one) and at least every IN_FLIGHT_TOUCH_S; members past the horizon go as often.
-        """
-        commands: list[Command] = []
-        for token, jobs in members.items():
-            name = keys.token_in_flight(token)
-            state = self._tokens[token]
-            zadd: list[str | int] = ["ZADD", name]
-            for job_id, score in jobs.items():
-                zadd += [score, job_id]
-            commands.append(tuple(zadd))
-            if state.in_flight == 0 or now - state.trimmed_at >= IN_FLIGHT_TOUCH_S:
-                if now - state.trimmed_at >= IN_FLIGHT_TOUCH_S:
-                    commands.append(("ZREMRANGEBYSCORE", name, "-inf", f"({now_ms - self._horizon_ms}"))
-                state.trimmed_at = now
-                commands.append(("PEXPIRE", name, 2 * self._horizon_ms))
-        return commands
 
     def _may_drain(self, token: str, now: float) -> bool:
         until, _ = self._quiet.get(token, (0.0, QUIET_MIN_S))
@@ -721,6 +723,32 @@ def _grouped(
     ]
 
 
+def _count_commands(states: list[TokenState], since_ms: int) -> list[Command]:
+    """The command counting `states`' in-flight members moved since `since_ms`: one ZLEXCOUNT for
+    one token, else the whole set in one read (it holds no more than the work streams do)."""
+    if not states:
+        return []
+    if len(states) == 1:
+        return [("ZLEXCOUNT", keys.IN_FLIGHT, *keys.in_flight_range(states[0].token, since_ms))]
+    return [("ZRANGEBYLEX", keys.IN_FLIGHT, "-", "+")]
+
+
+def _counted(states: list[TokenState], reply: Any, since_ms: int) -> list[int]:
+    """Per state, its count from `_count_commands`' reply."""
+    if len(states) == 1:
+        return [int(reply)]
+    counts = keys.in_flight_counts(reply, since_ms)
+    return [counts.get(state.token, 0) for state in states]
+
+
+def _scored(members: list[str]) -> list[str | int]:
+    """ZADD arguments for IN_FLIGHT members (every score 0: the set sorts by name)."""
+    args: list[str | int] = []
+    for member in members:
+        args += [0, member]
+    return args
+
+
 def _ack_commands(acks: dict[str, list[str]]) -> list[Command]:
     commands: list[Command] = []
     for stream, ids in acks.items():
@@ -740,7 +768,26 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-def _waiting(length: object, pending: object) -> int:
+def _lag(reply: object) -> int | None:
+    """The workers' group's lag from an XINFO GROUPS reply (0 when the stream does not exist), or None."""
+    if isinstance(reply, Exception):
+        if "no such key" in str(reply):
+            return 0
+        raise reply
+    for group in reply if isinstance(reply, list) else []:
+        fields = dict(zip(group[::2], group[1::2], strict=True)) if isinstance(group, list) else {}
+        info = {_text(k): v for k, v in fields.items()}
+        if _text(info.get("name", "")) == keys.WORKER_GROUP:
+            lag = info.get("lag")
+            return None if lag is None else int(lag)
+    return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _undelivered(length: object, pending: object) -> int:
     """Entries of a work stream no worker has been given yet."""
     if isinstance(length, Exception):
         raise length

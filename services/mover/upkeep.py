@@ -2,7 +2,8 @@
 
 None of them runs every round: the retry pump and the draining repair are asked about in a
 round's first round trip every DELAYED_PUMP_S and act only when there is something to do;
-claims run every MOVER_CLAIM_IDLE_S / 2, gauges every few seconds.
+claims run every MOVER_CLAIM_IDLE_S / 2, gauges every few seconds, the in-flight trim every
+IN_FLIGHT_TRIM_S (mover.mover).
 """
 
 from __future__ import annotations
@@ -85,6 +86,32 @@ async def export_depths(redis: redisio.Redis) -> None:
     names = [f"work:{t}" for t in keys.TARGETS] + ["delayed", "dead_letters", "webhooks"]
     for name, depth in zip(names, await pipe.execute(), strict=True):
         metrics.QUEUE_DEPTH.labels(queue=name).set(int(depth))
+
+
+async def trim_in_flight(redis: redisio.Redis, before_ms: int, chunk: int = 1000) -> int:
+    """Drop keys.IN_FLIGHT members moved before `before_ms` (removals that never came); how many.
+
+    The set holds what the work streams hold (MOVER_WORK_BACKLOG per target, plus what runs), so
+    reading it whole every IN_FLIGHT_TRIM_S is cheap; several movers trimming at once is harmless.
+    """
+    stale: list[str] = []
+    low = "-"
+    while True:
+        page = await redis.zrangebylex(keys.IN_FLIGHT, low, "+", 0, chunk)
+        for raw in page:
+            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            parts = member.split("|", 2)
+            if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) < before_ms:
+                stale.append(member)
+        if len(page) < chunk:
+            break
+        last = page[-1]
+        low = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+    for i in range(0, len(stale), chunk):
+        await redis.zrem(keys.IN_FLIGHT, *stale[i : i + chunk])
+    if stale:
+        log.info("dropped %d in-flight member(s) whose removal never came", len(stale))
+    return len(stale)
 
 
 async def claim(

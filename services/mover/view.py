@@ -61,7 +61,6 @@ class TokenState:
     synced_at: float = 0.0  # when in_flight was last read (monotonic)
     held: dict[str, deque[Held]] = field(default_factory=_per_priority_deques)
     more: dict[str, bool] = field(default_factory=_per_priority_true)  # stream may hold unread entries
-    trimmed_at: float = 0.0  # when its in-flight set's expiry was last renewed
     held_total: int = 0  # entries held, over every priority
     recheck_s: float = 0.0  # at its cap while other tokens move: how long before its count is read again
     _queue: TokenQueue | None = None  # what the scheduler was last shown (rebuilt when it changes)

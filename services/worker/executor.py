@@ -589,19 +589,19 @@ class Executor:
 
 
 def _ack_on(pipe: Pipeline, handled: list[tuple[str, str, jobs.JobEntry | None]]) -> None:
-    """Queue the acknowledgement of handled entries: an XACK and an XDEL per stream and a ZREM per
-    token (its in-flight count), whatever the number of entries."""
+    """Queue the acknowledgement of handled entries: an XACK and an XDEL per stream and one ZREM of
+    their in-flight members (keys.IN_FLIGHT), whatever the number of entries and tokens."""
     by_stream: dict[str, list[str]] = {}
-    by_token: dict[str, list[str]] = {}
+    members: list[str] = []
     for stream, entry_id, entry in handled:
         by_stream.setdefault(stream, []).append(entry_id)
-        if entry is not None:
-            by_token.setdefault(entry.token, []).append(entry.job_id)
+        if entry is not None and entry.moved_ms:
+            members.append(keys.in_flight_member(entry.token, entry.moved_ms, entry.job_id))
     for stream, ids in by_stream.items():
         pipe.xack(stream, keys.WORKER_GROUP, *ids)
         pipe.xdel(stream, *ids)
-    for token, job_ids in by_token.items():
-        pipe.zrem(keys.token_in_flight(token), *job_ids)
+    if members:
+        pipe.zrem(keys.IN_FLIGHT, *members)
 
 
 def _raise_first(replies: list[Any]) -> None:

@@ -12,6 +12,7 @@ from common import keys, tokenqueue
 from common.jobs import JobEntry
 from common.settings import Settings
 from flickrhub.v1 import jobs_pb2
+from mover import upkeep
 from mover.mover import Mover
 from sandbox.state import Fault
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
@@ -49,7 +50,9 @@ async def _take_work(redis: Any) -> list[dict[str, str]]:
         pipe = redis.pipeline(transaction=False)
         pipe.xdel(stream, *[entry_id for entry_id, _ in entries])
         for _, fields in entries:
-            pipe.zrem(keys.token_in_flight(fields["token"]), fields["job_id"])
+            if "moved_ms" in fields:  # moved under an in-flight cap
+                member = keys.in_flight_member(fields["token"], int(fields["moved_ms"]), fields["job_id"])
+                pipe.zrem(keys.IN_FLIGHT, member)
         await pipe.execute()
     return [fields for _, fields in entries]
 
@@ -183,11 +186,18 @@ async def test_a_flood_holds_at_most_its_in_flight_cap_of_the_work_streams(
     # A removal that never came (a worker died after acknowledging) stops counting after the
     # workers' visibility timeout: the cap tightens for a while, never for good.
     await redis.xdel(stream, *[entry_id for entry_id, _ in await redis.xrange(stream)])
-    stale = (time.time() - settings.worker_visibility_timeout_s - 1) * 1000
-    members = await redis.zrange(keys.token_in_flight("flood"), 0, -1)
-    await redis.zadd(keys.token_in_flight("flood"), dict.fromkeys(members, stale))
+    stale = int((time.time() - settings.worker_visibility_timeout_s - 1) * 1000)
+    members = await redis.zrangebylex(keys.IN_FLIGHT, *keys.in_flight_range("flood"))
+    assert len(members) == 8
+    aged = [m.replace(m.split("|")[1], f"{stale:013d}") for m in members]
+    await redis.zrem(keys.IN_FLIGHT, *members)
+    await redis.zadd(keys.IN_FLIGHT, dict.fromkeys(aged, 0))
     await mover.run_round()
     assert await redis.xlen(stream) == 8
+    # The trim drops them; the fresh members of the eight moved just now stay.
+    horizon = int(time.time() * 1000) - int(settings.worker_visibility_timeout_s * 1000)
+    assert await upkeep.trim_in_flight(redis, horizon) == 8
+    assert await redis.zlexcount(keys.IN_FLIGHT, *keys.in_flight_range("flood")) == 8
 
 
 async def test_high_priority_goes_first_but_low_is_not_starved(
@@ -273,3 +283,49 @@ async def test_a_retried_low_priority_job_completes(
     assert job.state == jobs_pb2.JOB_STATE_COMPLETED
     assert job.attempts == 2
     assert job.priority == jobs_pb2.PRIORITY_LOW
+
+
+async def test_in_flight_counts_by_lex_range_on_redis(redis: Any) -> None:
+    """ZLEXCOUNT over a token's range and the whole-set read agree, tokens that prefix others included."""
+    now = int(time.time() * 1000)
+    names = {
+        keys.in_flight_member(token, now - age, f"j{i}"): 0
+        for i, (token, age) in enumerate([("ab", 0), ("ab", 10), ("a", 0), ("abc", 0), ("ab", 90_000)])
+    }
+    await redis.zadd(keys.IN_FLIGHT, names)
+    since = now - 60_000
+    assert await redis.zlexcount(keys.IN_FLIGHT, *keys.in_flight_range("ab", since)) == 2
+    assert await redis.zlexcount(keys.IN_FLIGHT, *keys.in_flight_range("a", since)) == 1
+    assert await redis.zlexcount(keys.IN_FLIGHT, *keys.in_flight_range("ab")) == 3
+    whole = await redis.zrangebylex(keys.IN_FLIGHT, "-", "+")
+    assert keys.in_flight_counts(whole, since) == {"ab": 2, "a": 1, "abc": 1}
+    assert await upkeep.trim_in_flight(redis, since) == 1  # the member moved 90 s ago
+    assert await redis.zcard(keys.IN_FLIGHT) == 4
+
+
+async def test_room_in_the_work_stream_follows_the_workers_group_lag(
+    redis: Any, redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    """Workers take entries (delivered, then acknowledged and deleted out of order): the mover keeps
+    exactly MOVER_WORK_BACKLOG undelivered, read from the group's lag."""
+    settings = _mover_settings(
+        redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_work_backlog=10, mover_token_in_flight=0
+    )
+    stream = keys.work_stream("rest")
+    await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+    await _fill(redis, [_entry(i, "t") for i in range(100)])
+    mover = Mover(settings, redis, "m")
+    for _ in range(3):
+        await mover.run_round()
+    assert await redis.xlen(stream) == 10
+    for take, finish in ((4, [3, 0]), (6, [1, 5, 2]), (5, [0, 4])):
+        got = await redis.xreadgroup(keys.WORKER_GROUP, "w", {stream: ">"}, count=take)
+        ids = [entry_id for entry_id, _ in got[0][1]]
+        done = [ids[i] for i in finish]  # not in delivery order
+        await redis.xack(stream, keys.WORKER_GROUP, *done)
+        await redis.xdel(stream, *done)
+        for _ in range(2):
+            await mover.run_round()
+        info = {g["name"]: g for g in await redis.xinfo_groups(stream)}[keys.WORKER_GROUP]
+        undelivered = await redis.xlen(stream) - info["pending"]
+        assert undelivered == 10, (take, finish)

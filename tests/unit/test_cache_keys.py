@@ -78,7 +78,7 @@ def test_every_key_of_a_token_shares_its_cluster_slot() -> None:
     names = [
         keys.cache_generation(TOKEN_A),
         keys.cache_generation(TOKEN_A, METHOD),
-        keys.cache_entry(TOKEN_A, 1_700_000_000_000_000, 1_700_000_000_000_001, digest),
+        keys.cache_entry(TOKEN_A, digest),
         keys.cache_entry_prefix(TOKEN_A) + "x",
     ]
     assert {key_slot(name.encode()) for name in names} == {key_slot(TOKEN_A.encode())}
@@ -90,8 +90,10 @@ def test_generation_and_entry_names_are_distinct_per_scope() -> None:
     assert keys.cache_generation(TOKEN_A, METHOD) != keys.cache_generation(TOKEN_A, "flickr.photos.getInfo")
     assert keys.cache_generation(TOKEN_A) != keys.cache_generation(TOKEN_B)
     digest = keys.cache_digest(METHOD, {}, TOKEN_A)
-    entry = keys.cache_entry(TOKEN_A, 7, 9, digest)
-    assert entry == f"{keys.cache_entry_prefix(TOKEN_A)}7:9:{digest}"
+    entry = keys.cache_entry(TOKEN_A, digest)
+    # No generations in the name: an entry names them in its value (cache/store.py).
+    assert entry == f"fhc:e:{{{TOKEN_A}}}:{digest}" == f"{keys.cache_entry_prefix(TOKEN_A)}{digest}"
+    assert entry != keys.cache_entry(TOKEN_B, digest)
     assert not entry.startswith(keys.cache_generation(TOKEN_A))
     assert keys.CACHE_STATS.startswith(keys.PREFIX)
 
