@@ -4,9 +4,10 @@ A stack (as `make run` starts it: gateway, mover, two workers, cache service, ed
 Redis, cache Redis, SecantusDB, the Flickr sandbox) takes `jobs` echo jobs over `users`
 users, each with its own token, submitted over gRPC by driver processes (see bench.driver)
 with the admin key; each job has distinct params, so each is a cache miss. Completion is read
-from the queue Redis (how many jobs are still open), then confirmed by the workers' Prometheus
-counters once: never by polling the gateway or scraping the workers while they work, so the
-measured processes only do the jobs' own work.
+from the queue Redis (how many jobs are still open: a ZCARD every 50 ms, taken out of the Redis
+command counts), then confirmed by the workers' Prometheus counters once: never by polling the
+gateway or scraping the workers while they work, so the measured processes only do the jobs' own
+work.
 
 Around the run: CPU of every process from /proc (bench.procstat), `INFO commandstats` of
 both Redis servers and SecantusDB's `top`/`serverStatus` (bench.counters). After it: every
@@ -116,6 +117,7 @@ def measure(
 
     spies = _start_profilers(by_name, profile_dir) if profile_dir else []
     base_done = stacks.finished(stack)
+    polls_before = stacks.polls
     redis_before = {
         "queue": counters.redis_calls(settings.redis_url),
         "cache": counters.redis_calls(settings.cache_redis_url),
@@ -138,7 +140,11 @@ def measure(
     _stop_profilers(spies)
     jobs = submitted.ok
     cpu = per_unit_ms(window.by_group(), jobs)
-    redis = {role: counters.redis_delta(redis_before[role], redis_after[role], jobs) for role in redis_before}
+    own = {"queue": {"zcard": stacks.polls - polls_before}}  # wait_finished's completion polls
+    redis = {
+        role: counters.redis_delta(redis_before[role], redis_after[role], jobs, own.get(role))
+        for role in redis_before
+    }
     concern = str(getattr(settings, "mongo_write_concern", "journaled"))  # MONGO_WRITE_CONCERN
     capacity = storecap.measure(settings.mongo_url, settings.mongo_db, capacity_docs, concurrency, concern)
     return {

@@ -34,9 +34,15 @@ def redis_calls(url: str) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def redis_delta(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, Any]:
-    """Commands used between two `redis_calls` snapshots, in all and per job."""
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if k not in OWN_REDIS_COMMANDS}
+def redis_delta(
+    before: dict[str, int], after: dict[str, int], jobs: int, own: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Commands used between two `redis_calls` snapshots, in all and per job; `own`: the bench's
+    own commands in between (e.g. its completion polls), taken out."""
+    own = own or {}
+    delta = {
+        k: after.get(k, 0) - before.get(k, 0) - own.get(k, 0) for k in after if k not in OWN_REDIS_COMMANDS
+    }
     delta = {k: v for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v > 0}
     scripts = sum(v for k, v in delta.items() if k in SCRIPT_COMMANDS)
     total = sum(delta.values())
