@@ -21,6 +21,14 @@ Releases elsewhere only lower the true count, so the estimate errs high. Another
 admissions are what it does not see: to pass a cap through this shortcut, the other replicas
 together would have to admit more than (1 - FAR_SHARE) of it within FAR_S.
 
+A single submission far from every cap sends nothing at all (`admit(..., deferrable=True)`): its
+id waits in the replica and its group commit's pipeline adds it (`unsent_on`: a ZADD per client and
+one for all, per batch) ahead of the job's queue entry, so a worker's release always comes after.
+A count read meanwhile misses ids still waiting for their batch (a few milliseconds' worth), which
+matters only far below the cap, where nothing is counted anyway. A gateway killed before its batch
+went leaves those jobs uncounted (an under-count, as for a job older than the horizon); a
+submission refused or found a duplicate before its batch just forgets its id.
+
 What can still leak is a reservation whose job never existed (a gateway killed between
 reserving and writing the job) or a release lost for good. A check that would refuse first drops ids
 older than the horizon (`Settings.admission_horizon_s`: longer than any job should stay
@@ -31,7 +39,7 @@ A job open longer than the horizon stops counting, an under-count we accept.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -193,6 +201,8 @@ class Admission:
         # admitted since: what tells a turn it may skip counting.
         self._known: dict[str, tuple[int, float]] = {}
         self._releases: Batcher[tuple[str, Sequence[str]], None] = Batcher(self._release_all)
+        # Deferred admissions (job id -> (client id, score)) waiting for their commit's pipeline.
+        self._unsent: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_settings(
@@ -208,13 +218,20 @@ class Admission:
             retry_after_s=settings.backpressure_retry_after_s,
         )
 
-    async def admit(self, client_id: str, job_ids: Sequence[str]) -> None:
+    async def admit(self, client_id: str, job_ids: Sequence[str], *, deferrable: bool = False) -> None:
         """Count `job_ids` as open for `client_id`, all or none (one round trip); raise when a cap says no.
 
         ClientOverloaded (RESOURCE_EXHAUSTED) when the client would pass its cap, BufferFull
         (UNAVAILABLE) when FlickrHub as a whole would; either way nothing was added.
+
+        `deferrable`: the caller's jobs are enqueued by a pipeline that calls `unsent_on` before
+        their entries (the gateway's group commit). Far from every cap, nothing is sent now: the
+        ids wait for that pipeline, which adds them ahead of the entries, so no worker can release
+        an id before it was added.
         """
         if not job_ids:
+            return
+        if deferrable and self._defer(client_id, job_ids):
             return
         verdict, count = await self._turn.submit((client_id, job_ids))
         if verdict == 1:
@@ -254,6 +271,36 @@ class Admission:
         self._learn(sets, asks, index, verdicts, far, now)
         return [(verdict, client if verdict != 2 else total) for verdict, client, total in verdicts]
 
+    def _defer(self, client_id: str, job_ids: Sequence[str]) -> bool:
+        """Admit `job_ids` without Redis when every cap is far away (see `admit`); whether it did."""
+        sets = [keys.OPEN_JOBS, keys.client_open_jobs(client_id)]
+        adding = [len(job_ids), len(job_ids)]
+        now = time.monotonic()
+        if not self._far(sets, adding, now):
+            return False
+        for name, n in zip(sets, adding, strict=True):
+            count, read_at = self._known[name]
+            self._known[name] = (count + n, read_at)
+        score = int(time.time() * 1000)
+        for job_id in job_ids:
+            self._unsent[job_id] = (client_id, score)
+        return True
+
+    def unsent_on(self, pipe: Pipeline, job_ids: Iterable[str]) -> None:
+        """Queue the ZADDs of the deferred admissions among `job_ids` on `pipe` (before their entries)."""
+        by_client: dict[str, dict[str, int]] = {}
+        for job_id in job_ids:
+            unsent = self._unsent.pop(job_id, None)
+            if unsent is not None:
+                by_client.setdefault(unsent[0], {})[job_id] = unsent[1]
+        if not by_client:
+            return
+        every: dict[str, int] = {}
+        for client_id, ids in by_client.items():
+            pipe.zadd(keys.client_open_jobs(client_id), ids)
+            every.update(ids)
+        pipe.zadd(keys.OPEN_JOBS, every)
+
     def _far(self, sets: list[str], adding: list[int], now: float) -> bool:
         """Whether every set of the turn is known to stay under FAR_SHARE of its cap with it."""
         for i, name in enumerate(sets):
@@ -290,7 +337,9 @@ class Admission:
         """
         if not job_ids:
             return
-        await self._releases.submit((client_id, job_ids))
+        sent = [job_id for job_id in job_ids if self._unsent.pop(job_id, None) is None]
+        if sent:  # a deferred id never reached Redis: nothing to take back
+            await self._releases.submit((client_id, sent))
 
     async def _release_all(self, asks: list[tuple[str, Sequence[str]]]) -> list[None]:
         """One round trip releasing every id of a turn: a ZREM per client and one for the total."""

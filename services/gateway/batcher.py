@@ -6,7 +6,8 @@ GATEWAY_INSERT_BATCH_MS share both round trips: on SecantusDB one insert costs ~
 insert_many amortises well, and a pipeline costs the same for 1 or 100 entries. Per batch:
 
 1. `insert_many` of the documents (unordered: one bad document fails alone);
-2. one pipeline: per job its hot copy (a SET, common.hotstate) and its XADD, then the tokens'
+2. one pipeline: the admissions deferred to it (a ZADD per client and one for all,
+   common.admission), per job its hot copy (a SET, common.hotstate) and its XADD, then the tokens'
    SADD into the active set and their clients in one HSET;
 3. a job whose entry could not be appended is undone (its document deleted) and its caller gets
    UNAVAILABLE, so a refused submission leaves nothing behind. An entry appended for a document
@@ -28,6 +29,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from common import redisio, resp, tokenqueue
+from common.admission import Admission
 from common.errors import Unavailable
 from common.groupcommit import Batcher
 from common.hotstate import HotState
@@ -73,6 +75,8 @@ class JobCommitter:
             for _ in ("light", "bulk")
         )
         self._open: dict[str, int] = {}  # token -> its submissions in the committer now
+        # Admissions deferred to the batch's pipeline (common.admission), when the servicer has one.
+        self.admission: Admission | None = None
 
     async def commit(self, doc: Doc, entry: JobEntry) -> None:
         """Record and enqueue one job; raises Unavailable (nothing left behind) when either store fails."""
@@ -106,6 +110,8 @@ class JobCommitter:
     async def _enqueue(self, items: list[Accepted]) -> list[int]:
         """Append the entries; the positions (in `items`) of those not appended, already undone."""
         pipe = self._redis.pipeline(transaction=False)
+        if self.admission is not None:  # deferred admissions first: before any entry a worker can end
+            self.admission.unsent_on(pipe, [item.doc["job_id"] for item in items])
         appends: list[int] = []
         for item in items:
             if self._hot is not None:

@@ -74,6 +74,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._blobs = BlobStore(store.jobs.database)
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
         self.admission = admission.Admission.from_settings(redis, settings, wire)
+        committer.admission = self.admission  # single submissions' admissions ride its pipeline
         self.idempotency = idempotency.IdempotencyKeys(redis, wire)
         self.turns = Turns(settings.gateway_user_turns)
 
@@ -124,7 +125,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         extra: dict[str, Any] | None,
     ) -> jobs_pb2.SubmitJobResponse:
         job_id = uuid.uuid4().hex
-        await self.admit(client, [job_id])
+        await self.admit(client, [job_id], deferrable=True)
         try:
             response = await self._accept(request, context, job_id, extra)
         except BaseException:
@@ -134,10 +135,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await self.release(client, [job_id])
         return response
 
-    async def admit(self, client: str, job_ids: list[str]) -> None:
-        """Count `job_ids` as the client's open jobs, or refuse (counted by reason) when a cap is hit."""
+    async def admit(self, client: str, job_ids: list[str], *, deferrable: bool = False) -> None:
+        """Count `job_ids` as the client's open jobs, or refuse (counted by reason) when a cap is hit.
+
+        `deferrable`: the jobs are committed through the group commit (common.admission.admit).
+        """
         try:
-            await self.admission.admit(client, job_ids)
+            await self.admission.admit(client, job_ids, deferrable=deferrable)
         except admission.ClientOverloaded:
             metrics.BACKPRESSURE.labels(reason=admission.CLIENT).inc()
             raise

@@ -384,3 +384,50 @@ async def test_uncounted_turns_in_flight_at_once_see_each_other(redis: Any) -> N
     # Had each turn judged from the estimate before the others, all 12 would have gone uncounted.
     assert await _zcards(redis) - before >= 2
     assert await admission.open_jobs("c1") == 13
+
+
+async def _calls(redis: Any, command: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_deferred_admission_is_added_by_its_commits_pipeline_ahead_of_the_entry(redis: Any) -> None:
+    admission = Admission(redis, client_cap=20, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    await admission.admit("c1", ["first"], deferrable=True)  # nothing known yet: counted at once
+    assert await admission.open_jobs("c1") == 1
+    before = [await _calls(redis, c) for c in ("eval", "zadd", "zrem")]
+    for i in range(3):
+        await admission.admit("c1", [f"d{i}"], deferrable=True)  # far from every cap: nothing sent
+    assert await admission.open_jobs("c1") == 1
+    await admission.release("c1", ["d2"])  # refused or a duplicate before its batch: just forgotten
+    assert [await _calls(redis, c) for c in ("eval", "zadd", "zrem")] == before
+    pipe = redis.pipeline(transaction=False)
+    admission.unsent_on(pipe, ["d0", "d1", "d2", "not-deferred"])
+    pipe.xadd("entries", {"job": "d0"})  # the batch's entries follow the adds
+    replies = await pipe.execute()
+    assert len(replies) == 3  # a ZADD for the client's set, one for the global set, the entry
+    assert set(await redis.zrange(keys.client_open_jobs("c1"), 0, -1)) == {"first", "d0", "d1"}
+    assert await admission.open_jobs() == 3
+    pipe = redis.pipeline(transaction=False)
+    admission.unsent_on(pipe, ["d0", "d1"])  # sent once only
+    assert len(pipe.command_stack) == 0
+    await admission.release("c1", ["first", "d0", "d1"])
+    assert await admission.open_jobs() == 0
+
+
+async def test_deferred_admissions_stop_near_the_cap_and_count_there(redis: Any) -> None:
+    admission = Admission(redis, client_cap=10, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    other = Admission(redis, client_cap=10, total_cap=100, horizon_s=60, retry_after_s=1.0)
+    await admission.admit("c1", ["a0"], deferrable=True)  # counted: 1
+    for i in range(1, 5):
+        await admission.admit("c1", [f"a{i}"], deferrable=True)  # 5 by the estimate: still under half
+    assert await admission.open_jobs("c1") == 1
+    await other.admit("c1", [f"o{i}" for i in range(4)])  # another replica, unseen by the first
+    pipe = redis.pipeline(transaction=False)
+    admission.unsent_on(pipe, [f"a{i}" for i in range(1, 5)])
+    await pipe.execute()
+    await admission.admit("c1", ["a5"], deferrable=True)  # 6 > half the cap: counted, sees 9 + 1
+    assert await admission.open_jobs("c1") == 10
+    with pytest.raises(ClientOverloaded):
+        await admission.admit("c1", ["a6"], deferrable=True)
+    assert await admission.open_jobs("c1") == 10
