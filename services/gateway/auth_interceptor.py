@@ -236,7 +236,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             client_ip=caller.client_ip,
             outcome=_outcome(exc, context),
             latency_ms=(time.perf_counter() - started) * 1000,
-            user_id_hashes=[identity.user_id_hash(u) for u in caller.acted_for],
+            # The entry keeps the first user acted for (a batch's others are in its jobs).
+            user_id_hashes=[identity.user_id_hash(caller.acted_for[0])] if caller.acted_for else [],
             auth=caller.method,
             reason=exc.reason if isinstance(exc, FlickrHubError) else "",
         )
