@@ -11,7 +11,7 @@ inside a `flickrhub.cache.store` span, as the worker's executor does. Modes:
 - `unary:<ms>`: `CacheClient(stream=False)`: batches as Exchange calls, a window of <ms>;
 - `stream:<ms>`: `CacheClient()` (what the worker runs): batches on one ExchangeStream;
 - `direct`: no service hop: the cache's store code in this process, one pipeline per operation
-  (what a worker would spend running the cache scripts itself: the floor of any design).
+  (what a worker would spend sending the cache commands itself: the floor of any design).
 
 Per job: the cache process's CPU (/proc), the client's CPU (this process minus `none`),
 Redis commands on the cache Redis (INFO commandstats, scripts' inner commands included)
