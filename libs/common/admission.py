@@ -256,9 +256,7 @@ class Admission:
         now = time.monotonic()
         far = self._far(sets, adding, now)
         if far:  # counted in the estimates before the step is sent: turns in flight at once see each other
-            for i, name in enumerate(sets):
-                count, read_at = self._known[name]
-                self._known[name] = (count + adding[i], read_at)
+            self._estimate(sets, adding)
         args = [self.client_cap, self.total_cap, self._horizon_ms, int(time.time() * 1000), int(far)]
         # EVAL, not EVALSHA: a script Redis forgot (restart, SCRIPT FLUSH) costs nothing to resend.
         if self._wire is None:
@@ -278,9 +276,7 @@ class Admission:
         now = time.monotonic()
         if not self._far(sets, adding, now):
             return False
-        for name, n in zip(sets, adding, strict=True):
-            count, read_at = self._known[name]
-            self._known[name] = (count + n, read_at)
+        self._estimate(sets, adding)
         score = int(time.time() * 1000)
         for job_id in job_ids:
             self._unsent[job_id] = (client_id, score)
@@ -300,6 +296,12 @@ class Admission:
             pipe.zadd(keys.client_open_jobs(client_id), ids)
             every.update(ids)
         pipe.zadd(keys.OPEN_JOBS, every)
+
+    def _estimate(self, sets: list[str], adding: list[int]) -> None:
+        """Add what an uncounted turn admits to the known counts of its sets (their read time kept)."""
+        for name, n in zip(sets, adding, strict=True):
+            count, read_at = self._known[name]
+            self._known[name] = (count + n, read_at)
 
     def _far(self, sets: list[str], adding: list[int], now: float) -> bool:
         """Whether every set of the turn is known to stay under FAR_SHARE of its cap with it."""

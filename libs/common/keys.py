@@ -84,15 +84,20 @@ def in_flight_member(token_id_hash: str, moved_ms: int, job_id: str) -> str:
     return f"{token_id_hash}|{moved_ms:013d}|{job_id}"
 
 
+def in_flight_parsed(member: str | bytes) -> tuple[str, int] | None:
+    """(token, when moved, ms) of an IN_FLIGHT member; None for a name in_flight_member did not make."""
+    token, _, rest = (member.decode() if isinstance(member, bytes) else member).partition("|")
+    moved = rest[:13]
+    return (token, int(moved)) if moved.isdigit() and rest[13:14] == "|" else None
+
+
 def in_flight_counts(members: Iterable[str | bytes], since_ms: int = 0) -> dict[str, int]:
     """Per token, how many of `members` (IN_FLIGHT names) were moved at or after `since_ms`."""
     counts: dict[str, int] = {}
-    for raw in members:
-        member = raw.decode() if isinstance(raw, bytes) else raw
-        token, _, rest = member.partition("|")
-        moved = rest[:13]
-        if moved.isdigit() and int(moved) >= since_ms:
-            counts[token] = counts.get(token, 0) + 1
+    for member in members:
+        parsed = in_flight_parsed(member)
+        if parsed is not None and parsed[1] >= since_ms:
+            counts[parsed[0]] = counts.get(parsed[0], 0) + 1
     return counts
 
 

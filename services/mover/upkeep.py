@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from common import keys, redisio, tokenqueue
 from common.jobs import JobEntry
@@ -97,16 +97,14 @@ async def trim_in_flight(redis: redisio.Redis, before_ms: int, chunk: int = 1000
     stale: list[str] = []
     low = "-"
     while True:
-        page = await redis.zrangebylex(keys.IN_FLIGHT, low, "+", 0, chunk)
-        for raw in page:
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            parts = member.split("|", 2)
-            if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) < before_ms:
+        page = cast("list[str]", await redis.zrangebylex(keys.IN_FLIGHT, low, "+", 0, chunk))  # decoded
+        for member in page:
+            parsed = keys.in_flight_parsed(member)
+            if parsed is None or parsed[1] < before_ms:
                 stale.append(member)
         if len(page) < chunk:
             break
-        last = page[-1]
-        low = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        low = "(" + page[-1]
     for i in range(0, len(stale), chunk):
         await redis.zrem(keys.IN_FLIGHT, *stale[i : i + chunk])
     if stale:

@@ -21,6 +21,7 @@ from common.settings import Settings
 from devstack.procs import free_port
 from devstack.stores import redis_server
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
+from tests.helpers.cache import redis_commands, running_cache
 from worker.cache_client import CacheClient
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -45,10 +46,7 @@ def _put(op_id: int, photo: str, value: bytes, method: str = METHOD, ttl: int = 
     return cache_pb2.CacheOp(id=op_id, put=cache_pb2.CachePutRequest(key=key, value=value, ttl_seconds=ttl))
 
 
-async def _commands(redis: redisio.Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    return {name: n for name, n in calls.items() if name not in {"info", "config|resetstat"}}
+_commands = redis_commands
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -56,17 +54,19 @@ def _sample(name: str, **labels: str) -> float:
 
 
 @pytest_asyncio.fixture
-async def app(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[CacheApp]:
-    started = CacheApp(_settings(cache_redis_url))
-    await started.start()
-    yield started
-    await started.stop(1.0)
+async def served(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[tuple[CacheApp, Stub]]:
+    async with running_cache(_settings(cache_redis_url)) as started:
+        yield started
 
 
 @pytest_asyncio.fixture
-async def stub(app: CacheApp) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield cache_pb2_grpc.CacheServiceStub(channel)
+async def app(served: tuple[CacheApp, Stub]) -> CacheApp:
+    return served[0]
+
+
+@pytest_asyncio.fixture
+async def stub(served: tuple[CacheApp, Stub]) -> Stub:
+    return served[1]
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import pytest
 import pytest_asyncio
 
@@ -18,7 +17,8 @@ from cache.app import CacheApp
 from cache.store import MAX_TTL_S
 from common import keys, redisio
 from common.settings import Settings
-from flickrhub.v1 import cache_pb2, cache_pb2_grpc
+from flickrhub.v1 import cache_pb2
+from tests.helpers.cache import redis_commands, running_cache
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from flickrhub.v1.cache_pb2_grpc import CacheServiceAsyncStub as Stub
@@ -70,13 +70,9 @@ async def _batch_put(stub: Stub, photo: str = "1", value: bytes = b"v", method: 
 
 
 async def _commands(redis: redisio.Redis) -> dict[str, int]:
-    """Per-command calls since CONFIG RESETSTAT (commands run by Lua included), the stats flush left out.
-
-    The app sends its hit/miss counts (HINCRBY) every second on its own, whenever that falls.
-    """
-    stats = await redis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    return {n: c for n, c in calls.items() if n not in {"info", "config|resetstat", "hincrby"}}
+    """Per-command calls since CONFIG RESETSTAT, the stats flush left out (the app sends its
+    hit/miss counts, HINCRBY, every second on its own, whenever that falls)."""
+    return await redis_commands(redis, ignore={"hincrby"})
 
 
 async def _header(app: CacheApp, entry: str) -> tuple[str, str, int]:
@@ -95,17 +91,19 @@ async def _generations(redis: redisio.Redis, method: str = METHOD) -> tuple[str,
 
 
 @pytest_asyncio.fixture
-async def app(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[CacheApp]:
-    started = CacheApp(_settings(cache_redis_url))
-    await started.start()
-    yield started
-    await started.stop(1.0)
+async def served(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[tuple[CacheApp, Stub]]:
+    async with running_cache(_settings(cache_redis_url)) as started:
+        yield started
 
 
 @pytest_asyncio.fixture
-async def stub(app: CacheApp) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield cache_pb2_grpc.CacheServiceStub(channel)
+async def app(served: tuple[CacheApp, Stub]) -> CacheApp:
+    return served[0]
+
+
+@pytest_asyncio.fixture
+async def stub(served: tuple[CacheApp, Stub]) -> Stub:
+    return served[1]
 
 
 async def test_a_get_is_one_mget_and_no_script_single_or_batched_hit_or_miss(
@@ -129,18 +127,12 @@ async def test_a_get_is_one_mget_and_no_script_single_or_batched_hit_or_miss(
 async def test_with_warming_a_get_is_one_mget_plus_its_popularity_count(
     cache_redis_url: str, cache_redis: redisio.Redis
 ) -> None:
-    app = CacheApp(_settings(cache_redis_url, cache_warm_enabled=True))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = cache_pb2_grpc.CacheServiceStub(channel)
-            await _put(stub)
-            for lookup in (_get, _batch_get):
-                await cache_redis.config_resetstat()
-                assert (await lookup(stub)).hit
-                assert await _commands(cache_redis) == {"mget": 1, "zincrby": 1}
-    finally:
-        await app.stop(1.0)
+    async with running_cache(_settings(cache_redis_url, cache_warm_enabled=True)) as (_, stub):
+        await _put(stub)
+        for lookup in (_get, _batch_get):
+            await cache_redis.config_resetstat()
+            assert (await lookup(stub)).hit
+            assert await _commands(cache_redis) == {"mget": 1, "zincrby": 1}
 
 
 @pytest.mark.parametrize("scope", ["token", "method"])
@@ -290,33 +282,25 @@ async def test_any_answer_bytes_come_back_exactly_and_a_value_without_a_header_i
 async def test_puts_invalidations_and_claims_reload_their_scripts_after_a_script_flush(
     cache_redis_url: str, cache_redis: redisio.Redis
 ) -> None:
-    app = CacheApp(_settings(cache_redis_url, cache_warm_enabled=True))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = cache_pb2_grpc.CacheServiceStub(channel)
-            await _put(stub, "1", b"one", ttl=20)
-            for _ in range(3):
-                assert (await _get(stub, "1")).hit
-            for step in ("put", "batch put", "invalidate", "warm"):
-                await cache_redis.script_flush()
-                if step == "put":
-                    await _put(stub, "2", b"two")
-                    assert (await _get(stub, "2")).value == b"two"
-                elif step == "batch put":
-                    await _batch_put(stub, "3", b"three")
-                    assert (await _batch_get(stub, "3")).value == b"three"
-                elif step == "invalidate":
-                    await stub.Invalidate(
-                        cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN, method=METHOD)
-                    )
-                    assert not (await _get(stub, "1")).hit
-                    await _put(stub, "1", b"one again", ttl=20)
-                else:
-                    request = cache_pb2.CacheWarmCandidatesRequest(
-                        top=10, min_requests=3, refresh_within_seconds=30, limit=10, claim_seconds=30
-                    )
-                    offered = (await stub.WarmCandidates(request)).candidates
-                    assert [c.key.params["photo_id"] for c in offered] == ["1"]
-    finally:
-        await app.stop(1.0)
+    async with running_cache(_settings(cache_redis_url, cache_warm_enabled=True)) as (_, stub):
+        await _put(stub, "1", b"one", ttl=20)
+        for _ in range(3):
+            assert (await _get(stub, "1")).hit
+        for step in ("put", "batch put", "invalidate", "warm"):
+            await cache_redis.script_flush()
+            if step == "put":
+                await _put(stub, "2", b"two")
+                assert (await _get(stub, "2")).value == b"two"
+            elif step == "batch put":
+                await _batch_put(stub, "3", b"three")
+                assert (await _batch_get(stub, "3")).value == b"three"
+            elif step == "invalidate":
+                await stub.Invalidate(cache_pb2.CacheInvalidateRequest(token_id_hash=TOKEN, method=METHOD))
+                assert not (await _get(stub, "1")).hit
+                await _put(stub, "1", b"one again", ttl=20)
+            else:
+                request = cache_pb2.CacheWarmCandidatesRequest(
+                    top=10, min_requests=3, refresh_within_seconds=30, limit=10, claim_seconds=30
+                )
+                offered = (await stub.WarmCandidates(request)).candidates
+                assert [c.key.params["photo_id"] for c in offered] == ["1"]

@@ -26,6 +26,7 @@ from common.settings import Settings
 from devstack.procs import Managed, free_port, python_module, wait_for_port
 from devstack.stores import redis_server
 from flickrhub.v1 import cache_pb2, cache_pb2_grpc
+from tests.helpers.cache import redis_commands, running_cache
 
 TOKEN_A = "a" * 32
 TOKEN_B = "b" * 32
@@ -61,25 +62,23 @@ async def _put(
     return await stub.Put(cache_pb2.CachePutRequest(key=key, value=value, ttl_seconds=ttl))
 
 
-async def _commands(redis: redisio.Redis) -> dict[str, int]:
-    """Redis' per-command call counts since the last CONFIG RESETSTAT (calls made by Lua included)."""
-    stats = await redis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    return {name: n for name, n in calls.items() if name not in {"info", "config|resetstat"}}
+_commands = redis_commands
 
 
 @pytest_asyncio.fixture
-async def app(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[CacheApp]:
-    started = CacheApp(_settings(cache_redis_url))
-    await started.start()
-    yield started
-    await started.stop(1.0)
+async def served(cache_redis_url: str, cache_redis: redisio.Redis) -> AsyncIterator[tuple[CacheApp, Stub]]:
+    async with running_cache(_settings(cache_redis_url)) as started:
+        yield started
 
 
 @pytest_asyncio.fixture
-async def cache(app: CacheApp) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield cache_pb2_grpc.CacheServiceStub(channel)
+async def app(served: tuple[CacheApp, Stub]) -> CacheApp:
+    return served[0]
+
+
+@pytest_asyncio.fixture
+async def cache(served: tuple[CacheApp, Stub]) -> Stub:
+    return served[1]
 
 
 async def test_miss_then_put_then_hit_returns_the_same_bytes(cache: Stub) -> None:
