@@ -69,10 +69,15 @@ def _start_profilers(by_name: dict[str, int], out: Path) -> list[subprocess.Pope
     # BENCH_PROFILE_FORMAT=raw writes collapsed stacks (<name>.txt) to add up by function instead.
     fmt = os.environ.get("BENCH_PROFILE_FORMAT", "flamegraph")
     suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[fmt]
+    # BENCH_PROFILE_NATIVE=0 samples Python frames only, without stopping the process (--nonblocking):
+    # on these VMs --native over-weights syscalls (py-spy stops a thread at its next kernel entry).
+    native = os.environ.get("BENCH_PROFILE_NATIVE", "1") != "0"
+    mode = ["--native"] if native else ["--nonblocking"]
+    rate = os.environ.get("BENCH_PROFILE_RATE", "100")  # samples per second
     for name, pid in by_name.items():
         if group(name) in SERVICES:
             dest = str(out / f"{name}.{suffix}")
-            cmd = [exe, "record", "--native", "-f", fmt, "-r", "100", "-o", dest, "--pid", str(pid)]
+            cmd = [exe, "record", *mode, "-f", fmt, "-r", rate, "-o", dest, "--pid", str(pid)]
             with (out / f"{name}.log").open("wb") as log:
                 spies.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     time.sleep(1.0)  # py-spy attaches

@@ -109,7 +109,38 @@ def _cost(cost: dict[str, Any], arq: dict[str, Any] | None) -> list[Target]:
     return out
 
 
-def _ingress(ing: dict[str, Any]) -> list[Target]:
+def _submit_throughput(grpc: dict[str, Any], c: int, cap: dict[str, Any] | None) -> Target:
+    """SubmitJob req/s >= half the bare grpc.aio server's, or, where the MongoDB stand-in's own
+    insert_many rate (bench.storecap, same run) is the lower limit, >= 80% of that rate.
+
+    Every accepted submission is one journaled document insert before its answer, so the store's
+    insert rate bounds SubmitJob whatever the gateway costs; the issue asks for the lower of the two.
+    """
+    ours, bare = grpc[f"c{c}"]["per_s"], grpc[f"bare_c{c}"]["per_s"]
+    by_bare = 0.5 * bare
+    detail = f"{grpc[f'throughput_vs_bare_c{c}']}x bare grpc.aio {bare:,.0f} req/s"
+    limit = by_bare
+    if cap is not None:
+        inserts = cap["insert_docs_per_s"]
+        by_store = 0.8 * inserts
+        lower = "the stand-in's" if by_store < by_bare else "bare's"
+        detail += (
+            f"; limits: 0.5 x bare = {by_bare:,.0f}, 80% of the stand-in's insert_many {inserts:,.0f}/s "
+            f"(batches of {cap['insert_batch']}) = {by_store:,.0f}: {lower} applies"
+        )
+        limit = min(by_bare, by_store)
+    return Target(
+        f"submit_throughput_c{c}",
+        f"SubmitJob throughput, c={c} (>= 0.5x bare, or 80% of the stand-in's insert rate where lower)",
+        ours,
+        ">=",
+        round(limit, 1),
+        " req/s",
+        detail,
+    )
+
+
+def _ingress(ing: dict[str, Any], cap: dict[str, Any] | None = None) -> list[Target]:
     grpc, rest = ing["grpc"], ing["rest"]
     out = [
         Target(
@@ -133,17 +164,7 @@ def _ingress(ing: dict[str, Any]) -> list[Target]:
     ]
     conc = sorted(int(k[1:]) for k in grpc if k.startswith("c") and k[1:].isdigit())
     for c in conc:
-        out.append(
-            Target(
-                f"submit_vs_bare_c{c}",
-                f"SubmitJob throughput vs bare grpc.aio, c={c}",
-                grpc[f"throughput_vs_bare_c{c}"],
-                ">=",
-                0.5,
-                "x",
-                f"{grpc[f'c{c}']['per_s']} vs {grpc[f'bare_c{c}']['per_s']} req/s",
-            )
-        )
+        out.append(_submit_throughput(grpc, c, cap))
     top = max(conc)
     for name, part in (("gRPC", grpc), ("REST", rest)):
         out.append(
@@ -179,7 +200,7 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
     if "cost" in results:
         out += _cost(results["cost"], arq)
     if "ingress" in results:
-        out += _ingress(results["ingress"])
+        out += _ingress(results["ingress"], results.get("cost", {}).get("store_capacity"))
     rss = service_rss(results)
     if rss:
         name = max(rss, key=lambda k: rss[k])

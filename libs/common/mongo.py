@@ -253,7 +253,9 @@ class Mongo:
 
     @property
     def audit_log(self) -> AsyncCollection[Doc]:
-        """The `audit_log` collection (one entry per call, kept 1 year; the server's write concern)."""
+        """The `audit_log` collection (buckets of per-call entries, common.auditlog; kept 1 year).
+
+        The server's write concern: an audit line is not a promise."""
         return self.collection(AUDIT_LOG)
 
     async def ensure_indexes(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from common import auditlog
 from common.mongo import API_KEYS, AUTH_REQUESTS, JOBS, TOKENS, Doc, Mongo
 from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
@@ -160,15 +161,8 @@ async def rotate(mongo: Mongo, vault: Vault, *, batch: int = 200, actor: str = "
         report.rotated[spec.collection] = done
         report.left_on_old_keys[spec.collection] = await _count_stale(collection, spec, version, batch)
     report.finished_at = datetime.now(UTC).isoformat()
-    await mongo.audit_log.insert_one(
-        {
-            "action": "vault.rotate",
-            "actor": actor,
-            "outcome": "ok",
-            "created_at": datetime.now(UTC),
-            **asdict(report),
-        }
-    )
+    entry = {"action": "vault.rotate", "actor": actor, "outcome": "ok", "created_at": datetime.now(UTC)}
+    await mongo.audit_log.insert_one(auditlog.bucket([{**entry, **asdict(report)}]))
     log.info("key rotation done", extra={"report": asdict(report)})
     return report
 

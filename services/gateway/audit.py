@@ -2,8 +2,9 @@
 
 `record` only puts the entry on a bounded queue (put_nowait); a full queue drops
 the entry, counts it and logs at most once per interval: auditing never blocks or
-fails a call. The writer drains the queue into `insert_many` batches. It also
-flushes API keys' `last_used_at`, which the authenticator collects in memory.
+fails a call. The writer drains the queue into one document per write, a bucket of
+up to `auditlog.MAX_ENTRIES` entries (common.auditlog says why). It also flushes API
+keys' `last_used_at`, which the authenticator collects in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from prometheus_client import Counter
 from pymongo.asynchronous.collection import AsyncCollection
 
+from common import auditlog
 from common.mongo import Doc
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 WRITTEN = Counter("flickrhub_audit_written_total", "Audit entries written to MongoDB.")
 DROPPED = Counter("flickrhub_audit_dropped_total", "Audit entries dropped (queue full or write failed).")
 
-MAX_BATCH = 500
+MAX_BATCH = auditlog.MAX_ENTRIES
 DROP_LOG_INTERVAL_S = 10.0
 
 
@@ -95,14 +97,14 @@ class AuditWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            await asyncio.sleep(self._batch_s)  # let a batch gather: one insert_many, not one per call
+            await asyncio.sleep(self._batch_s)  # let a batch gather: one bucket, not one document per call
             await self._write(batch)
 
     async def _write(self, batch: list[Doc]) -> None:
         while len(batch) < MAX_BATCH and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         try:
-            await self._collection.insert_many(batch, ordered=False)
+            await self._collection.insert_one(auditlog.bucket(batch))
             self.written += len(batch)
             WRITTEN.inc(len(batch))
         except Exception as exc:  # a store outage must not kill the writer; the entries are counted lost

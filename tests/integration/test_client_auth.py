@@ -23,7 +23,7 @@ from aiohttp import web
 from google.rpc import error_details_pb2
 
 from cli.main import main as cli_main
-from common import signing
+from common import auditlog, signing
 from common.apikeys import ApiKeyStore
 from common.keys import job_state
 from common.settings import Settings
@@ -455,10 +455,10 @@ async def test_every_call_is_audited_off_the_request_path_including_auth_failure
     assert await audit.count_documents({}) == 0  # the answer came before the batch was written
     await _code(env.jobs.SubmitJob(ECHO, metadata=_bearer(f"fhk_democlient_{'y' * 43}")))
     for _ in range(50):
-        if await audit.count_documents({}) >= 2:
+        if len(await auditlog.entries(audit)) >= 2:
             break
         await asyncio.sleep(0.1)
-    ok = await audit.find_one({"outcome": "OK", "rpc": SUBMIT})
+    ok = next(iter(await auditlog.entries(audit, {"outcome": "OK", "rpc": SUBMIT})), None)
     assert ok is not None and ok["key_id"] == "democlient" and ok["client_ip"] == "127.0.0.1"
     assert (
         ok["user_id_hash"]
@@ -466,11 +466,28 @@ async def test_every_call_is_audited_off_the_request_path_including_auth_failure
         == identity.user_id_hash(DEMO_USER)
     )
     assert ok["latency_ms"] >= 0 and ok["auth"] == "bearer"
-    failed = await audit.find_one({"outcome": "UNAUTHENTICATED"})
+    failed = next(iter(await auditlog.entries(audit, {"outcome": "UNAUTHENTICATED"})), None)
     assert (
         failed is not None and failed["key_id"] == "democlient" and failed["reason"] == "INVALID_CREDENTIALS"
     )
     assert DEMO_USER not in json.dumps([ok, failed], default=str)
+
+
+async def test_the_entries_of_one_write_share_one_bucket_document(env: Env) -> None:
+    writer = AuditWriter(env.stack.mongo.audit_log, max_queue=1000, batch_ms=1.0)
+    for i in range(auditlog.MAX_ENTRIES + 30):
+        writer.record(
+            rpc=f"r{i}", key_id="k", client_ip="", outcome="OK", latency_ms=0, user_id_hashes=[], auth="none"
+        )
+    await writer.stop()
+    buckets = [doc async for doc in env.stack.mongo.audit_log.find({}).sort("created_at", 1)]
+    assert [b["count"] for b in buckets] == [auditlog.MAX_ENTRIES, 30]
+    assert all(len(b["entries"]) == b["count"] for b in buckets)
+    assert all(b["created_at"] == b["entries"][0]["created_at"] <= b["until"] for b in buckets)
+    rpcs = [e["rpc"] for e in await auditlog.entries(env.stack.mongo.audit_log)]
+    assert rpcs == [f"r{i}" for i in range(auditlog.MAX_ENTRIES + 30)]
+    with pytest.raises(ValueError, match="at least one entry"):
+        auditlog.bucket([])
 
 
 async def test_a_full_audit_queue_drops_and_counts_instead_of_blocking(env: Env) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from common import auditlog
 from common.auth_requests import AuthRequestStore
 from common.rotation import rotate
 from common.settings import Settings, SettingsError
@@ -74,7 +75,8 @@ async def test_rotation_while_jobs_run_fails_no_job_and_leaves_nothing_on_the_ol
                 await receiver.wait_for(job_id)
             tokens = [doc async for doc in stack.mongo.tokens.find({})]
             secrets = [doc async for doc in stack.mongo.jobs.find({"callback_secret": {"$exists": True}})]
-            audit = await stack.mongo.db.audit_log.find_one({"action": "vault.rotate"})
+            rotations = await auditlog.entries(stack.mongo.audit_log, {"action": "vault.rotate"})
+            audit = rotations[0] if rotations else None
             request = await stack.mongo.auth_requests.find_one({})
     finally:
         await receiver.stop()

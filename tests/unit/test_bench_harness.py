@@ -158,7 +158,8 @@ def test_targets_pass_and_fail_from_the_same_run() -> None:
     assert by_key["redis_commands"].passed
     assert not by_key["gateway_cpu_vs_bare"].passed  # 1.0 > 2 x 0.3
     assert by_key["edge_cpu"].passed
-    assert not by_key["submit_vs_bare_c50"].passed
+    # 200 req/s: half of bare (1,000) and 80% of the stand-in's 900 inserts/s (720): the lower applies.
+    assert not by_key["submit_throughput_c50"].passed and by_key["submit_throughput_c50"].limit == 720
     assert not by_key["p95_grpc_c200"].passed  # 600 ms
     assert by_key["p95_rest_open"].passed  # 40 ms
     assert by_key["e2e_vs_store"].passed  # 80 >= 72
@@ -167,6 +168,18 @@ def test_targets_pass_and_fail_from_the_same_run() -> None:
     assert not by_key["fairness_p99"].passed
     line = by_key["fairness_p99"].line()
     assert line.startswith("FAIL") and "500.0 ms vs 200.0 ms" in line
+
+
+def test_submit_throughput_is_held_to_bare_alone_without_the_store_capacity() -> None:
+    results = _results()
+    del results["cost"]
+    by_key = {t.key: t for t in targets.evaluate(results)}
+    assert by_key["submit_throughput_c200"].limit == 900  # 0.5 x bare 1,800
+    results = _results()
+    results["cost"]["store_capacity"]["insert_docs_per_s"] = 5000.0
+    by_key = {t.key: t for t in targets.evaluate(results)}
+    assert by_key["submit_throughput_c50"].limit == 1000  # bare is the lower limit now
+    assert "bare's applies" in by_key["submit_throughput_c50"].baseline
 
 
 def test_targets_skip_parts_that_did_not_run() -> None:
