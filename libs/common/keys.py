@@ -148,7 +148,7 @@ JOB_EVENTS = f"{PREFIX}:ev"
 
 
 def cache_generation(token_id_hash: str, method: str = "") -> str:
-    """Generation counter of a token's (or token+method's) cache scope; INCR invalidates it in O(1)."""
+    """Generation of a token's (or token+method's) cache scope; moving it forward empties the scope."""
     suffix = f":{method}" if method else ""
     return f"{PREFIX}c:gen:{{{token_id_hash}}}{suffix}"
 

@@ -21,8 +21,9 @@ Invalidating a token (or a token's method) moves its generation forward: every o
 matching at once, whatever their number, and ages out by TTL or LRU (or is overwritten by the
 next Put of its key). A Get is one MGET of both generations and the entry, no script (pipelined
 with the stats increments): a hit when both generations exist and equal the header's. A Put is a
-Lua script that reads the generations (seeding a missing one) and writes the entry with them;
-every key a script touches carries the token's hash tag, so it stays inside one cluster slot. A
+Lua script that reads the generations (seeding a missing one) and writes the entry with them.
+Every key a script touches comes in through KEYS, named by `common.keys`, and carries the token's
+hash tag, so each script call stays inside one cluster slot (Redis Cluster's rule). A
 miss keeps the generations it read, and a batched Put of that scope soon after is a plain SET
 with them in its header (one command instead of three): if a write moved the generations in
 between, the answer, which may predate the write, is stored with generations no lookup matches
@@ -204,6 +205,8 @@ class CacheStore:
         self._put = redis.register_script(_PUT)
         self._invalidate = redis.register_script(_INVALIDATE)
         self._claim = redis.register_script(_CLAIM)
+        # Every script this store runs; each touches only the keys it is given in KEYS.
+        self.scripts = (self._put, self._invalidate, self._claim)
         self._pending: Counter[str] = Counter()
         self._renewed: dict[str, float] = {}  # generation key -> when this replica last renewed it
         # (generation key, method generation key) -> the values a miss read there, and when.
@@ -379,11 +382,10 @@ class CacheStore:
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (one round trip) so the first calls meet no NOSCRIPT."""
-        scripts = (self._put, self._invalidate, self._claim)
         pipe = self._redis.pipeline(transaction=False)
-        for script in scripts:
+        for script in self.scripts:
             pipe.script_load(script.script)
-        for script, sha in zip(scripts, await pipe.execute(), strict=True):
+        for script, sha in zip(self.scripts, await pipe.execute(), strict=True):
             script.sha = sha.decode() if isinstance(sha, bytes) else sha
 
     async def flush_stats(self) -> None:
