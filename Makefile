@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup proto proto-check run test test-fast lint fmt bench bench-smoke bench-readme clean
 
-setup: $(STAMP) gen/.stamp  ## create .venv, install, generate gRPC code
+setup: $(STAMP) gen/.stamp  ## create .venv, install, generate gRPC code, install redis-server where missing
+	@$(PY) scripts/ensure_redis.py
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,6 @@ run: setup  ## start Redis, SecantusDB, the Flickr sandbox, the four services an
 	$(PY) -m devstack run
 
 test: setup  ## the whole suite with branch coverage (fails below 80%)
-	$(PY) scripts/ensure_redis.py
 	rm -f .coverage .coverage.*
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(PY) -m pytest -q -p no:cacheprovider \
 	  --cov --cov-config=pyproject.toml --cov-report=term $(PYTEST_ARGS)
@@ -49,11 +49,9 @@ fmt: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup  ## issue 9's measurements vs same-run baselines; PASS/FAIL per target; bench/results/ (PROFILE=1: flame graphs, STRICT=1: fail on a FAIL)
-	$(PY) scripts/ensure_redis.py
 	$(PY) -m bench $(if $(PROFILE),--profile) $(if $(STRICT),--strict)
 
 bench-smoke: setup  ## every part of `make bench` with tiny numbers into a temporary folder (checks it runs, not the targets)
-	$(PY) scripts/ensure_redis.py
 	$(PY) -m bench --smoke
 
 bench-readme: setup  ## rewrite README's Performance table from bench/results/latest.json
