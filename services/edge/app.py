@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import re
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,13 +24,12 @@ from google.protobuf import message
 from grpc_health.v1 import health_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from common.service import CHANNEL_OPTIONS, settle_gc
 from common.settings import Settings, cors_origins
-from edge import envelope, hardening, routes, status, transcode
+from edge import docs, envelope, errors, forwarding, hardening, metrics, routes, status, transcode, uploads
 from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
-from gateway import policy
 
 log = logging.getLogger("edge")
 
@@ -42,19 +39,6 @@ READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
 DISCONNECT_POLL_S = 0.5
 
-# The one allow-list of headers that become gRPC metadata (lower case). traceparent and
-# tracestate are not copied: the edge span's context is injected in their place.
-FORWARDED_HEADERS: tuple[str, ...] = (
-    "authorization",
-    "x-idempotency-key",
-    "x-api-key",
-    "x-signature",
-    "x-timestamp",
-    "x-nonce",
-    "x-api-key-id",
-)
-_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 # Content-Type values that are JSON in UTF-8 as sent by most clients: accepted without parsing.
@@ -63,29 +47,8 @@ _JSON_TYPES = frozenset(
 )
 _UNMATCHED = "unmatched"
 
-REQUESTS = Counter("flickrhub_edge_requests_total", "REST requests answered by the edge.", ["route", "code"])
-LATENCY = Histogram("flickrhub_edge_request_seconds", "Time to answer a REST request.", ["route"])
-
 _tracer = trace.get_tracer("flickrhub.edge")
 _CHANNEL = web.AppKey("edge_channel", grpc.aio.Channel)
-
-
-class _Reject(Exception):
-    """Answer the request with this error instead of calling the gateway."""
-
-    def __init__(self, error: status.HttpError) -> None:
-        super().__init__(error.body.get("message", ""))
-        self.error = error
-
-
-def _invalid(message_text: str) -> _Reject:
-    return _Reject(status.error(grpc.StatusCode.INVALID_ARGUMENT, message_text))
-
-
-def _http_error(http: int, code: grpc.StatusCode, message_text: str) -> _Reject:
-    err = status.error(code, message_text)
-    err.status = http
-    return _Reject(err)
 
 
 @dataclass
@@ -101,16 +64,8 @@ class _Bound:
     span_attributes: Mapping[str, str] | None = None
 
 
-def parse_grpc_timeout(value: str) -> float:
-    """Seconds in a `grpc-timeout` value such as `5S` or `100m`."""
-    found = _TIMEOUT.match(value.strip())
-    if found is None:
-        raise ValueError(f"grpc-timeout: expected 1-8 digits and a unit H/M/S/m/u/n, got {value!r}")
-    return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
-
-
 class Edge:
-    """Request handling state: route table, channel and metric children."""
+    """Request handling state: route table, channel and request metrics."""
 
     def __init__(self, route_table: Sequence[routes.Route]) -> None:
         self.bound = [
@@ -128,8 +83,7 @@ class Edge:
         ]
         self.channel: grpc.aio.Channel | None = None
         self.draining = False
-        self._counters: dict[tuple[str, int], Any] = {}
-        self._histograms: dict[str, Any] = {}
+        self.metrics = metrics.RequestMetrics()
         # Paths that are a static template (`/v1/jobs`): every template's verdict on them, worked
         # out once; other paths are matched template by template.
         self._static: dict[str, list[tuple[_Bound, dict[str, str]]]] = {}
@@ -173,25 +127,25 @@ class Edge:
             if b.route.verb == method:
                 return b, variables
         if not found:
-            raise _http_error(404, grpc.StatusCode.NOT_FOUND, f"no route for {raw_path}")
+            raise errors.http_error(404, grpc.StatusCode.NOT_FOUND, f"no route for {raw_path}")
         allow = ", ".join(sorted({b.route.verb for b, _ in found}))
         err = status.error(grpc.StatusCode.UNIMPLEMENTED, f"method {method} not allowed on {raw_path}")
         err.status = 405
         err.headers["Allow"] = allow
-        raise _Reject(err)
+        raise errors.Reject(err)
 
     # -- handlers ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Every REST route: match, transcode, call the gateway, render."""
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        request_id = request.headers.get("X-Request-Id") or forwarding.new_request_id()
         raw_path = request.raw_path.partition("?")[0]
         try:
             bound, variables = self.match(request.method, raw_path)
-        except _Reject as rejected:
+        except errors.Reject as rejected:
             unmatched = envelope.for_path(raw_path).error(rejected.error, request_id)
-            self._observe(_UNMATCHED, unmatched.status, started)
+            self.metrics.observe(_UNMATCHED, unmatched.status, started)
             return unmatched
         route = bound.route
         # The edge span (a child of the client's traceparent, if any) is current while the request
@@ -213,7 +167,7 @@ class Edge:
                     response = await self._stream(request, bound, msg, metadata, timeout, request_id)
                 else:
                     response = await self._unary(bound, msg, metadata, timeout, request_id)
-            except _Reject as rejected:
+            except errors.Reject as rejected:
                 response = bound.envelope.error(rejected.error, request_id)
             except Exception:
                 # A bug in the edge: log it with its trace and error id, answer JSON, never a stack trace.
@@ -229,7 +183,7 @@ class Edge:
         finally:
             otel_context.detach(token)
             span.end()
-        self._observe(route.name, response.status, started)
+        self.metrics.observe(route.name, response.status, started)
         return response
 
     async def _prepare(
@@ -241,8 +195,8 @@ class Edge:
             query = () if bound.builder.body == "*" else request.query.items()
             msg = bound.builder.build(variables, body, query)
         except transcode.TranscodeError as exc:
-            raise _invalid(str(exc)) from None
-        metadata, timeout = _metadata(request, request_id)
+            raise errors.invalid(str(exc)) from None
+        metadata, timeout = forwarding.metadata(request, request_id)
         # What a signed request covers (common.signing): the gateway trusts this only from the edge.
         metadata.append(("x-fh-body-sha256", hashlib.sha256(body or b"").hexdigest()))
         return msg, metadata, timeout
@@ -259,7 +213,7 @@ class Edge:
         try:
             reply = await bound.call(msg, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            return bound.envelope.error(self._rpc_error(exc), request_id)
+            return bound.envelope.error(errors.from_gateway(exc, self.channel), request_id)
         return bound.envelope.success(reply, bound.route, request_id)
 
     async def _stream(
@@ -286,9 +240,9 @@ class Edge:
                     response = await _start_stream(request, request_id)
                 await response.write(transcode.dumps({"result": transcode.message_to_dict(item)}) + b"\n")
         except grpc.aio.AioRpcError as exc:
-            err = self._rpc_error(exc)
+            err = errors.from_gateway(exc, self.channel)
             if response is None:  # nothing sent yet: a plain error answer with the right status
-                return _error_response(err, request_id)
+                return envelope.GOOGLE_RPC.error(err, request_id)
             await response.write(transcode.dumps({"error": err.body}) + b"\n")
         except ConnectionError:
             return response or web.Response(status=499, headers={"X-Request-Id": request_id})
@@ -299,22 +253,9 @@ class Edge:
         await response.write_eof()
         return response
 
-    def _rpc_error(self, exc: grpc.aio.AioRpcError) -> status.HttpError:
-        err = status.from_rpc_error(exc)
-        if (
-            exc.code() == grpc.StatusCode.UNAVAILABLE
-            and not err.body["details"]
-            and self.channel is not None
-            and self.channel.get_state() != grpc.ChannelConnectivity.READY
-        ):
-            # The gateway could not be reached (not its own answer): don't leak addresses to clients.
-            log.warning("gateway unreachable: %s", exc.details())
-            err.body["message"] = "gateway unavailable, retry later"
-        return err
-
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Liveness: the edge process answers."""
-        return _json_response(200, {"status": "ok"}, _request_id(request))
+        return _json_response(200, {"status": "ok"}, forwarding.request_id(request))
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Readiness: the gateway's standard health service says SERVING."""
@@ -327,18 +268,7 @@ class Edge:
             except grpc.aio.AioRpcError as exc:
                 state = f"gateway health check failed: {exc.code().name}"
         ok = state == health_pb2.HealthCheckResponse.ServingStatus.Name(serving)
-        return _json_response(200 if ok else 503, {"status": state}, _request_id(request))
-
-    def _observe(self, route: str, http_status: int, started: float) -> None:
-        key = (route, http_status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = REQUESTS.labels(route=route, code=str(http_status))
-        counter.inc()
-        histogram = self._histograms.get(route)
-        if histogram is None:
-            histogram = self._histograms[route] = LATENCY.labels(route=route)
-        histogram.observe(time.perf_counter() - started)
+        return _json_response(200 if ok else 503, {"status": state}, forwarding.request_id(request))
 
 
 async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
@@ -347,14 +277,14 @@ async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
         return None
     length = request.content_length
     if not accepts_body and length:
-        raise _invalid(f"{request.method} {request.path} takes no request body")
+        raise errors.invalid(f"{request.method} {request.path} takes no request body")
     if (
         accepts_body
         and request.headers.get("Content-Type") not in _JSON_TYPES
         and (request.content_type != _JSON or (request.charset or "utf-8").lower() != "utf-8")
     ):
         sent = request.headers.get("Content-Type", "")
-        raise _http_error(
+        raise errors.http_error(
             415, grpc.StatusCode.INVALID_ARGUMENT, f"unsupported content type {sent!r}: send application/json"
         )
     if length is not None and length > MAX_BODY_BYTES:
@@ -365,44 +295,12 @@ async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
         if len(body) > MAX_BODY_BYTES:
             raise _too_large()
     if body and not accepts_body:
-        raise _invalid(f"{request.method} {request.path} takes no request body")
+        raise errors.invalid(f"{request.method} {request.path} takes no request body")
     return bytes(body)
 
 
-def _too_large() -> _Reject:
-    return _http_error(
-        413, grpc.StatusCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
-    )
-
-
-def _metadata(request: web.Request, request_id: str) -> tuple[list[tuple[str, str]], float | None]:
-    """gRPC metadata from the allow-listed headers, plus the deadline from grpc-timeout."""
-    headers = request.headers
-    carrier: dict[str, str] = {}
-    for name in FORWARDED_HEADERS:
-        value = headers.get(name)
-        if value is not None:
-            carrier[name] = value
-    forwarded = headers.get("x-forwarded-for")
-    remote = request.remote or ""
-    carrier["x-forwarded-for"] = f"{forwarded}, {remote}" if forwarded else remote
-    carrier["x-request-id"] = request_id
-    # The HTTP request a client may have signed (common.signing); set here, never copied from headers.
-    carrier["x-fh-http-method"] = request.method
-    carrier["x-fh-http-path"] = request.raw_path.partition("?")[0]
-    carrier["x-fh-http-query"] = request.rel_url.raw_query_string
-    for name, value in carrier.items():
-        if not (value.isascii() and value.isprintable()):
-            raise _invalid(f"header {name} must be printable ASCII")
-    propagate.inject(carrier)  # traceparent/tracestate of the edge span, not the client's
-    timeout = None
-    raw_timeout = headers.get("grpc-timeout")
-    if raw_timeout is not None:
-        try:
-            timeout = parse_grpc_timeout(raw_timeout)
-        except ValueError as exc:
-            raise _invalid(str(exc)) from None
-    return list(carrier.items()), timeout
+def _too_large() -> errors.Reject:
+    return errors.too_large("request body", MAX_BODY_BYTES)
 
 
 async def _next_or_disconnect(call: Any, request: web.Request) -> Any:
@@ -428,28 +326,10 @@ async def _start_stream(request: web.Request, request_id: str) -> web.StreamResp
     return response
 
 
-def _request_id(request: web.Request) -> str:
-    return request.headers.get("X-Request-Id") or new_request_id()
-
-
-# The variant nibble of a random UUID: 10xx in binary.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def new_request_id() -> str:
-    """A random (version 4) UUID as text, as str(uuid.uuid4()) gives it, without the UUID object."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
 def _json_response(http: int, body: Mapping[str, Any], request_id: str) -> web.Response:
     return web.Response(
         status=http, body=transcode.dumps(body), content_type=_JSON, headers={"X-Request-Id": request_id}
     )
-
-
-def _error_response(error: status.HttpError, request_id: str) -> web.Response:
-    return envelope.GOOGLE_RPC.error(error, request_id)
 
 
 EDGE = web.AppKey("edge", Edge)
@@ -463,24 +343,20 @@ def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> w
     hardening.install(app, cors_origins(settings.cors_allowed_origins))
     app.router.add_get("/healthz", edge.healthz)
     app.router.add_get("/readyz", edge.readyz)
-    # Imported here: edge.uploads (client-streaming routes as multipart) builds on this module's helpers.
-    from edge import uploads
-
-    uploads.install(app, edge, settings.edge_upload_max_bytes)
+    # Client-streaming routes as multipart forms, counted in the edge's metrics.
+    upload_handlers = uploads.install(app, PROTO_MODULES, settings.edge_upload_max_bytes, edge.metrics)
     # /openapi.json and the Swagger UI at /docs, generated from the same PROTO_MODULES as the routes.
-    from edge import docs
-
-    # The gateway's policy table says which RPCs need no credential; the document marks them so.
-    docs.install(app, PROTO_MODULES, policy.open_methods())
+    docs.install(app, PROTO_MODULES)
     app.router.add_route("*", "/{tail:.*}", edge.handle)
 
     async def open_channel(app: web.Application) -> None:
-        if channel is not None:
-            edge.bind(channel)
-            return
-        owned = grpc.aio.insecure_channel(settings.gateway_addr, options=CHANNEL_OPTIONS)
-        app[_CHANNEL] = owned
-        edge.bind(owned)
+        gateway = channel
+        if gateway is None:
+            gateway = grpc.aio.insecure_channel(settings.gateway_addr, options=CHANNEL_OPTIONS)
+            app[_CHANNEL] = gateway  # ours to close
+        edge.bind(gateway)
+        for handler in upload_handlers:
+            handler.bind(gateway)
 
     async def close_channel(app: web.Application) -> None:
         edge.draining = True

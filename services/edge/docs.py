@@ -11,7 +11,7 @@ flickrhub-docs.js`), so a Content-Security-Policy of `default-src 'self'; img-sr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -84,10 +84,8 @@ def _version() -> str:
 class Docs:
     """The generated document and the docs page's files, ready to send."""
 
-    def __init__(self, modules: Sequence[routes.ProtoModule], public_methods: Collection[str] = ()) -> None:
-        self.document = openapi.build_document(
-            modules, title=TITLE, version=_version(), public_methods=public_methods
-        )
+    def __init__(self, modules: Sequence[routes.ProtoModule]) -> None:
+        self.document = openapi.build_document(modules, title=TITLE, version=_version())
         self.document_bytes = transcode.dumps(self.document)
         self._etag = '"' + hashlib.sha256(self.document_bytes).hexdigest()[:32] + '"'
         folder = vendor_dir()
@@ -119,11 +117,9 @@ class Docs:
         return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix], "Cache-Control": _CACHE})
 
 
-def install(
-    app: web.Application, modules: Sequence[routes.ProtoModule], public_methods: Collection[str] = ()
-) -> Docs:
+def install(app: web.Application, modules: Sequence[routes.ProtoModule]) -> Docs:
     """Route `/openapi.json`, `/docs` and `/docs/static/{name}` (before the edge's catch-all route)."""
-    docs = Docs(modules, public_methods)
+    docs = Docs(modules)
     app.router.add_get("/openapi.json", docs.openapi_json)
     app.router.add_get("/docs", docs.page)
     app.router.add_get(STATIC_PREFIX + "{name}", docs.static)

@@ -2,11 +2,12 @@
 
 Nothing is written twice: operations come from each method's google.api.http rule
 and its additional_bindings through the edge's own route builders
-(`routes._method_routes`, `uploads._method_routes`), schemas from the message
+(`routes.method_routes`, `routes.method_upload_routes`), schemas from the message
 descriptors (`edge.openapi_schemas`, which mirrors `edge.transcode`), descriptions
 from the proto comments (`edge.proto_comments`), error responses from the
-gRPC → HTTP table of `edge.status`. A service added to the edge's PROTO_MODULES
-appears here with no change.
+gRPC → HTTP table of `edge.status`, and the RPCs that need no credential from the
+contract's `(flickrhub.v1.no_credential)` option. A service added to the edge's
+PROTO_MODULES appears here with no change.
 
 What the edge really sends, per route kind:
 - unary: `application/json` of the response message (or its `response_body` field);
@@ -20,7 +21,7 @@ What the edge really sends, per route kind:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ig
 from google.protobuf import descriptor
 from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from edge import envelope, routes, status, uploads
+from edge import envelope, routes, status
 from edge.openapi_schemas import Schema, SchemaBuilder, is_map, is_well_known, ref
 from edge.proto_comments import DESCRIPTOR_SET_NAME, Comments
+from flickrhub.v1 import access_pb2
 
 OPENAPI_VERSION = "3.0.3"
 STATUS_SCHEMA = "google.rpc.Status"
@@ -118,12 +120,10 @@ def build_document(
     title: str,
     version: str,
     comments: Comments | None = None,
-    public_methods: Collection[str] = (),
 ) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of every HTTP rule of every service in `modules`.
 
-    `comments` defaults to the descriptor sets beside the modules; `public_methods` names
-    the RPCs (`flickrhub.v1.AuthService.AuthorizationCallback`) that need no credential.
+    `comments` defaults to the descriptor sets beside the modules.
     """
     modules = list(modules)
     if comments is None:
@@ -136,9 +136,11 @@ def build_document(
         for service in module.DESCRIPTOR.services_by_name.values():
             operations = 0
             for method in service.methods:
+                # The contract marks the RPCs that need no credential (Flickr's OAuth redirect).
+                no_credential = method.GetOptions().Extensions[access_pb2.no_credential]
                 for verb, path, operation in _method_operations(builder, service, method):
                     operation["operationId"] = _unique(operation["operationId"], used_ids)
-                    if method.full_name in public_methods:
+                    if no_credential:
                         operation["security"] = []
                     paths[path][verb.lower()] = operation
                     operations += 1
@@ -198,13 +200,13 @@ def _method_operations(
     base_id = f"{service.name}_{method.name}"
     out = []
     if method.client_streaming:
-        for upload in uploads._method_routes(service, method, options.Extensions[annotations_pb2.http]):
+        for upload in routes.method_upload_routes(service, method):
             operation = _operation(service, method, comment, base_id)
             operation["requestBody"] = _multipart_body(builder, method)
             operation["responses"] = _responses(builder, method, "", with_body=True)
             out.append((upload.verb, upload.path, operation))
         return out
-    for route in routes._method_routes(service, method):
+    for route in routes.method_routes(service, method):
         operation = _operation(service, method, comment, base_id)
         fields = route.template.field_paths
         parameters = [_path_parameter(builder, method.input_type, p) for p in fields]
@@ -263,7 +265,7 @@ def _resolve(message_type: descriptor.Descriptor, path: str) -> descriptor.Field
     field: descriptor.FieldDescriptor | None = None
     current: descriptor.Descriptor | None = message_type
     for name in path.split("."):
-        assert current is not None  # routes._method_routes checked every path variable
+        assert current is not None  # routes.method_routes checked every path variable
         field = current.fields_by_name[name]
         current = field.message_type
     assert field is not None
@@ -334,22 +336,22 @@ def _json_body(
 
 
 def _multipart_body(builder: SchemaBuilder, method: descriptor.MethodDescriptor) -> dict[str, Any]:
-    job_type = method.input_type.fields_by_name[uploads.JOB_PART].message_type
-    assert job_type is not None  # uploads._method_routes checked the `oneof {job, chunk, end}` form
+    job_type = method.input_type.fields_by_name[routes.JOB_PART].message_type
+    assert job_type is not None  # routes.method_upload_routes checked the `oneof {job, chunk, end}` form
     schema = {
         "type": "object",
-        "required": [uploads.JOB_PART, uploads.PHOTO_PART],
+        "required": [routes.JOB_PART, routes.PHOTO_PART],
         "additionalProperties": False,  # the edge refuses any other part
         "properties": {
-            uploads.JOB_PART: builder.message(job_type),
-            uploads.PHOTO_PART: {"type": "string", "format": "binary"},
+            routes.JOB_PART: builder.message(job_type),
+            routes.PHOTO_PART: {"type": "string", "format": "binary"},
         },
     }
-    encoding = {uploads.JOB_PART: {"contentType": _JSON}, uploads.PHOTO_PART: {"contentType": "*/*"}}
+    encoding = {routes.JOB_PART: {"contentType": _JSON}, routes.PHOTO_PART: {"contentType": "*/*"}}
     content = {"multipart/form-data": {"schema": schema, "encoding": encoding}}
     return {
         "required": True,
-        "description": f"The `{uploads.JOB_PART}` part (JSON), then the `{uploads.PHOTO_PART}` file part.",
+        "description": f"The `{routes.JOB_PART}` part (JSON), then the `{routes.PHOTO_PART}` file part.",
         "content": content,
     }
 

@@ -37,28 +37,21 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
-from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ignore]
-from google.protobuf import descriptor, message, message_factory
+from google.protobuf import message
 from opentelemetry import propagate, trace
 
-from edge import app as edge_app
-from edge import routes, status, templates, transcode
+from edge import envelope, errors, forwarding, metrics, routes, status, transcode
+from edge.routes import JOB_PART, PHOTO_PART
 
 log = logging.getLogger("edge")
 
-JOB_PART = "job"
-PHOTO_PART = "photo"
-# The request field of the stream's last message: the photo's size and SHA-256.
-END_PART = "end"
 CHUNK_BYTES = 1024 * 1024
 # A SubmitJobRequest as JSON: 64 params of up to 4 KiB and 16 KiB of meta fit well within this.
 MAX_JOB_BYTES = 1024 * 1024
@@ -71,123 +64,56 @@ _tracer = trace.get_tracer("flickrhub.edge")
 GO_AHEAD_KEY = "x-fh-upload-go-ahead"
 # What grpc reports for a write the server's early answer made fail (the real status is lost).
 _CORE_WRITE_FAILURE = "Internal error from Core"
+# aiohttp's words for a malformed multipart body.
+_MALFORMED = (ValueError, AssertionError, BadHttpMessage)
 
 
-@dataclass(frozen=True)
-class UploadRoute:
-    """One REST binding of a client-streaming `oneof {job, chunk, end}` method."""
-
-    verb: str
-    path: str
-    method_path: str
-    request_cls: type[message.Message]
-    job_cls: type[message.Message]
-    end_cls: type[message.Message]
-    response_cls: type[message.Message]
-
-    @property
-    def name(self) -> str:
-        """Span and metric name, e.g. `POST /v1/uploads`."""
-        return f"{self.verb} {self.path}"
-
-
-def upload_routes(modules: Iterable[routes.ProtoModule]) -> list[UploadRoute]:
-    """The bindings of every client-streaming method with an HTTP rule."""
-    found = []
-    for module in modules:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                options = method.GetOptions()
-                if not method.client_streaming or not options.HasExtension(annotations_pb2.http):
-                    continue
-                found.extend(_method_routes(service, method, options.Extensions[annotations_pb2.http]))
-    return found
-
-
-def _method_routes(
-    service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor, rule: Any
-) -> list[UploadRoute]:
-    if method.server_streaming:
-        raise routes.RouteError(f"{method.full_name}: bidirectional streams have no REST form here")
-    fields = method.input_type.fields_by_name
-    job, chunk, end = fields.get(JOB_PART), fields.get("chunk"), fields.get(END_PART)
-    end_fields = end.message_type.fields_by_name if end is not None and end.message_type is not None else {}
-    if (
-        job is None
-        or job.message_type is None
-        or chunk is None
-        or chunk.type != chunk.TYPE_BYTES
-        or end is None
-        or end.message_type is None
-        or set(end_fields) != {"size", "sha256"}
-    ):
-        raise routes.RouteError(
-            f"{method.full_name}: a client stream needs `oneof {{job, chunk, end {{size, sha256}}}}` for REST"
-        )
-    out = []
-    for binding in [rule, *rule.additional_bindings]:
-        kind = binding.WhichOneof("pattern")
-        if kind not in ("get", "put", "post", "delete", "patch"):
-            raise routes.RouteError(f"{method.full_name}: unsupported HttpRule pattern {kind!r}")
-        path = str(getattr(binding, kind))
-        if templates.parse(path).field_paths:
-            raise routes.RouteError(f"{method.full_name}: upload paths take no variables ({path})")
-        out.append(
-            UploadRoute(
-                verb=kind.upper(),
-                path=path,
-                method_path=f"/{service.full_name}/{method.name}",
-                request_cls=message_factory.GetMessageClass(method.input_type),
-                job_cls=message_factory.GetMessageClass(job.message_type),
-                end_cls=message_factory.GetMessageClass(end.message_type),
-                response_cls=message_factory.GetMessageClass(method.output_type),
-            )
-        )
-    return out
-
-
-class _Refused(Exception):
-    """Answer with this error (and cancel the call if one was started)."""
-
-    def __init__(self, http: int, message_text: str) -> None:
-        super().__init__(message_text)
-        self.error = status.error(grpc.StatusCode.INVALID_ARGUMENT, message_text)
-        self.error.status = http
+def _refused(http: int, message_text: str) -> errors.Reject:
+    return errors.http_error(http, grpc.StatusCode.INVALID_ARGUMENT, message_text)
 
 
 class UploadHandler:
-    """Serves one upload route through the edge's channel, metadata rules and metrics."""
+    """Serves one upload route on the gateway channel it is bound to, counted in the edge's metrics."""
 
-    def __init__(self, edge: edge_app.Edge, route: UploadRoute, max_body: int) -> None:
-        self.edge = edge
+    def __init__(
+        self, route: routes.UploadRoute, max_body: int, request_metrics: metrics.RequestMetrics
+    ) -> None:
         self.route = route
         self.max_body = max_body
+        self.metrics = request_metrics
+        self.channel: grpc.aio.Channel | None = None
         self._job = transcode.RequestBuilder(route.job_cls, "*", ())
         self._call: Any = None
         self._abandoning: set[asyncio.Task[None]] = set()
 
-    def _callable(self) -> Any:
-        if self._call is None:
-            assert self.edge.channel is not None, "the edge channel opens at startup"
-            self._call = self.edge.channel.stream_unary(
-                self.route.method_path,
-                request_serializer=self.route.request_cls.SerializeToString,
-                response_deserializer=self.route.response_cls.FromString,
-            )
-        return self._call
+    def bind(self, channel: grpc.aio.Channel) -> None:
+        """Create the route's client-stream callable on the edge's channel."""
+        self.channel = channel
+        self._call = channel.stream_unary(
+            self.route.method_path,
+            request_serializer=self.route.request_cls.SerializeToString,
+            response_deserializer=self.route.response_cls.FromString,
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Stream one multipart upload to the gateway and render its answer."""
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
-        response: web.StreamResponse
+        request_id = forwarding.request_id(request)
         if request.method != self.route.verb:
-            err = status.error(grpc.StatusCode.UNIMPLEMENTED, f"method {request.method} not allowed")
-            err.status = 405
-            err.headers["Allow"] = self.route.verb
-            response = edge_app._error_response(err, request_id)
-            self.edge._observe(self.route.name, response.status, started)
-            return response
+            response = self._not_allowed(request.method, request_id)
+        else:
+            response = await self._traced(request, request_id)
+        self.metrics.observe(self.route.name, response.status, started)
+        return response
+
+    def _not_allowed(self, method: str, request_id: str) -> web.StreamResponse:
+        err = status.error(grpc.StatusCode.UNIMPLEMENTED, f"method {method} not allowed")
+        err.status = 405
+        err.headers["Allow"] = self.route.verb
+        return envelope.GOOGLE_RPC.error(err, request_id)
+
+    async def _traced(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        """The upload inside its server span; every failure becomes an answer."""
         with _tracer.start_as_current_span(
             self.route.name,
             context=propagate.extract(request.headers),
@@ -197,62 +123,39 @@ class UploadHandler:
             span.set_attribute("http.request.method", request.method)
             span.set_attribute("http.route", self.route.path)
             span.set_attribute("rpc.method", self.route.method_path)
+            response: web.StreamResponse
             try:
                 response = await self._upload(request, request_id)
-            except _Refused as refused:
-                response = edge_app._error_response(refused.error, request_id)
-            except edge_app._Reject as rejected:
-                response = edge_app._error_response(rejected.error, request_id)
+            except errors.Reject as rejected:
+                response = envelope.GOOGLE_RPC.error(rejected.error, request_id)
             except Exception:
                 log.exception("edge failed on %s", self.route.name)
                 err = status.error(grpc.StatusCode.INTERNAL, "internal error in the REST edge")
-                response = edge_app._error_response(err, request_id)
+                response = envelope.GOOGLE_RPC.error(err, request_id)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
-        self.edge._observe(self.route.name, response.status, started)
         return response
 
     async def _upload(self, request: web.Request, request_id: str) -> web.StreamResponse:
-        if request.content_type != _MULTIPART:
-            sent = request.headers.get("Content-Type", "")
-            raise _Refused(415, f"unsupported content type {sent!r}: send multipart/form-data")
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise self._too_large()
-        metadata, timeout = edge_app._metadata(request, request_id)
+        self._check_head(request)
+        metadata, timeout = forwarding.metadata(request, request_id)
+        reader, job_bytes, job, photo = await self._read_job(request)
+        assert self._call is not None, "upload handlers are bound to the channel at startup"
+        call = self._call(metadata=metadata, timeout=timeout)
         try:
-            reader = await request.multipart()
-            job_part = await reader.next()
-            raw_job = await self._read_job(job_part)
-            job = self._job.build({}, raw_job, ())
-            photo = await reader.next()
-        except transcode.TranscodeError as exc:
-            raise _Refused(400, f"`{JOB_PART}` part: {exc}") from None
-        except (ValueError, AssertionError, BadHttpMessage) as exc:  # aiohttp's words for a malformed body
-            raise _Refused(400, f"malformed multipart body: {exc}") from None
-        if not isinstance(photo, BodyPartReader) or photo.name != PHOTO_PART:
-            raise _Refused(400, f"a `{PHOTO_PART}` file part must follow the `{JOB_PART}` part")
-        call = self._callable()(metadata=metadata, timeout=timeout)
-        try:
-            await self._send(call, self.route.request_cls(job=job))
-            # The gateway's go-ahead, or the (empty) initial metadata of a refusal.
-            if (GO_AHEAD_KEY, "1") not in tuple(await call.initial_metadata() or ()):
+            if not await self._go_ahead(call, job):
                 await call  # refused: raises its status
                 return _bad_gateway("the gateway answered the upload before accepting it", request_id)
-            end = await self._stream_photo(call, photo, len(raw_job))
-            if await reader.next() is not None:
-                raise _Refused(400, f"nothing may follow the `{PHOTO_PART}` part")
-            # Only now, with the whole body read, does the edge vouch for the photo.
-            await self._send(call, self.route.request_cls(end=end))
-            await call.done_writing()
+            await self._send_photo(call, reader, photo, job_bytes)
             reply = await call
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_WRITE_FAILURE:
                 return _bad_gateway("the gateway ended the upload before it was complete; retry", request_id)
-            return edge_app._error_response(self.edge._rpc_error(exc), request_id)
-        except (ValueError, AssertionError, BadHttpMessage) as exc:
+            return envelope.GOOGLE_RPC.error(errors.from_gateway(exc, self.channel), request_id)
+        except _MALFORMED as exc:
             self._abandon(call)
-            raise _Refused(400, f"malformed multipart body: {exc}") from None
+            raise _refused(400, f"malformed multipart body: {exc}") from None
         except BaseException:
             self._abandon(call)  # the gateway refuses it and removes the blob it was writing
             raise
@@ -262,19 +165,61 @@ class UploadHandler:
             headers={"X-Request-Id": request_id},
         )
 
-    async def _read_job(self, part: BodyPartReader | MultipartReader | None) -> bytes:
+    def _check_head(self, request: web.Request) -> None:
+        """415 unless multipart/form-data; 413 when Content-Length is over the limit."""
+        if request.content_type != _MULTIPART:
+            sent = request.headers.get("Content-Type", "")
+            raise _refused(415, f"unsupported content type {sent!r}: send multipart/form-data")
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise self._too_large()
+
+    async def _read_job(
+        self, request: web.Request
+    ) -> tuple[MultipartReader, int, message.Message, BodyPartReader]:
+        """The body's reader, the `job` part's size and message, and the `photo` part (not yet read)."""
+        try:
+            reader = await request.multipart()
+            raw_job = await self._read_job_part(await reader.next())
+            job = self._job.build({}, raw_job, ())
+            photo = await reader.next()
+        except transcode.TranscodeError as exc:
+            raise _refused(400, f"`{JOB_PART}` part: {exc}") from None
+        except _MALFORMED as exc:
+            raise _refused(400, f"malformed multipart body: {exc}") from None
+        if not isinstance(photo, BodyPartReader) or photo.name != PHOTO_PART:
+            raise _refused(400, f"a `{PHOTO_PART}` file part must follow the `{JOB_PART}` part")
+        return reader, len(raw_job), job, photo
+
+    async def _read_job_part(self, part: BodyPartReader | MultipartReader | None) -> bytes:
         if not isinstance(part, BodyPartReader) or part.name != JOB_PART:
-            raise _Refused(400, f"the first part must be `{JOB_PART}` (JSON of SubmitJobRequest)")
+            raise _refused(400, f"the first part must be `{JOB_PART}` (JSON of SubmitJobRequest)")
         raw = bytearray()
         while chunk := await part.read_chunk(64 * 1024):
             raw += chunk
             if len(raw) > self.max_body:
                 raise self._too_large()
             if len(raw) > MAX_JOB_BYTES:
-                raise _Refused(400, f"the `{JOB_PART}` part is larger than {MAX_JOB_BYTES} bytes")
+                raise _refused(400, f"the `{JOB_PART}` part is larger than {MAX_JOB_BYTES} bytes")
         if not raw:
-            raise _Refused(400, f"the `{JOB_PART}` part is empty")
+            raise _refused(400, f"the `{JOB_PART}` part is empty")
         return bytes(raw)
+
+    async def _go_ahead(self, call: Any, job: message.Message) -> bool:
+        """Send the job; True when the gateway's initial metadata says "send the photo"."""
+        await self._send(call, self.route.request_cls(job=job))
+        # The gateway's go-ahead, or the (empty) initial metadata of a refusal.
+        return (GO_AHEAD_KEY, "1") in tuple(await call.initial_metadata() or ())
+
+    async def _send_photo(
+        self, call: Any, reader: MultipartReader, photo: BodyPartReader, received: int
+    ) -> None:
+        """The photo in chunks, then, once the body has ended cleanly, its `end`; then half-close."""
+        end = await self._stream_photo(call, photo, received)
+        if await reader.next() is not None:
+            raise _refused(400, f"nothing may follow the `{PHOTO_PART}` part")
+        # Only now, with the whole body read, does the edge vouch for the photo.
+        await self._send(call, self.route.request_cls(end=end))
+        await call.done_writing()
 
     async def _stream_photo(self, call: Any, photo: BodyPartReader, received: int) -> message.Message:
         """Forward the photo part in chunks; its `end` (size, SHA-256), to send once the body is over."""
@@ -321,17 +266,24 @@ class UploadHandler:
         finally:
             call.cancel()  # no-op once the call has ended
 
-    def _too_large(self) -> _Refused:
-        return _Refused(413, f"upload body larger than {self.max_body} bytes")
+    def _too_large(self) -> errors.Reject:
+        return errors.too_large("upload body", self.max_body)
 
 
 def _bad_gateway(message_text: str, request_id: str) -> web.StreamResponse:
     err = status.error(grpc.StatusCode.UNAVAILABLE, message_text)
     err.status = 502
-    return edge_app._error_response(err, request_id)
+    return envelope.GOOGLE_RPC.error(err, request_id)
 
 
-def install(app: web.Application, edge: edge_app.Edge, max_body: int) -> None:
-    """Route every upload binding to its handler (before the edge's catch-all route)."""
-    for route in upload_routes(edge_app.PROTO_MODULES):
-        app.router.add_route("*", route.path, UploadHandler(edge, route, max_body).handle)
+def install(
+    app: web.Application,
+    modules: Sequence[routes.ProtoModule],
+    max_body: int,
+    request_metrics: metrics.RequestMetrics,
+) -> list[UploadHandler]:
+    """Route every upload binding to its handler (before the edge's catch-all route); bind them at startup."""
+    handlers = [UploadHandler(route, max_body, request_metrics) for route in routes.upload_routes(modules)]
+    for handler in handlers:
+        app.router.add_route("*", handler.route.path, handler.handle)
+    return handlers

@@ -1,9 +1,10 @@
 """The one table of which RPC needs which role, and which rate-limit class it counts in.
 
-Roles: OPEN (no credential: Flickr's OAuth redirect), CLIENT (any valid key; the
-servicer then checks the user the call acts for), ADMIN (admin keys only).
-Health and reflection are outside FlickrHub's services and stay open. An RPC
-missing from the table needs an admin key: forgetting a row fails closed.
+Roles: OPEN (no credential: the RPCs the contract marks `(flickrhub.v1.no_credential)`,
+i.e. Flickr's OAuth redirect), CLIENT (any valid key; the servicer then checks the user
+the call acts for), ADMIN (admin keys only). Health and reflection are outside
+FlickrHub's services and stay open. An RPC missing from the table and not marked in
+the contract needs an admin key: forgetting a row fails closed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import flickr_methods
+from flickrhub.v1 import access_pb2, admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
 
 OPEN = "open"
 CLIENT = "client"
@@ -51,8 +53,6 @@ RULES: dict[str, Rule] = {
     _LEGACY + "GetLegacyJobStatus": Rule(CLIENT, READ),
     _AUTH + "StartAuthorization": Rule(CLIENT, WRITE),
     _AUTH + "CompleteAuthorization": Rule(CLIENT, WRITE),
-    # Flickr redirects the user's browser here; the one-time request token is the credential.
-    _AUTH + "AuthorizationCallback": Rule(OPEN, WRITE),
     _AUTH + "ListTokens": Rule(ADMIN, READ),
     _AUTH + "RevokeToken": Rule(ADMIN, WRITE),
     _ADMIN + "GetQueueStats": Rule(ADMIN, READ),
@@ -64,18 +64,33 @@ RULES: dict[str, Rule] = {
 }
 _UNLISTED = Rule(ADMIN, WRITE)
 _UNCHECKED = Rule(OPEN, READ)
+_NO_CREDENTIAL = Rule(OPEN, WRITE)
+
+# The proto files of the services the gateway serves.
+CONTRACT = (jobs_pb2, admin_pb2, auth_pb2, legacy_pb2, keys_pb2)
+
+
+def _no_credential_methods() -> frozenset[str]:
+    """Full gRPC method paths of the RPCs the contract marks `(flickrhub.v1.no_credential)`."""
+    return frozenset(
+        f"/{service.full_name}/{method.name}"
+        for module in CONTRACT
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if method.GetOptions().Extensions[access_pb2.no_credential]
+    )
+
+
+NO_CREDENTIAL = _no_credential_methods()
+# The table wins over the contract's mark (a method in both needs its listed role): fails closed.
+_RULE_BY_PATH = {**dict.fromkeys(NO_CREDENTIAL, _NO_CREDENTIAL), **RULES}
 
 
 def rule(method_path: str) -> Rule:
     """The rule of a full gRPC method path."""
     if method_path.startswith(OPEN_PREFIXES):
         return _UNCHECKED
-    return RULES.get(method_path, _UNLISTED)
-
-
-def open_methods() -> frozenset[str]:
-    """Descriptor full names (`flickrhub.v1.AuthService.AuthorizationCallback`) of the OPEN RPCs."""
-    return frozenset(path.strip("/").replace("/", ".") for path, r in RULES.items() if r.role == OPEN)
+    return _RULE_BY_PATH.get(method_path, _UNLISTED)
 
 
 def is_unchecked(method_path: str) -> bool:

@@ -303,6 +303,15 @@ async def test_admin_rpcs_need_an_admin_key(env: Env) -> None:
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT  # "*" only for admin keys
 
 
+async def test_flickrs_oauth_redirect_is_the_one_route_served_without_a_credential(env: Env) -> None:
+    # The contract marks AuthorizationCallback (flickrhub.v1.no_credential): the servicer itself answers.
+    status, _, body = await _rest(env, "GET", "/v1/auth/callback", headers={})
+    assert status == 400, body
+    assert "oauth_token" in json.dumps(body["details"])
+    status, _, body = await _rest(env, "POST", "/v1/auth:start", headers={}, body={"perms": "read"})
+    assert status == 401, body
+
+
 async def test_ip_allow_list_uses_the_client_address_the_trusted_edge_saw(env: Env) -> None:
     fenced = await env.new_key(ip_allowlist=["203.0.113.0/24"])
     err = await _code(env.jobs.SubmitJob(ECHO, metadata=_bearer(fenced.api_key)))

@@ -54,7 +54,7 @@ from common.settings import Settings
 from devstack.procs import free_port
 from devstack.seed import DEMO_USER
 from edge import app as edge_app
-from edge import routes, uploads
+from edge import routes
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, keys_pb2, keys_pb2_grpc
 from tests.helpers.flickr_approve import decide
 from tests.helpers.inproc import Stack, running_stack, seed_demo_token, stack_settings
@@ -132,7 +132,7 @@ _REVOKE_KEY = _route_pattern("/v1/admin/keys/{key_id}:revoke")
 
 def test_every_rest_route_has_a_runnable_example_in_curl_python_and_node() -> None:
     templates = {r.template.source for r in routes.build(edge_app.PROTO_MODULES)}
-    templates |= {r.path for r in uploads.upload_routes(edge_app.PROTO_MODULES)}
+    templates |= {r.path for r in routes.upload_routes(edge_app.PROTO_MODULES)}
     examples = all_examples()
     missing = []
     for template in sorted(templates):

@@ -14,7 +14,8 @@ from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_p
 from google.rpc import error_details_pb2, status_pb2
 
 from edge import routes, status, transcode
-from edge.app import PROTO_MODULES, parse_grpc_timeout
+from edge.app import PROTO_MODULES
+from edge.forwarding import parse_grpc_timeout
 from flickrhub.v1 import admin_pb2, jobs_pb2
 
 FDP = descriptor_pb2.FileDescriptorProto  # a message with nested, repeated and bool fields

@@ -11,10 +11,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from openapi_spec_validator import validate
 
 from common.settings import Settings
-from edge import openapi, routes, uploads
+from edge import openapi, routes
 from edge.app import PROTO_MODULES, create_app
 from edge.proto_comments import Comments
-from gateway import policy
+from flickrhub.v1 import access_pb2
 
 
 def _document() -> dict[str, Any]:
@@ -39,7 +39,7 @@ def test_document_validates_as_openapi_3() -> None:
 def test_every_http_rule_becomes_an_operation_with_a_unique_id() -> None:
     operations = _operations(_document())
     expected = {f"{r.verb} {r.template.source}" for r in routes.build(PROTO_MODULES)}
-    expected |= {r.name for r in uploads.upload_routes(PROTO_MODULES)}
+    expected |= {r.name for r in routes.upload_routes(PROTO_MODULES)}
     assert set(operations) == expected
     ids = [op["operationId"] for op in operations.values()]
     assert len(ids) == len(set(ids))
@@ -124,7 +124,7 @@ def test_errors_security_and_public_paths() -> None:
     assert document["servers"] == [{"url": "/"}]
 
 
-async def test_served_document_marks_only_the_policys_open_rpcs_as_needing_no_credential() -> None:
+async def test_served_document_marks_only_the_contracts_no_credential_rpcs_as_needing_none() -> None:
     app = create_app(Settings.from_env(env={}, edge_metrics_port=-1))
     async with TestClient(TestServer(app)) as client:
         document = await (await client.get("/openapi.json")).json()
@@ -136,7 +136,14 @@ async def test_served_document_marks_only_the_policys_open_rpcs_as_needing_no_cr
     }
     # AuthorizationCallback (Flickr redirects the user's browser there) and its legacy binding.
     assert unsecured == {"GET /v1/auth/callback", "GET /api/v1/auth/callback"}
-    assert policy.open_methods() == {"flickrhub.v1.AuthService.AuthorizationCallback"}
+    marked = {
+        method.full_name
+        for module in PROTO_MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if method.GetOptions().Extensions[access_pb2.no_credential]
+    }
+    assert marked == {"flickrhub.v1.AuthService.AuthorizationCallback"}
     for name, op in _operations(document).items():
         if name not in unsecured:
             assert "security" not in op, name  # the document-wide requirement: a credential
