@@ -304,6 +304,15 @@ def test_metrics_ports_are_declared_and_annotated_for_scraping() -> None:
         assert metrics in {p["port"] for rule in scrape for p in rule["ports"]}, f"{name}: scrape blocked"
 
 
+def test_metrics_ports_are_the_settings_defaults() -> None:
+    # One number per service everywhere: the README's table, `make run`'s banner and the runbook
+    # all give Settings' defaults, so the manifests pin those too.
+    defaults = Settings()
+    for name in SERVICES:
+        pinned = int(effective_env(name)[port_env(name)[1]])
+        assert pinned == getattr(defaults, f"{name}_metrics_port"), name
+
+
 def test_pods_spread_and_disruption_budgets_cover_every_service() -> None:
     budgets = by_kind("PodDisruptionBudget")
     for name in SERVICES:
