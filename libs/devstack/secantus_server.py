@@ -1,7 +1,7 @@
 """Launch SecantusDB with a chosen TTL sweep interval; prints `READY <host> <port>`.
 
 The `secantusd-py` daemon ignores `ttl_sweep_seconds` and auto-loads any
-./secantusd.toml, hence this launcher (see SECANTUS.md).
+./secantusd.toml, hence this launcher, which starts the server class itself.
 """
 
 from __future__ import annotations
