@@ -49,7 +49,12 @@ async def _measure(n: int, redis_url: str, mongo: str) -> dict[str, Any]:
 
         def authenticator(cache_s: float) -> Authenticator:
             return Authenticator(
-                store, redis, cache_s=cache_s, skew_s=300, trusted_proxies=settings.trusted_proxy_networks
+                store,
+                redis,
+                cache_s=cache_s,
+                skew_s=300,
+                trusted_proxies=settings.trusted_proxy_networks,
+                bcrypt_concurrency=settings.api_key_bcrypt_concurrency,
             )
 
         bearer = Request(METHOD, {"authorization": f"Bearer {issued.api_key}"}, PEER, signing.EMPTY_SHA256)

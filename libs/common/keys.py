@@ -33,9 +33,8 @@ ACTIVE_CHANGES = f"{PREFIX}:{{sched}}:changes"
 # claimed by the others at once, instead of every mover sweeping every token stream all the time.
 MOVERS = f"{PREFIX}:{{sched}}:movers"
 DELAYED = f"{PREFIX}:delayed"
+# Trimmed (approximately) to DEAD_LETTERS_MAX entries; the job document keeps every failure.
 DEAD_LETTERS = f"{PREFIX}:dlq"
-# The dead-letter stream is trimmed (approximately) to this length; the job document keeps every failure.
-DEAD_LETTERS_MAX = 100_000
 WEBHOOKS = f"{PREFIX}:hooks"
 
 

@@ -13,6 +13,11 @@ server's default: an audit line is not a promise, and a blob's chunks are writte
 document, whose journaled write covers them (the journal is one sequence, and on a replica set the
 majority commit point covers every earlier oplog entry).
 
+TTL indexes whose period is a setting (the audit log's, AUDIT_RETENTION_DAYS) are declared from the
+settings each service started with; when the index already holds another period, `ensure_indexes`
+changes it in place with `collMod` (creating it again with other options would fail). Every service
+that writes should run with the same value: the last one to start wins.
+
 On SecantusDB (tests, `make run`) `j: true` commits the write's WiredTiger transaction with
 `sync=on`: one fdatasync of its log per write command statement. One insert_many is one
 transaction (up to 1,000 documents), so the gateway's group commit pays one flush per batch; a
@@ -43,7 +48,8 @@ AUTH_REQUESTS = "auth_requests"
 
 INDEX_NOT_FOUND = 27  # MongoDB's IndexNotFound error code
 
-AUDIT_RETENTION_S = 365 * 24 * 3600
+# AUDIT_RETENTION_DAYS's default, for what is declared without settings (INDEXES, Mongo.connect).
+DEFAULT_AUDIT_RETENTION_S = Settings().audit_retention_s
 # Archives written by `flickrhub archive` (common.archive), one document per archived day.
 ARCHIVES = "archives"
 
@@ -63,6 +69,11 @@ def _history_indexes() -> list[IndexModel]:
             keys = [(f, ASCENDING) for f in fields] + [("created_at", DESCENDING), ("job_id", DESCENDING)]
             models.append(IndexModel(keys, name=f"{name}_recent"))
     return models
+
+
+def audit_indexes(retention_s: int) -> list[IndexModel]:
+    """The audit log's one index: entries expire `retention_s` (AUDIT_RETENTION_DAYS) after creation."""
+    return [IndexModel([("created_at", ASCENDING)], expireAfterSeconds=retention_s, name="retention_ttl")]
 
 
 def _key_version_index(field: str) -> IndexModel:
@@ -138,9 +149,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         _key_version_index("secret"),
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
-    AUDIT_LOG: [
-        IndexModel([("created_at", ASCENDING)], expireAfterSeconds=AUDIT_RETENTION_S, name="retention_ttl")
-    ],
+    AUDIT_LOG: audit_indexes(DEFAULT_AUDIT_RETENTION_S),
     ARCHIVES: [IndexModel([("name", ASCENDING)], unique=True, name="name_unique")],
 }
 # The GridFS bucket holding upload photos until their job ends.
@@ -167,6 +176,10 @@ RETIRED_INDEXES: dict[str, tuple[str, ...]] = {
     ),
     TOKENS: ("key_version",),  # on oauth_token.v alone: now oauth_token_key_version
 }
+
+
+def _ttl(model: IndexModel) -> bool:
+    return "expireAfterSeconds" in model.document
 
 
 # The collections whose acknowledged writes must survive a crash of the server (see the module doc).
@@ -196,6 +209,7 @@ class Mongo:
     client: AsyncMongoClient[Doc]
     db: AsyncDatabase[Doc]
     durable: WriteConcern = field(default_factory=write_concern)
+    audit_retention_s: int = DEFAULT_AUDIT_RETENTION_S
     _collections: dict[str, AsyncCollection[Doc]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -214,9 +228,17 @@ class Mongo:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Mongo:
-        """Connect to MONGO_URL / MONGO_DB with MONGO_WRITE_CONCERN on the durable collections."""
+        """Connect to MONGO_URL / MONGO_DB with MONGO_WRITE_CONCERN on the durable collections and
+        AUDIT_RETENTION_DAYS on the audit log."""
         concern = write_concern(settings.mongo_write_concern, settings.mongo_write_timeout_ms)
-        return cls.connect(settings.mongo_url, settings.mongo_db, concern)
+        mongo = cls.connect(settings.mongo_url, settings.mongo_db, concern)
+        mongo.audit_retention_s = settings.audit_retention_s
+        return mongo
+
+    @property
+    def indexes(self) -> dict[str, list[IndexModel]]:
+        """INDEXES with this connection's audit retention."""
+        return {**INDEXES, AUDIT_LOG: audit_indexes(self.audit_retention_s)}
 
     def collection(self, name: str) -> AsyncCollection[Doc]:
         """Collection `name`, with the durable write concern when it is one of DURABLE_COLLECTIONS."""
@@ -253,14 +275,15 @@ class Mongo:
 
     @property
     def audit_log(self) -> AsyncCollection[Doc]:
-        """The `audit_log` collection (buckets of per-call entries, common.auditlog; kept 1 year).
+        """The `audit_log` collection (buckets of per-call entries, common.auditlog; AUDIT_RETENTION_DAYS).
 
         The server's write concern: an audit line is not a promise."""
         return self.collection(AUDIT_LOG)
 
     async def ensure_indexes(self) -> None:
-        """Create every declared index and drop the retired ones; a no-op when that is done."""
-        for name, models in INDEXES.items():
+        """Create every declared index, retune TTLs that changed, drop the retired ones; a no-op when done."""
+        for name, models in self.indexes.items():
+            await self._retune_ttls(name, models)
             await self.db[name].create_indexes(models)
         for name, retired in RETIRED_INDEXES.items():
             held = {ix["name"] async for ix in await self.db[name].list_indexes()}
@@ -270,6 +293,17 @@ class Mongo:
                 except OperationFailure as exc:  # another service starting at once dropped it first
                     if exc.code != INDEX_NOT_FOUND:
                         raise
+
+    async def _retune_ttls(self, name: str, models: list[IndexModel]) -> None:
+        """Give each existing TTL index of `name` the period `models` declare for it (collMod)."""
+        periods = {m.document["name"]: m.document["expireAfterSeconds"] for m in models if _ttl(m)}
+        if not periods:
+            return
+        async for held in await self.db[name].list_indexes():
+            wanted = periods.get(held["name"])
+            if wanted is not None and held.get("expireAfterSeconds") != wanted:
+                change = {"name": held["name"], "expireAfterSeconds": wanted}
+                await self.db.command("collMod", name, index=change)
 
     async def close(self) -> None:
         """Close the client's connections."""

@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 
 from common.grpc_errors import UNTRACED, ErrorInterceptor
 from common.logs import setup_logging
-from common.settings import Settings
+from common.settings import GRPC_MAX_MESSAGE_BYTES, Settings
 from common.telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.lb_policy_name", "round_robin"),
 ]
 # Servers close connections after a few minutes (with a grace period) so clients re-resolve and
 # new replicas get their share of long-lived channels.
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),  # EDGE_MAX_BODY_BYTES stays within it
     ("grpc.max_connection_age_ms", 300_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
 ]

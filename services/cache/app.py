@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from cache import metrics
 from cache.servicer import CacheServicer
-from cache.store import MAX_IN_FLIGHT, CacheStore
+from cache.store import CacheStore
 from common import redisio
 from common.service import GrpcServer, bootstrap, run_service, start_metrics
 from common.settings import Settings
@@ -30,7 +30,9 @@ class CacheApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redisio.client(settings.cache_redis_url, max_connections=MAX_IN_FLIGHT, decode=False)
+        # One connection per call the store lets run at once (CACHE_REDIS_MAX_IN_FLIGHT).
+        max_connections = settings.cache_redis_max_in_flight
+        self.redis = redisio.client(settings.cache_redis_url, max_connections=max_connections, decode=False)
         self.store = CacheStore(self.redis, settings)
         service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
         self.grpc = GrpcServer(

@@ -62,14 +62,10 @@ from common.settings import CACHE_MAX_TTL_S, Settings
 MAX_TTL_S = CACHE_MAX_TTL_S
 # Warming: requests with a longer canonical form are not counted (the set stores it whole).
 HOT_MEMBER_MAX = 2048
-# The popularity set keeps this many times CACHE_WARM_TOP keys; counts halve every HOT_DECAY_S.
-HOT_KEEP_FACTOR = 50
+# The popularity set keeps CACHE_HOT_KEEP_FACTOR times CACHE_WARM_TOP keys; counts halve every HOT_DECAY_S.
 HOT_DECAY_S = 60
 # Counts that decayed below this are dropped.
 HOT_FLOOR = 0.25
-# Redis calls in flight at once; the client's pool has as many connections. redis-py's
-# asyncio pool raises MaxConnectionsError past its size instead of waiting, so calls queue here.
-MAX_IN_FLIGHT = 64
 # A generation outlives every entry stored under it, so its expiry never drops a live entry; it only
 # stops idle tokens' keys piling up. A Put renews it when this replica has not renewed it for
 # GENERATION_RENEW_S (it then still has more than MAX_TTL_S to live), else it costs no command.
@@ -201,7 +197,7 @@ class CacheStore:
         self._search_ttl = settings.cache_ttl_search_s
         self._ttls = settings.cache_ttls
         self.warming = settings.cache_warm_enabled
-        self._hot_keep = settings.cache_warm_top * HOT_KEEP_FACTOR
+        self._hot_keep = settings.cache_warm_top * settings.cache_hot_keep_factor
         self._put = redis.register_script(_PUT)
         self._invalidate = redis.register_script(_INVALIDATE)
         self._claim = redis.register_script(_CLAIM)
@@ -211,8 +207,11 @@ class CacheStore:
         self._renewed: dict[str, float] = {}  # generation key -> when this replica last renewed it
         # (generation key, method generation key) -> the values a miss read there, and when.
         self._seen: dict[tuple[str, str], tuple[bytes, bytes, float]] = {}
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._trips = RoundTrips(redis, keep=MAX_IN_FLIGHT)
+        # Redis calls in flight at once (CACHE_REDIS_MAX_IN_FLIGHT); the client's pool has as many
+        # connections (cache.app). redis-py's asyncio pool raises MaxConnectionsError past its size
+        # instead of waiting, so calls queue here.
+        self._slots = asyncio.Semaphore(settings.cache_redis_max_in_flight)
+        self._trips = RoundTrips(redis, keep=settings.cache_redis_max_in_flight)
 
     def _renewals(self, generations: Sequence[str]) -> list[str]:
         """Per generation, '1' when a Put is to renew its expiry (counted as renewed from now), else '0'.

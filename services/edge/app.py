@@ -34,7 +34,6 @@ from flickrhub.v1 import admin_pb2, auth_pb2, jobs_pb2, keys_pb2, legacy_pb2
 log = logging.getLogger("edge")
 
 PROTO_MODULES: tuple[routes.ProtoModule, ...] = (jobs_pb2, admin_pb2, auth_pb2, legacy_pb2, keys_pb2)
-MAX_BODY_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 2.0
 # How often a server stream waiting for its next message checks that the client is still there.
 DISCONNECT_POLL_S = 0.5
@@ -67,7 +66,8 @@ class _Bound:
 class Edge:
     """Request handling state: route table, channel and request metrics."""
 
-    def __init__(self, route_table: Sequence[routes.Route]) -> None:
+    def __init__(self, route_table: Sequence[routes.Route], max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes  # EDGE_MAX_BODY_BYTES
         self.bound = [
             _Bound(
                 r,
@@ -189,7 +189,7 @@ class Edge:
     async def _prepare(
         self, request: web.Request, bound: _Bound, variables: Mapping[str, str], request_id: str
     ) -> tuple[message.Message, list[tuple[str, str]], float | None]:
-        body = await _read_body(request, bound.builder.accepts_body)
+        body = await _read_body(request, bound.builder.accepts_body, self.max_body_bytes)
         try:
             # The query string is parsed only for routes that take fields from it (body is not "*").
             query = () if bound.builder.body == "*" else request.query.items()
@@ -271,8 +271,8 @@ class Edge:
         return _json_response(200 if ok else 503, {"status": state}, forwarding.request_id(request))
 
 
-async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
-    """The raw body within MAX_BODY_BYTES (checked on Content-Length first, then while reading)."""
+async def _read_body(request: web.Request, accepts_body: bool, max_bytes: int) -> bytes | None:
+    """The raw body within `max_bytes` (checked on Content-Length first, then while reading)."""
     if not request.body_exists:
         return None
     length = request.content_length
@@ -287,20 +287,20 @@ async def _read_body(request: web.Request, accepts_body: bool) -> bytes | None:
         raise errors.http_error(
             415, grpc.StatusCode.INVALID_ARGUMENT, f"unsupported content type {sent!r}: send application/json"
         )
-    if length is not None and length > MAX_BODY_BYTES:
-        raise _too_large()
+    if length is not None and length > max_bytes:
+        raise _too_large(max_bytes)
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _too_large()
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
     if body and not accepts_body:
         raise errors.invalid(f"{request.method} {request.path} takes no request body")
     return bytes(body)
 
 
-def _too_large() -> errors.Reject:
-    return errors.too_large("request body", MAX_BODY_BYTES)
+def _too_large(max_bytes: int) -> errors.Reject:
+    return errors.too_large("request body", max_bytes)
 
 
 async def _next_or_disconnect(call: Any, request: web.Request) -> Any:
@@ -337,8 +337,8 @@ EDGE = web.AppKey("edge", Edge)
 
 def create_app(settings: Settings, channel: grpc.aio.Channel | None = None) -> web.Application:
     """The edge app; it dials `settings.gateway_addr` unless given a channel (the caller then closes it)."""
-    edge = Edge(routes.build(PROTO_MODULES))
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    edge = Edge(routes.build(PROTO_MODULES), settings.edge_max_body_bytes)
+    app = web.Application(client_max_size=settings.edge_max_body_bytes)
     app[EDGE] = edge
     hardening.install(app, cors_origins(settings.cors_allowed_origins))
     app.router.add_get("/healthz", edge.healthz)

@@ -73,6 +73,7 @@ class GatewayApp:
             cache_max=settings.api_key_cache_max,
             skew_s=settings.auth_clock_skew_s,
             trusted_proxies=settings.trusted_proxy_networks,
+            bcrypt_concurrency=settings.api_key_bcrypt_concurrency,
         )
         self.audit = AuditWriter(
             self.mongo.audit_log,

@@ -45,8 +45,6 @@ EDGE_METHOD = "x-fh-http-method"
 EDGE_PATH = "x-fh-http-path"
 EDGE_QUERY = "x-fh-http-query"
 EDGE_BODY_SHA256 = "x-fh-body-sha256"
-# bcrypt is ~0.2 s of CPU: at most this many run at once, so a flood of bad keys cannot take every thread.
-BCRYPT_CONCURRENCY = 4
 _MISSING_HELP = (
     "missing credentials: send 'authorization: Bearer <api key>' or 'x-api-key', or sign the request "
     "(x-api-key-id, x-timestamp, x-nonce, x-signature; see docs/auth.md)"
@@ -130,8 +128,11 @@ class Authenticator:
         cache_s: float,
         skew_s: int,
         trusted_proxies: Sequence[Network],
+        bcrypt_concurrency: int,
         cache_max: int = 10_000,
     ) -> None:
+        """`bcrypt_concurrency` (API_KEY_BCRYPT_CONCURRENCY): bcrypt is ~0.2 s of CPU, so at most that
+        many checks run at once and a flood of bad keys cannot take every thread."""
         self._store = store
         self._redis = redis
         self._cache_s = cache_s
@@ -145,7 +146,7 @@ class Authenticator:
         self._loading: dict[str, asyncio.Future[_Cached]] = {}
         self._reloading: dict[str, asyncio.Future[_Cached]] = {}
         self._checking: dict[tuple[str, str], asyncio.Future[bool]] = {}
-        self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+        self._bcrypt = asyncio.Semaphore(bcrypt_concurrency)
         self.used: set[str] = set()  # key ids seen since the last last_used_at flush
         self.bcrypt_checks = 0
         self.lookups = 0

@@ -1,4 +1,4 @@
-"""Idempotency keys: a resubmission within 24 hours returns the first job instead of a new one.
+"""Idempotency keys: a resubmission within IDEMPOTENCY_TTL_S (24 hours) returns the first job.
 
 A key is reserved in the queue Redis under the token's scope (`keys.idempotency`, the
 key's digest) with `SET NX`, holding `<job id>:<fingerprint>`. The fingerprint is a hash
@@ -25,7 +25,6 @@ from common import keys, redisio, resp
 from common.errors import FieldViolation, FlickrHubError, Unavailable
 from flickrhub.v1 import jobs_pb2
 
-TTL_S = 24 * 3600
 # A reservation that vanished between SET NX and GET (its holder failed and released it): try again.
 _ATTEMPTS = 3
 
@@ -70,8 +69,10 @@ class Claim:
 class IdempotencyKeys:
     """Reserve, look up and release idempotency keys."""
 
-    def __init__(self, redis: redisio.Redis, wire: resp.Multiplexed | None = None) -> None:
+    def __init__(self, redis: redisio.Redis, ttl_s: int, wire: resp.Multiplexed | None = None) -> None:
+        """`ttl_s` (IDEMPOTENCY_TTL_S): how long a reserved key is held."""
         self._redis = redis
+        self._ttl_s = ttl_s
         self._wire = wire  # the reservation's round trip goes over it when given (common.resp)
 
     async def reserve(self, claim: Claim) -> str | None:
@@ -92,7 +93,7 @@ class IdempotencyKeys:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for name, claim in zip(names, claims, strict=True):
-                pipe.set(name, f"{claim.job_id}:{claim.fingerprint}", nx=True, ex=TTL_S)
+                pipe.set(name, f"{claim.job_id}:{claim.fingerprint}", nx=True, ex=self._ttl_s)
             reserved = await resp.run(pipe, self._wire)
             for reply in reserved:
                 if isinstance(reply, Exception):
@@ -117,7 +118,8 @@ class IdempotencyKeys:
                 if retry:
                     again = self._redis.pipeline(transaction=False)
                     for i in retry:
-                        again.set(names[i], f"{claims[i].job_id}:{claims[i].fingerprint}", nx=True, ex=TTL_S)
+                        value = f"{claims[i].job_id}:{claims[i].fingerprint}"
+                        again.set(names[i], value, nx=True, ex=self._ttl_s)
                     pending = [i for i, ok in zip(retry, await again.execute(), strict=True) if not ok]
         except RedisError as exc:
             raise Unavailable("queue store unavailable; retry shortly") from exc

@@ -38,8 +38,6 @@ from gateway.turns import Turns
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_TTL_S = idempotency.TTL_S
-WATCH_POLL_S = 5.0
 CALLBACK_PURPOSE = "callback-secret"
 
 
@@ -75,7 +73,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.url_guard = urlguard.UrlGuard.from_settings(settings)
         self.admission = admission.Admission.from_settings(redis, settings, wire)
         committer.admission = self.admission  # single submissions' admissions ride its pipeline
-        self.idempotency = idempotency.IdempotencyKeys(redis, wire)
+        self.idempotency = idempotency.IdempotencyKeys(redis, settings.idempotency_ttl_s, wire)
+        self._watch_poll_s = settings.watch_poll_s
         self.turns = Turns(settings.gateway_user_turns)
 
     async def SubmitJob(
@@ -331,7 +330,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             yield convert.job_to_proto(doc)
             while doc["status"] not in jobs.FINAL_STATES:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(hints.get(), timeout=WATCH_POLL_S)
+                    await asyncio.wait_for(hints.get(), timeout=self._watch_poll_s)
                 doc = await self._require(request.job_id, hot=True)
                 current = (doc["status"], doc.get("attempts", 0))
                 if current != seen:

@@ -4,7 +4,7 @@ Contract (jobs.proto `UploadJobRequest`): the first message carries `job`
 (validated like SubmitJob, plus: target TARGET_UPLOAD or TARGET_REPLACE; method
 `flickr.photos.upload` / `flickr.photos.replace`, filled in when empty; params
 only Flickr's upload fields, and `photo_id` is required for a replace); the next
-messages carry a `chunk` of at most 1 MiB, 100 MiB in all; the last one carries
+messages carry a `chunk` of at most 1 MiB, UPLOAD_MAX_PHOTO_BYTES (100 MiB) in all; the last one carries
 `end`, the photo's size and SHA-256, and nothing may follow it. Each of those
 rules answers INVALID_ARGUMENT with a field violation (`job`, `chunk`, `end`,
 `end.size`, `end.sha256`, `params[...]`): an oversize photo is a bad request, not
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 # Initial metadata sent once the job is accepted; the REST edge streams the photo only after it.
 GO_AHEAD_KEY = "x-fh-upload-go-ahead"
 MAX_CHUNK_BYTES = 1024 * 1024
-MAX_PHOTO_BYTES = 100 * 1024 * 1024
 SHA256_BYTES = 32
 METHODS = {"upload": "flickr.photos.upload", "replace": "flickr.photos.replace"}
 _BINARY = frozenset({"0", "1"})
@@ -135,7 +134,9 @@ def end_violations(end: jobs_pb2.UploadEnd | None, size: int, digest: bytes) -> 
     return bad
 
 
-async def _receive(writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJobRequest]) -> BlobInfo:
+async def _receive(
+    writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJobRequest], max_photo_bytes: int
+) -> BlobInfo:
     end: jobs_pb2.UploadEnd | None = None
     async for message in messages:
         part = message.WhichOneof("part")
@@ -158,10 +159,10 @@ async def _receive(writer: BlobWriter, messages: AsyncIterator[jobs_pb2.UploadJo
                 f"chunk of {size} bytes; at most {MAX_CHUNK_BYTES} per message",
                 [FieldViolation("chunk", f"at most {MAX_CHUNK_BYTES} bytes per message")],
             )
-        if writer.size + size > MAX_PHOTO_BYTES:
+        if writer.size + size > max_photo_bytes:
             raise InvalidArgument(
-                f"photo larger than {MAX_PHOTO_BYTES} bytes",
-                [FieldViolation("chunk", f"the photo is at most {MAX_PHOTO_BYTES} bytes in all")],
+                f"photo larger than {max_photo_bytes} bytes",
+                [FieldViolation("chunk", f"the photo is at most {max_photo_bytes} bytes in all")],
             )
         await writer.write(message.chunk)
     bad = end_violations(end, writer.size, writer.digest())
@@ -240,7 +241,7 @@ async def _store_and_submit(
     await context.send_initial_metadata(((GO_AHEAD_KEY, "1"),))
     writer = blobs.writer(job_id, {"job_id": job_id, "user_id": job.user_id, "target": target})
     try:
-        info = await _receive(writer, messages)
+        info = await _receive(writer, messages, servicer._settings.upload_max_photo_bytes)
     except BaseException as exc:  # refused, failed or cancelled mid-stream: nothing may remain
         with contextlib.suppress(PyMongoError):
             await undo(writer.abort())

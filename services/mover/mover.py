@@ -318,7 +318,7 @@ class Mover:
         if chore_replies:
             lease, due, left = chore_replies
             if lease:
-                await upkeep.requeue_due(self._redis, due)
+                await upkeep.requeue_due(self._redis, due, self._settings.dead_letters_max)
             if left:
                 log.warning("finishing %d token(s) a mover left draining", len(left))
                 await upkeep.finish_draining(self._redis, [str(t) for t in left])
@@ -617,7 +617,8 @@ class Mover:
         commands += [_xadd(stream, fields) for _, _, _, stream, fields in live]
         for _, _, held in dead:
             fields = {**held.fields, "dlq_reason": "malformed", "dlq_source": "mover"}
-            commands.append(_xadd(keys.DEAD_LETTERS, fields, ("MAXLEN", "~", keys.DEAD_LETTERS_MAX)))
+            trim = ("MAXLEN", "~", self._settings.dead_letters_max)
+            commands.append(_xadd(keys.DEAD_LETTERS, fields, trim))
         commands += [drain.begin(state.token, now_ms) for state in drains]
         commands += [drain.end(token, holds) for token, holds in ends]
         try:
@@ -706,7 +707,7 @@ class Mover:
         due: list[Any] = await self._redis.zrangebyscore(
             keys.DELAYED, "-inf", int(time.time() * 1000), start=0, num=500
         )
-        return await upkeep.requeue_due(self._redis, due)
+        return await upkeep.requeue_due(self._redis, due, self._settings.dead_letters_max)
 
 
 def _grouped(

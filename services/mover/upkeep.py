@@ -33,7 +33,7 @@ return 1
 """
 
 
-async def requeue_due(redis: redisio.Redis, due: Sequence[Any]) -> int:
+async def requeue_due(redis: redisio.Redis, due: Sequence[Any], dead_letters_max: int) -> int:
     """Put due retries (fh:delayed members) back into their token queues; malformed ones: dead letters."""
     if not due:
         return 0
@@ -47,7 +47,7 @@ async def requeue_due(redis: redisio.Redis, due: Sequence[Any]) -> int:
             log.error("malformed delayed entry: %s", exc)
             pipe.xadd(
                 keys.DEAD_LETTERS,
-                maxlen=keys.DEAD_LETTERS_MAX,
+                maxlen=dead_letters_max,  # DEAD_LETTERS_MAX
                 approximate=True,
                 fields={"raw": str(member), "dlq_reason": "malformed", "dlq_source": "mover"},
             )

@@ -574,7 +574,7 @@ class Executor:
         metrics.DEAD_LETTERS.labels(reason=reason).inc()
         await self._redis.xadd(
             keys.DEAD_LETTERS,
-            maxlen=keys.DEAD_LETTERS_MAX,
+            maxlen=self._settings.dead_letters_max,
             approximate=True,
             fields=redisio.fields(
                 {

@@ -191,7 +191,7 @@ async def test_chunked_body_is_refused_as_soon_as_it_passes_the_limit(edge: Edge
 
 
 async def test_every_json_route_refuses_a_wrong_content_type_with_415(edge: Edge) -> None:
-    app_edge = edge_app.Edge(routes.build(edge_app.PROTO_MODULES))
+    app_edge = edge_app.Edge(routes.build(edge_app.PROTO_MODULES), Settings.from_env({}).edge_max_body_bytes)
     body_routes = [b.route for b in app_edge.bound if b.builder.accepts_body]
     assert len(body_routes) >= 5
     for route in body_routes:

@@ -157,7 +157,13 @@ async def test_the_epoch_is_bumped_by_every_rotation_and_revocation_and_a_lost_o
 
 async def test_the_cache_of_verified_keys_is_bounded(replicas: Replicas) -> None:
     authn = Authenticator(
-        replicas.b.api_keys, replicas.b.redis, cache_s=60, skew_s=300, trusted_proxies=(), cache_max=2
+        replicas.b.api_keys,
+        replicas.b.redis,
+        cache_s=60,
+        skew_s=300,
+        trusted_proxies=(),
+        bcrypt_concurrency=replicas.b.settings.api_key_bcrypt_concurrency,
+        cache_max=2,
     )
     created = [await replicas.new_key() for _ in range(3)]
     for key in created:

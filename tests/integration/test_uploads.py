@@ -21,7 +21,6 @@ from common import keys
 from common.settings import Settings
 from edge import app as edge_app
 from flickrhub.v1 import jobs_pb2
-from gateway import uploads as gateway_uploads
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import bad_fields, result_of
 from tests.helpers.uploads import chunks_of, upload_end, upload_messages
@@ -45,9 +44,9 @@ def replace_job(**params: str) -> jobs_pb2.SubmitJobRequest:
 
 
 async def _stack(
-    redis_url: str, cache_redis_url: str, mongo_url: str, db: str, processes: int = 1
+    redis_url: str, cache_redis_url: str, mongo_url: str, db: str, processes: int = 1, **overrides: Any
 ) -> AsyncIterator[Stack]:
-    settings = stack_settings(redis_url, cache_redis_url, mongo_url, db)
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, db, **overrides)
     await seed_demo_token(settings)
     async with running_stack(settings, movers=processes, workers=processes) as running:
         yield running
@@ -70,8 +69,24 @@ async def idle_stack(
         yield running
 
 
-async def _edge(stack: Stack, max_body: int | None = None) -> tuple[web.AppRunner, str]:
-    overrides = {} if max_body is None else {"edge_upload_max_bytes": max_body}
+@pytest_asyncio.fixture
+async def small_photo_stack(
+    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+) -> AsyncIterator[Stack]:
+    """No mover and no worker, and a gateway that takes photos of at most 2 MiB."""
+    async for running in _stack(
+        redis_url, cache_redis_url, mongo_url, mongo_db_name, processes=0, upload_max_photo_bytes=2 * MIB
+    ):
+        yield running
+
+
+# An edge for photos of at most 64 KiB: its upload body limit (the photo and the job part) is cheap to pass.
+SMALL_PHOTO = 64 * 1024
+SMALL_BODY = Settings.from_env({}, upload_max_photo_bytes=SMALL_PHOTO).edge_upload_max_bytes
+
+
+async def _edge(stack: Stack, max_photo: int | None = None) -> tuple[web.AppRunner, str]:
+    overrides = {} if max_photo is None else {"upload_max_photo_bytes": max_photo}
     app = edge_app.create_app(Settings.from_env({}, **overrides), stack.channel)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -90,8 +105,8 @@ async def edge(stack: Stack) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture
 async def small_edge(stack: Stack) -> AsyncIterator[str]:
-    """An edge whose upload body limit is 64 KiB, so 413 is cheap to reach."""
-    runner, base = await _edge(stack, max_body=64 * 1024)
+    """An edge for photos of at most 64 KiB, so 413 is cheap to reach."""
+    runner, base = await _edge(stack, max_photo=SMALL_PHOTO)
     yield base
     await runner.cleanup()
 
@@ -362,14 +377,18 @@ async def test_a_refused_upload_leaves_no_job_no_blob_and_no_stream_entry(
 
 
 async def test_a_photo_over_the_limit_is_refused_and_its_written_chunks_removed(
-    stack: Stack, redis: Any, monkeypatch: pytest.MonkeyPatch
+    small_photo_stack: Stack, redis: Any
 ) -> None:
-    monkeypatch.setattr(gateway_uploads, "MAX_PHOTO_BYTES", 2 * MIB)  # 100 MiB in production
+    stack = small_photo_stack  # UPLOAD_MAX_PHOTO_BYTES = 2 MiB (100 MiB by default)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.jobs.UploadJob(upload_messages(upload_job(), jpeg(3 * MIB)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == {"chunk"}
+    assert "larger than 2097152 bytes" in (err.value.details() or "")
     await assert_nothing_written(stack, redis)
+    # Up to the limit is a photo like any other.
+    accepted = await stack.jobs.UploadJob(upload_messages(upload_job(), jpeg(2 * MIB)))
+    assert accepted.job_id
 
 
 async def test_an_unknown_user_is_refused_before_any_byte_is_stored(stack: Stack, redis: Any) -> None:
@@ -647,9 +666,9 @@ async def test_rest_streamed_body_over_the_limit_is_a_413_while_reading(
 
     async def body() -> AsyncIterator[bytes]:  # chunked: no Content-Length to refuse up front
         yield head
-        for _ in range(10):
+        for _ in range(SMALL_BODY // (16 * 1024) + 2):
             yield os.urandom(16 * 1024)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.001)
         yield b"\r\n--b--\r\n"
 
     headers = {"Content-Type": "multipart/form-data; boundary=b"}
@@ -659,7 +678,7 @@ async def test_rest_streamed_body_over_the_limit_is_a_413_while_reading(
             http.post(f"{small_edge}/v1/uploads", data=body(), headers=headers) as resp,
         ):
             assert resp.status == 413
-            assert "larger than 65536" in (await resp.json())["message"]
+            assert f"larger than {SMALL_BODY}" in (await resp.json())["message"]
     except aiohttp.ClientOSError:  # pragma: no cover - the server may close before the upload ends
         pass
     await assert_nothing_written(stack, redis)

@@ -13,7 +13,7 @@ PROXY = ipaddress.ip_network("10.0.0.0/8")
 
 def _authenticator() -> Authenticator:
     none: Any = None  # no store or Redis: client_address needs neither
-    return Authenticator(none, none, cache_s=1.0, skew_s=300, trusted_proxies=[PROXY])
+    return Authenticator(none, none, cache_s=1.0, skew_s=300, trusted_proxies=[PROXY], bcrypt_concurrency=1)
 
 
 def test_remembered_addresses_answer_as_client_ip_does_for_each_forwarded_chain() -> None:
