@@ -36,7 +36,9 @@ async def _measure(n: int, redis_url: str, mongo: str) -> dict[str, Any]:
     redis = redisio.client(redis_url)
     try:
         await db.ensure_indexes()
-        store = ApiKeyStore(db.api_keys, Vault(LocalKeyProvider.from_settings(settings)))
+        store = ApiKeyStore.from_settings(
+            db.api_keys, Vault(LocalKeyProvider.from_settings(settings)), settings
+        )
         issued = await store.create("bench", ["bench-user"])
         doc = await store.find(issued.record.key_id)
         assert doc is not None

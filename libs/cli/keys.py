@@ -112,7 +112,7 @@ async def _bootstrap(settings: Settings, name: str) -> IssuedKey:
     try:
         await mongo.ensure_indexes()
         vault = Vault(LocalKeyProvider.from_settings(settings))
-        store = ApiKeyStore(mongo.api_keys, vault, bcrypt_rounds=settings.api_key_bcrypt_rounds)
+        store = ApiKeyStore.from_settings(mongo.api_keys, vault, settings)
         return await store.create(name, [ALL_USERS], admin=True)
     finally:
         await mongo.close()

@@ -28,14 +28,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from common import keys, redisio
 from common.mongo import Doc
+from common.settings import Settings
 from common.vault import Vault
 
 PREFIX = "fhk"
 SIGNING_PURPOSE = "api-key-signing"
 ALL_USERS = "*"
 CLASSES = ("read", "write", "upload")
-DEFAULT_RATE_PER_MIN = 1000
-BCRYPT_ROUNDS = 12
 # bcrypt reads at most 72 bytes. Our secrets are 43 ASCII characters we generate, so a longer one is
 # never ours: refuse it rather than truncate (bcrypt<4.1 did: two secrets sharing 72 bytes matched)
 # or pre-hash (it would change every stored hash and buys nothing for secrets we choose).
@@ -54,7 +53,7 @@ class ApiKeyRecord:
     user_ids: tuple[str, ...]
     admin: bool
     ip_allowlist: tuple[str, ...] = ()
-    rate_limit_per_min: int = DEFAULT_RATE_PER_MIN
+    rate_limit_per_min: int = 0  # the key's own limit, else API_KEY_DEFAULT_RATE_PER_MIN (from_doc)
     class_limits: dict[str, int] = field(default_factory=dict)
     revoked: bool = False
     created_at: datetime | None = None
@@ -76,15 +75,15 @@ class ApiKeyRecord:
         return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in self.ip_allowlist)
 
     @classmethod
-    def from_doc(cls, doc: Doc) -> ApiKeyRecord:
-        """The record of an `api_keys` document."""
+    def from_doc(cls, doc: Doc, default_rate_per_min: int) -> ApiKeyRecord:
+        """The record of an `api_keys` document; a key without a limit of its own gets the default."""
         return cls(
             key_id=doc["key_id"],
             name=doc.get("name", ""),
             user_ids=tuple(doc.get("user_ids", ())),
             admin=bool(doc.get("admin")),
             ip_allowlist=tuple(doc.get("ip_allowlist", ())),
-            rate_limit_per_min=int(doc.get("rate_limit_per_min") or DEFAULT_RATE_PER_MIN),
+            rate_limit_per_min=int(doc.get("rate_limit_per_min") or default_rate_per_min),
             class_limits={k: int(v) for k, v in (doc.get("class_limits") or {}).items() if v},
             revoked=bool(doc.get("revoked")),
             created_at=doc.get("created_at"),
@@ -116,7 +115,7 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
-def hash_secret(secret: str, rounds: int = BCRYPT_ROUNDS) -> str:
+def hash_secret(secret: str, rounds: int) -> str:
     """bcrypt hash of a secret (CPU-heavy: call through asyncio.to_thread on a server)."""
     raw = secret.encode()
     if len(raw) > MAX_SECRET_BYTES:
@@ -145,7 +144,12 @@ EPOCH_LEASE_S = 0.2
 
 
 class ApiKeyStore:
-    """The `api_keys` collection: one indexed lookup by key id per (uncached) request."""
+    """The `api_keys` collection: one indexed lookup by key id per (uncached) request.
+
+    A document holds the key's own rate limit, 0 when it has none; its record (`record`) carries
+    the limit in force, API_KEY_DEFAULT_RATE_PER_MIN for such a key, so changing the setting
+    reaches every key that never chose a limit.
+    """
 
     def __init__(
         self,
@@ -153,7 +157,8 @@ class ApiKeyStore:
         vault: Vault,
         *,
         redis: redisio.Redis | None = None,
-        bcrypt_rounds: int = BCRYPT_ROUNDS,
+        bcrypt_rounds: int,
+        default_rate_per_min: int,
     ) -> None:
         """`redis` (the queue Redis) is where rotate and revoke bump the key's epoch: the gateway's
         store has it; tools that only create keys may do without."""
@@ -161,6 +166,29 @@ class ApiKeyStore:
         self._vault = vault
         self._redis = redis
         self._rounds = bcrypt_rounds
+        self.default_rate_per_min = default_rate_per_min
+
+    @classmethod
+    def from_settings(
+        cls,
+        collection: AsyncCollection[Doc],
+        vault: Vault,
+        settings: Settings,
+        *,
+        redis: redisio.Redis | None = None,
+    ) -> ApiKeyStore:
+        """The store with API_KEY_BCRYPT_ROUNDS and API_KEY_DEFAULT_RATE_PER_MIN."""
+        return cls(
+            collection,
+            vault,
+            redis=redis,
+            bcrypt_rounds=settings.api_key_bcrypt_rounds,
+            default_rate_per_min=settings.api_key_default_rate_per_min,
+        )
+
+    def record(self, doc: Doc) -> ApiKeyRecord:
+        """The record of a stored key, with the limit in force."""
+        return ApiKeyRecord.from_doc(doc, self.default_rate_per_min)
 
     async def create(
         self,
@@ -182,7 +210,7 @@ class ApiKeyStore:
             "user_ids": list(user_ids),
             "admin": admin,
             "ip_allowlist": list(ip_allowlist),
-            "rate_limit_per_min": rate_limit_per_min or DEFAULT_RATE_PER_MIN,
+            "rate_limit_per_min": rate_limit_per_min,  # 0: none of its own (the default applies)
             "class_limits": {k: v for k, v in (class_limits or {}).items() if v},
             "revoked": False,
             "created_at": _now(),
@@ -191,7 +219,7 @@ class ApiKeyStore:
             **await self._secrets(key_id, secret, signing),
         }
         await self.collection.insert_one(doc)
-        return IssuedKey(ApiKeyRecord.from_doc(doc), format_key(key_id, secret), signing)
+        return IssuedKey(self.record(doc), format_key(key_id, secret), signing)
 
     async def _secrets(self, key_id: str, secret: str, signing: str) -> Doc:
         hashed = await asyncio.to_thread(hash_secret, secret, self._rounds)
@@ -210,7 +238,7 @@ class ApiKeyStore:
         """Keys ordered by key id, starting after `after`."""
         query: Doc = {"key_id": {"$gt": after}} if after else {}
         cursor = self.collection.find(query, {"secret_hash": 0, "signing_secret": 0})
-        return [ApiKeyRecord.from_doc(d) async for d in cursor.sort("key_id", ASCENDING).limit(limit)]
+        return [self.record(d) async for d in cursor.sort("key_id", ASCENDING).limit(limit)]
 
     async def rotate(self, key_id: str) -> IssuedKey | None:
         """New secrets for a live key (the old ones stop working); None when unknown or revoked."""
@@ -222,7 +250,7 @@ class ApiKeyStore:
         await self.bump_epoch(key_id)
         doc = await self.find(key_id)
         assert doc is not None
-        return IssuedKey(ApiKeyRecord.from_doc(doc), format_key(key_id, secret), signing)
+        return IssuedKey(self.record(doc), format_key(key_id, secret), signing)
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         """Mark a key revoked for good; None when unknown."""
@@ -231,7 +259,7 @@ class ApiKeyStore:
             return None
         await self.bump_epoch(key_id)
         doc = await self.find(key_id)
-        return ApiKeyRecord.from_doc(doc) if doc else None
+        return self.record(doc) if doc else None
 
     async def bump_epoch(self, key_id: str) -> None:
         """Tell every gateway replica that its cached checks of this key are void (after the Mongo write:

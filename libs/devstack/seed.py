@@ -68,7 +68,7 @@ async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER
     try:
         await mongo.ensure_indexes()
         vault = Vault(LocalKeyProvider.from_settings(settings))
-        store = ApiKeyStore(mongo.api_keys, vault, redis=redis, bcrypt_rounds=settings.api_key_bcrypt_rounds)
+        store = ApiKeyStore.from_settings(mongo.api_keys, vault, settings, redis=redis)
         await mongo.api_keys.delete_many({"key_id": {"$in": [DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID]}})
         client, admin = await asyncio.gather(
             store.create("demo client", list(user_ids), key_id=DEMO_CLIENT_KEY_ID),

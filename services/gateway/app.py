@@ -63,9 +63,7 @@ class GatewayApp:
         self.events = EventHub(settings.redis_url)
         self.guard = FlickrGuard(self.redis, settings)
         # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
-        self.api_keys = ApiKeyStore(
-            self.mongo.api_keys, self.vault, redis=self.redis, bcrypt_rounds=settings.api_key_bcrypt_rounds
-        )
+        self.api_keys = ApiKeyStore.from_settings(self.mongo.api_keys, self.vault, settings, redis=self.redis)
         self.authenticator = Authenticator(
             self.api_keys,
             self.redis,

@@ -239,7 +239,7 @@ class Authenticator:
         if doc is None or doc.get("revoked"):
             self._cache.pop(key_id, None)
             raise Unauthenticated()
-        entry = _Cached(ApiKeyRecord.from_doc(doc), doc, time.monotonic() + self._cache_s, epoch)
+        entry = _Cached(self._store.record(doc), doc, time.monotonic() + self._cache_s, epoch)
         if previous is not None and previous.doc.get("secret_hash") == doc.get("secret_hash"):
             entry.verified = previous.verified  # same secret: what was verified stays verified
         if previous is not None and previous.doc.get("signing_secret") == doc.get("signing_secret"):

@@ -519,7 +519,8 @@ async def test_secrets_are_never_stored_in_clear(env: Env) -> None:
     for doc in docs:
         assert doc["secret_hash"].startswith("$2b$")
         assert set(doc["signing_secret"]) == {"v", "n", "c"}
-    store = ApiKeyStore(env.stack.mongo.api_keys, Vault(LocalKeyProvider.from_settings(env.stack.settings)))
+    vault = Vault(LocalKeyProvider.from_settings(env.stack.settings))
+    store = ApiKeyStore.from_settings(env.stack.mongo.api_keys, vault, env.stack.settings)
     mine = await store.find(issued.key.key_id)
     assert mine is not None and store.signing_secret(mine) == issued.signing_secret
 

@@ -85,7 +85,9 @@ async def test_job_token_and_key_writes_are_journaled_before_they_are_acknowledg
             perms="read",
         )
         await TokenStore(mongo.tokens, vault).put(record)
-        await ApiKeyStore(mongo.api_keys, vault, bcrypt_rounds=10).create("k", ["U"])
+        await ApiKeyStore(mongo.api_keys, vault, bcrypt_rounds=10, default_rate_per_min=1000).create(
+            "k", ["U"]
+        )
         await mongo.audit_log.insert_one({"action": "test", "created_at": datetime.now(UTC)})
     finally:
         await client.drop_database(mongo_db_name)

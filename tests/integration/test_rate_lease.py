@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from common import apikeys, keys, redisio
 from common.apikeys import ApiKeyRecord
+from common.settings import Settings
 from common.vault import LocalKeyProvider, Vault
 from gateway.ratelimit import RateLimiter
 
@@ -80,7 +81,10 @@ async def test_a_lease_ends_at_its_deadline_and_a_moved_epoch_voids_it(redis: re
 async def test_rotation_and_revocation_wait_out_the_leases(
     redis: redisio.Redis, mongo_db: AsyncDatabase[dict[str, object]]
 ) -> None:
-    store = apikeys.ApiKeyStore(mongo_db.api_keys, Vault(LocalKeyProvider({1: b"k" * 32})), redis=redis)
+    vault = Vault(LocalKeyProvider({1: b"k" * 32}))
+    store = apikeys.ApiKeyStore.from_settings(
+        mongo_db.api_keys, vault, Settings.from_env(env={}), redis=redis
+    )
     issued = await store.create("waits", ["*"])
     loop = asyncio.get_running_loop()
     started = loop.time()
