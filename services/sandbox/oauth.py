@@ -29,7 +29,7 @@ from aiohttp import web
 
 from common.oauth1 import base_string, verify
 from sandbox import control, envelope
-from sandbox.app import RestRequest, read_request
+from sandbox.params import RestRequest, read_request
 from sandbox.state import PERMS, TIMESTAMP_WINDOW_S, App, SandboxState, Token
 
 PREFIX: Final = "/services/oauth"

@@ -17,21 +17,18 @@ async tickets complete.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import BodyPartReader, web
 
-from common.flickr_methods import WRITE, perm_allows
-from common.oauth1 import parse_authorization_header
-from sandbox import control, envelope
-from sandbox.app import OAuthProblem, RestRequest, apply_fault, check_oauth
+from sandbox import control, envelope, faults
+from sandbox.checks import OAuthProblem, authorize_write
 from sandbox.methods import FlickrFault
+from sandbox.params import RestRequest, form_pairs, query_pairs, rest_request
 from sandbox.state import CallRecord, SandboxState, Token
 from sandbox.uploadbook import UploadRecord
 
@@ -77,37 +74,34 @@ class DuplicatePhoto(FlickrFault):
 
 async def read_upload(request: web.Request) -> tuple[RestRequest, Photo]:
     """The parameters (query, text parts, Authorization header) and the streamed photo's digest."""
-    pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)
+    pairs = query_pairs(request)
     photo = Photo()
     if request.content_type == "multipart/form-data":
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue  # nested multipart: not something Flickr's form takes
-            if part.name == PHOTO_FIELD:
-                photo = await _hash_photo(part)
-            elif part.filename is None and part.name:
-                # Raw bytes decoded as UTF-8 (FLICKR-API.md §6: the email default mangles non-ASCII).
-                raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise FlickrFault(3, f"General upload failure (field {part.name} too long)")
-                pairs.append((part.name, raw.decode("utf-8")))
-                await part.release()
-            else:
-                await part.release()
+        photo = await _read_multipart(request, pairs)
     elif request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()
-        pairs += [(name, value) for name, value in form.items() if isinstance(value, str)]
-    malformed = False
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    if header[:6].lower() == "oauth ":
-        try:
-            pairs += [(k, v) for k, v in parse_authorization_header(header).items() if k != "realm"]
-        except ValueError:
-            malformed = True
-    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip().lower()
-    url = f"{scheme}://{request.host}{request.rel_url.raw_path}"
-    return RestRequest(request.method, url, pairs, malformed), photo
+        pairs += await form_pairs(request)
+    return rest_request(request, pairs), photo
+
+
+async def _read_multipart(request: web.Request, pairs: list[tuple[str, str]]) -> Photo:
+    """Append the text fields to `pairs` as they arrive; the `photo` part is hashed, never kept."""
+    photo = Photo()
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue  # nested multipart: not something Flickr's form takes
+        if part.name == PHOTO_FIELD:
+            photo = await _hash_photo(part)
+        elif part.filename is None and part.name:
+            # Raw bytes decoded as UTF-8 (FLICKR-API.md §6: the email default mangles non-ASCII).
+            raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
+            if len(raw) > MAX_FIELD_BYTES:
+                raise FlickrFault(3, f"General upload failure (field {part.name} too long)")
+            pairs.append((part.name, raw.decode("utf-8")))
+            await part.release()
+        else:
+            await part.release()
+    return photo
 
 
 async def _hash_photo(part: BodyPartReader) -> Photo:
@@ -119,23 +113,6 @@ async def _hash_photo(part: BodyPartReader) -> Photo:
         if len(head) < _HEAD_BYTES:
             head += chunk[: _HEAD_BYTES - len(head)]
     return Photo(True, size, digest.hexdigest(), head)
-
-
-def authorize_write(state: SandboxState, req: RestRequest) -> Token:
-    """Key 100, the OAuth checks of the REST endpoint, then write permission (99)."""
-    if req.consumer_key is None:
-        raise FlickrFault(100, "Invalid API Key (Key has invalid format)")
-    app = state.apps.get(req.consumer_key)
-    if app is None:
-        raise FlickrFault(100, "Invalid API Key (Key not found)")
-    token = check_oauth(state, req, app) if req.uses_oauth else None
-    if token is None:
-        raise FlickrFault(99, "User not logged in / Insufficient permissions")
-    if not perm_allows(token.perms, WRITE):
-        raise FlickrFault(
-            99, f"Insufficient permissions. Method requires {WRITE} privileges; {token.perms} granted."
-        )
-    return token
 
 
 def _check_photo(photo: Photo) -> str:
@@ -163,23 +140,13 @@ def _secret(text: str) -> str:
 def accept(method: str, state: SandboxState, req: RestRequest, photo: Photo, token: Token) -> dict[str, Any]:
     """Store the photo's record and answer Flickr's body (photoid or ticketid)."""
     kind = _check_photo(photo)
-    params, book = req.params, state.uploads
     if method == REPLACE_METHOD:
-        photo_id = params.get("photo_id", "")
-        if not _known_photo(state, photo_id):
-            raise FlickrFault(1, "Photo not found")
-        title = state.photo_meta.get(photo_id, {}).get("title", "")
+        photo_id, title = _replaced_photo(state, req.params)
     else:
-        if params.get("dedup_check") in {"1", "2"}:
-            duplicate = book.duplicate_of(token.user_nsid, photo.sha256)
-            if duplicate:
-                raise DuplicatePhoto(duplicate)
-        photo_id = book.new_photo_id()
-        title = params.get("title", "")
-        meta: dict[str, str] = {k: params[k] for k in ("title", "description") if k in params}
-        state.photo_meta[photo_id] = meta
+        photo_id, title = _new_photo(state, req.params, photo, token)
+    book = state.uploads
     ticket_id = ""
-    if params.get("async") == "1":
+    if req.params.get("async") == "1":
         ticket_id = book.new_ticket(photo_id, state.clock()).ticket_id
     record = UploadRecord(
         kind="replace" if method == REPLACE_METHOD else "upload",
@@ -193,6 +160,31 @@ def accept(method: str, state: SandboxState, req: RestRequest, photo: Photo, tok
         ts=state.clock(),
     )
     book.uploads.append(record)
+    return _answer(method, photo_id, ticket_id, photo)
+
+
+def _replaced_photo(state: SandboxState, params: dict[str, str]) -> tuple[str, str]:
+    """The id and title of the photo a replace names (1 when unknown or deleted)."""
+    photo_id = params.get("photo_id", "")
+    if not _known_photo(state, photo_id):
+        raise FlickrFault(1, "Photo not found")
+    return photo_id, state.photo_meta.get(photo_id, {}).get("title", "")
+
+
+def _new_photo(state: SandboxState, params: dict[str, str], photo: Photo, token: Token) -> tuple[str, str]:
+    """A new photo's id and title, its title and description kept (9 for a duplicate with dedup_check)."""
+    book = state.uploads
+    if params.get("dedup_check") in {"1", "2"}:
+        duplicate = book.duplicate_of(token.user_nsid, photo.sha256)
+        if duplicate:
+            raise DuplicatePhoto(duplicate)
+    photo_id = book.new_photo_id()
+    state.photo_meta[photo_id] = {k: params[k] for k in ("title", "description") if k in params}
+    return photo_id, params.get("title", "")
+
+
+def _answer(method: str, photo_id: str, ticket_id: str, photo: Photo) -> dict[str, Any]:
+    """Flickr's answer body: the ticket of an async upload, else the photo id (a replace adds secrets)."""
     if ticket_id:
         return {"ticketid": {"_content": ticket_id}}
     if method == REPLACE_METHOD:
@@ -238,10 +230,8 @@ async def _serve(request: web.Request, method: str) -> web.StreamResponse:
         fault = state.take_fault(method)
         if fault is not None and fault.kind == "drop":
             _record(state, method, req, photo, None, None, None)
-            if request.transport is not None:
-                request.transport.close()
-            raise asyncio.CancelledError
-        if fault is not None and (replaced := await apply_fault(fault)) is not None:
+            faults.drop(request)
+        if fault is not None and (replaced := await faults.apply(fault)) is not None:
             _record(state, method, req, photo, replaced, None, None)
             return replaced
         token = authorize_write(state, req)
