@@ -98,7 +98,7 @@ def bad_payload(detail: str) -> Failure:
     )
 
 
-# Upload and replace (up.flickr.com, XML answers; FLICKR-API.md §3). Code 3 "General upload failure"
+# Upload and replace (up.flickr.com, XML answers; docs/flickr-api.md §3). Code 3 "General upload failure"
 # and 105/106 are worth another attempt; the rest say the photo or the account is the problem
 # (2 no photo, 4 size zero, 5 unrecognised type, 6/7 upload limits, 8 too large, 9 duplicate)
 # or the credentials are (95-100). Codes outside both sets (0, 10-14, 116, …) are permanent too.

@@ -3,7 +3,7 @@
 One table for the worker (which calls are writes, which are searches) and the
 sandbox (which calls need a token with which perms). Levels follow Flickr's
 reflection `requiredperms`: 0 none, 1 read, 2 write, 3 delete. Rows marked
-"§5" come from FLICKR-API.md §5; the others are their siblings, by the same
+"§5" come from docs/flickr-api.md §5; the others are their siblings, by the same
 reflection data. A method missing from the table counts as a write: it is
 safer to treat an unknown call as one that changes something.
 """

@@ -3,7 +3,7 @@
 Requests are signed with `common.oauth1` (HMAC-SHA1, OAuth parameters in the
 Authorization header, as flickrapi sends them). Flickr answers form-encoded
 bodies; failures come back as HTTP 401 `oauth_problem=…`, which are mapped once,
-here, onto FlickrHub's error tree (FLICKR-API.md §2.1, §2.4).
+here, onto FlickrHub's error tree (docs/flickr-api.md §2.1, §2.4).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ ABSENT: Final = "absent"
 UNKNOWN: Final = "unknown"
 
 GET_INFO: Final = "flickr.photos.getInfo"
-PHOTO_NOT_FOUND: Final = 1  # flickr.photos.getInfo error 1 (FLICKR-API.md §5)
+PHOTO_NOT_FOUND: Final = 1  # flickr.photos.getInfo error 1 (docs/flickr-api.md §5)
 # The setMeta fields a caller may give (at least one); getInfo shows each as `photo.<field>._content`.
 _META_FIELDS: Final = ("title", "description")
 

@@ -1,7 +1,7 @@
 """The sandbox's upload and replace endpoints checked by the `flickrapi` package (2.4.0).
 
 flickrapi signs a dummy urlencoded request without `photo` and moves its
-Authorization header onto the real multipart body (FLICKR-API.md §6); the sandbox
+Authorization header onto the real multipart body (docs/flickr-api.md §6); the sandbox
 must accept exactly that, and answer XML flickrapi parses.
 """
 

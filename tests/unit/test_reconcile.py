@@ -16,7 +16,7 @@ DELETE = "flickr.photos.delete"
 
 
 def info(title: str = "Sandbox photo 123", description: str = "", photo_id: str = "123") -> Answer:
-    """A getInfo answer as Flickr shapes it in JSON (FLICKR-API.md §5: photo.title._content)."""
+    """A getInfo answer as Flickr shapes it in JSON (docs/flickr-api.md §5: photo.title._content)."""
     photo: dict[str, Any] = {
         "id": photo_id,
         "title": {"_content": title},
