@@ -9,7 +9,7 @@ share one `audit_log` document, MongoDB's bucket pattern for append-only logs:
 A document costs the server per document (its `_id` and TTL index entries, its own record), not per
 byte: on SecantusDB a one-entry document cost ~0.15-0.2 ms of server CPU, a bucket of 200 entries
 ~0.01 ms per entry (scripts/mongo_write_cost.py has the method), and the gateway writes an entry
-for every call. The 1-year TTL index on `created_at` expires a bucket with its first entry.
+for every call. The TTL index on `created_at` (AUDIT_RETENTION_DAYS) expires a bucket with its first entry.
 
 Read entries with `entries()` (an aggregation that unwinds the buckets) or, in the mongo shell,
 `db.audit_log.aggregate([{$unwind: "$entries"}, {$replaceRoot: {newRoot: "$entries"}}, {$match: ...}])`.

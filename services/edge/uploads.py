@@ -13,7 +13,7 @@ read part by part with aiohttp's multipart reader, never whole:
   short never becomes a job with part of the photo.
 
 Refusals: a verb other than the binding's → 405 with Allow; a content type other
-than multipart/form-data → 415; a body over the limit (EDGE_UPLOAD_MAX_BYTES) →
+than multipart/form-data → 415; a body over the limit (UPLOAD_MAX_PHOTO_BYTES + 1 MiB) →
 413, from Content-Length before any byte is read, else as soon as the count
 passes it; a missing, misplaced or malformed part → 400. The gateway's answer
 is rendered like every edge answer (status mapping, `{"code","message","details"}`).
@@ -47,14 +47,16 @@ from aiohttp.http_exceptions import BadHttpMessage
 from google.protobuf import message
 from opentelemetry import propagate, trace
 
+from common.settings import UPLOAD_JOB_PART_BYTES
 from edge import envelope, errors, forwarding, metrics, routes, status, transcode
 from edge.routes import JOB_PART, PHOTO_PART
 
 log = logging.getLogger("edge")
 
 CHUNK_BYTES = 1024 * 1024
-# A SubmitJobRequest as JSON: 64 params of up to 4 KiB and 16 KiB of meta fit well within this.
-MAX_JOB_BYTES = 1024 * 1024
+# A SubmitJobRequest as JSON: 64 params of up to 4 KiB and 16 KiB of meta fit well within this
+# (the upload body limit, Settings.edge_upload_max_bytes, allows for it beside the photo).
+MAX_JOB_BYTES = UPLOAD_JOB_PART_BYTES
 _MULTIPART = "multipart/form-data"
 # How long an abandoned upload may take to be refused by the gateway before it is cancelled.
 ABANDON_TIMEOUT_S = 10.0

@@ -37,7 +37,7 @@ SECRET = "flickrhub-secrets"
 SERVICES = {"gateway": 2, "mover": 2, "worker": 3, "cache": 2, "edge": 2}
 # Deployments behind a Service: their endpoints must drain before SIGTERM (preStop sleep).
 SERVED = {"gateway", "cache", "edge"}
-# Variables the OpenTelemetry SDK reads itself (settings.py says so); allowed beside Settings'.
+# Variables the OpenTelemetry SDK reads itself (common.settings says so); allowed beside Settings'.
 OTEL_SDK_OWN = {"OTEL_EXPORTER_OTLP_ENDPOINT"}
 
 Doc = dict[str, Any]
