@@ -63,6 +63,7 @@ def run(workers: int, movers: int, data: Path) -> int:
         )
         return 1
     stack = ProcessStack(data, ports, workers=workers, movers=movers)
+    replicas = {"mover": movers, "worker": workers}
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -83,7 +84,7 @@ def run(workers: int, movers: int, data: Path) -> int:
                 client_key=stack.keys.client_key if stack.keys else "",
                 admin_key=stack.keys.admin_key if stack.keys else "",
                 client_signing=stack.keys.client_signing_secret if stack.keys else "",
-                **{f"m_{k}": v for k, v in ports.metrics.items()},
+                **{f"m_{k}": _replica_ports(v, replicas.get(k, 1)) for k, v in ports.metrics.items()},
             ),
             flush=True,
         )
@@ -98,6 +99,11 @@ def run(workers: int, movers: int, data: Path) -> int:
         print("stopping FlickrHub…", flush=True)
         stack.stop()
         print("stopped.", flush=True)
+
+
+def _replica_ports(first: int, replicas: int) -> str:
+    """`9120` or `9120-9121`: replica i of a service serves metrics on its port + i."""
+    return str(first) if replicas <= 1 or first <= 0 else f"{first}-{first + replicas - 1}"
 
 
 def main() -> int:
