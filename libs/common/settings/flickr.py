@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 SANDBOX_DEMO_CONSUMER_KEY = "demo-consumer-key"
 SANDBOX_DEMO_CONSUMER_SECRET = "demo-consumer-secret"
-# Flickr's OAuth endpoints (FLICKR-API.md §1.1); the sandbox serves the same paths.
+# Flickr's OAuth endpoints (docs/flickr-api.md §1.1); the sandbox serves the same paths.
 FLICKR_OAUTH_BASE = "https://www.flickr.com/services/oauth"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
