@@ -129,23 +129,7 @@ def build_document(
     if comments is None:
         comments = Comments.load(default_comment_files(modules))
     builder = SchemaBuilder(comments)
-    paths: dict[str, dict[str, Any]] = defaultdict(dict)
-    tags: list[dict[str, str]] = []
-    used_ids: set[str] = set()
-    for module in modules:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            operations = 0
-            for method in service.methods:
-                # The contract marks the RPCs that need no credential (Flickr's OAuth redirect).
-                no_credential = method.GetOptions().Extensions[access_pb2.no_credential]
-                for verb, path, operation in _method_operations(builder, service, method):
-                    operation["operationId"] = _unique(operation["operationId"], used_ids)
-                    if no_credential:
-                        operation["security"] = []
-                    paths[path][verb.lower()] = operation
-                    operations += 1
-            if operations:
-                tags.append(_tag(service.name, comments.get(service.full_name)))
+    paths, tags = _operations(builder, modules)
     for path, item in _public_paths().items():
         paths.setdefault(path, {}).update(item)
     _error_components(builder)
@@ -175,6 +159,26 @@ _INFO_DESCRIPTION = (
 )
 
 
+def _operations(
+    builder: SchemaBuilder, modules: Iterable[routes.ProtoModule]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """Every operation by path and verb, and a tag for each service that has one."""
+    paths: dict[str, dict[str, Any]] = defaultdict(dict)
+    tags: list[dict[str, str]] = []
+    used_ids: set[str] = set()
+    for module in modules:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            operations = 0
+            for method in service.methods:
+                for verb, path, operation in _method_operations(builder, service, method):
+                    operation["operationId"] = _unique(operation["operationId"], used_ids)
+                    paths[path][verb.lower()] = operation
+                    operations += 1
+            if operations:
+                tags.append(_tag(service.name, builder.comments.get(service.full_name)))
+    return paths, tags
+
+
 def _unique(operation_id: str, used: set[str]) -> str:
     candidate, n = operation_id, 1
     while candidate in used:
@@ -188,26 +192,47 @@ def _tag(name: str, text: str) -> dict[str, str]:
     return {"name": name, "description": text} if text else {"name": name}
 
 
+_Operations = list[tuple[str, str, dict[str, Any]]]  # (verb, path, operation)
+
+
 def _method_operations(
     builder: SchemaBuilder, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor
-) -> list[tuple[str, str, dict[str, Any]]]:
+) -> _Operations:
+    """The operations of a method's HTTP bindings (none without a rule, nor for a bidirectional stream)."""
     options = method.GetOptions()
     if not options.HasExtension(annotations_pb2.http) or (
         method.client_streaming and method.server_streaming
     ):
         return []
-    comment = builder.comments.get(method.full_name)
-    base_id = f"{service.name}_{method.name}"
-    out = []
     if method.client_streaming:
-        for upload in routes.method_upload_routes(service, method):
-            operation = _operation(service, method, comment, base_id)
-            operation["requestBody"] = _multipart_body(builder, method)
-            operation["responses"] = _responses(builder, method, "", with_body=True)
-            out.append((upload.verb, upload.path, operation))
-        return out
+        out = _upload_operations(builder, service, method)
+    else:
+        out = _json_operations(builder, service, method)
+    if options.Extensions[access_pb2.no_credential]:
+        # The contract marks the RPCs that need no credential (Flickr's OAuth redirect).
+        for _, _, operation in out:
+            operation["security"] = []
+    return out
+
+
+def _upload_operations(
+    builder: SchemaBuilder, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor
+) -> _Operations:
+    out = []
+    for upload in routes.method_upload_routes(service, method):
+        operation = _operation(service, method, builder.comments.get(method.full_name))
+        operation["requestBody"] = _multipart_body(builder, method)
+        operation["responses"] = _responses(builder, method, "", with_body=True)
+        out.append((upload.verb, upload.path, operation))
+    return out
+
+
+def _json_operations(
+    builder: SchemaBuilder, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor
+) -> _Operations:
+    out = []
     for route in routes.method_routes(service, method):
-        operation = _operation(service, method, comment, base_id)
+        operation = _operation(service, method, builder.comments.get(method.full_name))
         fields = route.template.field_paths
         parameters = [_path_parameter(builder, method.input_type, p) for p in fields]
         if route.body != "*":
@@ -233,9 +258,9 @@ def _method_operations(
 
 
 def _operation(
-    service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor, comment: str, base_id: str
+    service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor, comment: str
 ) -> dict[str, Any]:
-    operation: dict[str, Any] = {"tags": [service.name], "operationId": base_id}
+    operation: dict[str, Any] = {"tags": [service.name], "operationId": f"{service.name}_{method.name}"}
     summary = comment.split("\n\n", 1)[0].replace("\n", " ")
     operation["summary"] = summary or method.name
     rpc = f"gRPC: `{method.full_name}`."
