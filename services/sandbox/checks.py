@@ -1,6 +1,6 @@
 """Flickr's checks on a call, shared by the REST and upload endpoints.
 
-Order (FLICKR-API.md leaves the real one unverified): method 112 (REST only) → API
+Order (Flickr's real one is unverified): method 112 (REST only) → API
 key 100 → OAuth (97 missing signature, 401 parameter_absent, 98 unknown/revoked
 token, 96 bad signature, 401 timestamp_refused, 401 nonce_used) → signed-only
 methods 97 → permission 99. A bad signature is answered in the envelope (code 96,

@@ -1,6 +1,6 @@
 """How the sandbox answers: Flickr's json / jsonp / rest (XML) envelopes, OAuth 401s, HTTP errors.
 
-REST errors are HTTP 200 with stat=fail (FLICKR-API.md §1.4); OAuth protocol problems
+REST errors are HTTP 200 with stat=fail (docs/flickr-api.md §1.4); OAuth protocol problems
 the envelope cannot express (nonce, timestamp, absent parameters) are HTTP 401
 text/plain `oauth_problem=…`, as Flickr's OAuth endpoints answer.
 """

@@ -12,7 +12,7 @@
 - `GET /_sandbox/oauth/pending` lists the pending request tokens with their secret, state and
   verifier (tests and demos may read verifiers there instead of scraping the page).
 
-Failures are HTTP 401 text/plain `oauth_problem=…` (FLICKR-API.md §2.4). Flickr's exact
+Failures are HTTP 401 text/plain `oauth_problem=…` (docs/flickr-api.md §2.4). Flickr's exact
 answers to a wrong verifier and a denied request are unverified; the sandbox says
 `verifier_invalid` and `permission_denied` (RFC 5849 problem-reporting names).
 """
@@ -256,7 +256,7 @@ async def access_token(request: web.Request) -> web.Response:
         fullname=user.realname,
     )
     state.add_token(token)
-    # Keys in alphabetical order, as Flickr answers (FLICKR-API.md §2.1).
+    # Keys in alphabetical order, as Flickr answers (docs/flickr-api.md §2.1).
     return _form_text(
         [
             ("fullname", token.fullname),

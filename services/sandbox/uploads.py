@@ -2,7 +2,7 @@
 
 Multipart bodies are read as a stream (the photo is hashed as it arrives, never
 kept); the OAuth signature is checked over every field except `photo`, with the
-REST endpoint's own checks. Answers are always XML (FLICKR-API.md §3):
+REST endpoint's own checks. Answers are always XML (docs/flickr-api.md §3):
 `<photoid>` (replace adds `secret` and `originalsecret`), `<ticketid>` with
 `async=1`, or `<rsp stat="fail"><err code msg/>` with the codes 2 no photo,
 4 size zero, 5 unrecognised type (JPEG, PNG and GIF are known by their magic
@@ -93,7 +93,7 @@ async def _read_multipart(request: web.Request, pairs: list[tuple[str, str]]) ->
         if part.name == PHOTO_FIELD:
             photo = await _hash_photo(part)
         elif part.filename is None and part.name:
-            # Raw bytes decoded as UTF-8 (FLICKR-API.md §6: the email default mangles non-ASCII).
+            # Raw bytes decoded as UTF-8 (docs/flickr-api.md §6: the email default mangles non-ASCII).
             raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
             if len(raw) > MAX_FIELD_BYTES:
                 raise FlickrFault(3, f"General upload failure (field {part.name} too long)")
