@@ -50,53 +50,65 @@ class WorkerApp:
             settings, self.redis, self.store, tokens, self.flickr, self.cache, self.consumer_name, self.wire
         )
         # Off by default (CACHE_WARM_ENABLED): then no warming task exists at all.
-        self.warmer = (
-            Warmer(
-                settings,
-                self.redis,
-                self.cache,
-                tokens,
-                self.flickr,
-                FlickrGuard(self.redis, settings),
-                self.consumer_name,
-            )
-            if settings.cache_warm_enabled
-            else None
+        self.warmer = self._warmer(tokens) if settings.cache_warm_enabled else None
+        self.jobs = self._job_consumer()
+        self.webhooks = self._webhook_sender()
+        self.hooks = self._hook_consumer()
+        self.grpc = GrpcServer([], settings.bind_host, settings.worker_port)
+        self.port = self.grpc.port
+        self.metrics_port = -1
+
+    def _warmer(self, tokens: TokenStore) -> Warmer:
+        """Cache warming: popular entries refetched shortly before they expire."""
+        return Warmer(
+            self.settings,
+            self.redis,
+            self.cache,
+            tokens,
+            self.flickr,
+            FlickrGuard(self.redis, self.settings),
+            self.consumer_name,
         )
-        self.jobs = StreamConsumer(
+
+    def _job_consumer(self) -> StreamConsumer:
+        """The work streams' consumer: each entry goes to `Executor.execute`."""
+        return StreamConsumer(
             self.redis,
             self.blocking,
             [keys.work_stream(t) for t in keys.TARGETS],
             keys.WORKER_GROUP,
             self.consumer_name,
             self.executor.execute,
-            concurrency=settings.worker_concurrency,
-            visibility_timeout_s=settings.worker_visibility_timeout_s,
+            concurrency=self.settings.worker_concurrency,
+            visibility_timeout_s=self.settings.worker_visibility_timeout_s,
             on_claim=metrics.CLAIMED.inc,
         )
-        self.webhooks = WebhookSender(
+
+    def _webhook_sender(self) -> WebhookSender:
+        """Signs and POSTs a final state's webhook, with its retries and delivery lease."""
+        return WebhookSender(
             self.store,
             self.vault,
             self.redis,
-            settings.webhook_max_attempts,
-            settings.webhook_timeout_s,
+            self.settings.webhook_max_attempts,
+            self.settings.webhook_timeout_s,
             # Shorter than the stream's visibility timeout: a dead holder's entry finds it gone.
-            lease_s=0.8 * settings.webhook_visibility_timeout_s,
-            guard=urlguard.UrlGuard.from_settings(settings),
+            lease_s=0.8 * self.settings.webhook_visibility_timeout_s,
+            guard=urlguard.UrlGuard.from_settings(self.settings),
         )
-        self.hooks = StreamConsumer(
+
+    def _hook_consumer(self) -> StreamConsumer:
+        """The fh:hooks consumer: each entry is one webhook delivery (`_deliver`)."""
+        return StreamConsumer(
             self.redis,
             self.blocking,
             [keys.WEBHOOKS],
             keys.WEBHOOK_GROUP,
             self.consumer_name,
             self._deliver,
-            concurrency=max(4, settings.worker_concurrency // 2),
-            visibility_timeout_s=settings.webhook_visibility_timeout_s,
+            concurrency=max(4, self.settings.worker_concurrency // 2),
+            visibility_timeout_s=self.settings.webhook_visibility_timeout_s,
         )
-        self.grpc = GrpcServer([], settings.bind_host, settings.worker_port)
-        self.port = self.grpc.port
-        self.metrics_port = -1
 
     async def _deliver(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
         await self.webhooks.deliver(fields.get("job_id", ""))

@@ -7,18 +7,51 @@ takes over a dead worker's write never sends it blindly: a Flickr read settles i
 (common.reconcile: completed if applied, sent if certainly absent), else it ends
 WRITE_OUTCOME_UNKNOWN. The
 `failpoints.hit` lines are where chaos tests kill the worker (FAILPOINTS; no-ops otherwise).
+
+The job state machine as the worker drives it. Every arrow is a compare-and-set on
+(job_id, rev) in common.jobstore; docs/architecture.md draws the same machine (keep them in
+agreement):
+
+    an entry arrives (Executor.execute)
+      malformed                          ack, to fh:dlq (no job to record it on)
+      a first attempt older than JOB_MAX_AGE_S
+        queued -> expired                `_expire` (its fallback also accepts retrying)
+      Flickr paused (a breaker open)     entry back to fh:delayed, ack; no attempt spent (`_defer`)
+      queued | retrying -> running       `_claim` (JobStore.claim)
+      running -> running                 `_claim`, the run's lease ran out: taken over
+        a taken-over write               one Flickr read decides (`_settle_takeover`, common.reconcile)
+          applied     -> completed       {"stat": "ok", "reconciled": true}; not sent again
+          absent                         the run below sends it
+          unknown     -> failed          WRITE_OUTCOME_UNKNOWN (also every write no read proves)
+      not claimed (`_not_claimed`)       unknown job: ack; final: ack as a duplicate (queue the
+                                         webhook the record lacks); running elsewhere: leave pending
+    the run ends (`_record`)
+      Flickr ok, or a cache hit          running -> completed
+      retryable, attempts left           running -> retrying (ZADD fh:delayed first; due, the mover
+                                         pumps it back into its token queue and a worker claims it)
+      retryable, attempts exhausted      running -> failed ATTEMPTS_EXHAUSTED, and to fh:dlq
+      a write that got no answer         running -> failed WRITE_OUTCOME_UNKNOWN (never retried)
+      permanent error                    running -> failed
+      the job is not ours any more       nothing recorded; the entry stays pending
+    CancelJob (gateway)                  queued | retrying -> cancelled; running is refused
+
+The write path, in order, with its failpoints: claim [worker.claimed]; the RUNNING hint (or the
+claim's hot copy waits for the outcome); the run, under the heartbeat (lease) and a deadline
+[worker.answered]; the outcome in MongoDB; for a final outcome [worker.recorded], then one Redis
+pipeline with its hot copy, hint and webhook, admission release and acknowledgement (`_after`)
+[worker.announced]; an upload's bytes deleted; its own acknowledgement for a retry or an upload
+[worker.acked]. A retry is announced ([worker.recorded] before, [worker.announced] after) and
+acknowledged after its own write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,7 +69,7 @@ from common.flickr_errors import Failure
 from common.flickr_guard import FlickrGuard
 from common.flickr_methods import is_write
 from common.groupcommit import Batcher
-from common.jobstore import JobStore, now
+from common.jobstore import Claim, JobStore, now
 from common.logs import job_id_var
 from common.settings import Settings
 from common.tokens import TokenStore
@@ -105,69 +138,89 @@ class Executor:
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     async def execute(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
-        """Run one entry to a recorded outcome and acknowledge it (or leave it pending for its owner)."""
+        """Run one entry through the job state machine (module doc) to a recorded outcome and
+        acknowledge it, or leave it pending for the worker that holds its job."""
         try:
             entry = jobs.JobEntry.from_fields(fields)
         except ValueError as exc:
-            log.error("malformed work entry %s: %s", entry_id, exc)
-            await self._dead_letter(stream, entry_id, fields, "malformed", str(exc))
-            await self._ack(stream, entry_id, None)
+            await self._reject(stream, entry_id, fields, exc)
             return
         job_id_var.set(entry.job_id)
         parent = telemetry.extract_fields(entry.trace)
         with telemetry.span(telemetry.SPAN_EXECUTE, context=parent, kind=trace.SpanKind.CONSUMER) as span:
-            span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
-            span.set_attribute(telemetry.ATTR_METHOD, entry.method)
-            span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
-            span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
-            # Before the pause check: expiring needs no Flickr. A job that did start (its run died and
-            # this entry takes it over) is past expiring: it goes on to the claim like any other.
-            if self._too_old(entry) and await self._expire(stream, entry_id, entry):
-                return
-            paused_ms = await self._guard.flickr_paused_ms()
-            if paused_ms:
-                await self._defer(stream, entry_id, entry, paused_ms)
-                return
-            # The claim's hot copy and RUNNING hint may wait for the outcome (common.jobstore).
-            claim = await self._store.claim(
-                entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev, tag=entry.job_id
-            )
+            _describe(span, entry, entry_id)
+            claim = await self._claim(stream, entry_id, entry)
             if claim is None:
-                await self._not_claimed(stream, entry_id, entry)
-                return
-            rev = claim.rev
+                return  # expired, deferred, or not this worker's to run
             if claim.taken_over and _is_write(entry):
-                # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly:
-                # a Flickr read settles a few methods (common.reconcile); the rest end unknown.
-                verdict = await self._reconcile(stream, entry_id, entry, rev)
-                if verdict == reconcile.APPLIED:
-                    await self._finish_reconciled(stream, entry_id, entry, rev)
-                    return
-                if verdict != reconcile.ABSENT:
-                    await self._finish_unknown(stream, entry_id, entry, rev)
-                    return
-                # ABSENT: the write certainly did not happen; the run below sends it.
+                # Its worker died mid-call: the write may have reached Flickr. Never resend it blindly.
+                settled = await self._settle_takeover(stream, entry_id, entry, claim.rev)
+                if settled:
+                    return  # completed from Flickr's read, or failed WRITE_OUTCOME_UNKNOWN
             self._failpoints.hit(failpoints.WORKER_CLAIMED)
             if not claim.tagged:
                 await self._announce(entry.job_id, jobs.RUNNING, has_callback=False)
-            metrics.IN_FLIGHT.inc()
-            try:
-                async with self._lease_kept(stream, entry_id, entry.job_id, rev):
-                    try:
-                        # A deadline over the whole run: whatever await might hang, the job moves on.
-                        async with asyncio.timeout(self._run_deadline(entry)):
-                            outcome, from_cache = await self._run(entry)
-                    except TimeoutError:
-                        outcome, from_cache = flickr_errors.from_transport(TimeoutError()), False
-            finally:
-                metrics.IN_FLIGHT.dec()
+            outcome, from_cache = await self._run_leased(stream, entry_id, entry, claim.rev)
             self._failpoints.hit(failpoints.WORKER_ANSWERED)
             span.set_attribute(telemetry.ATTR_FROM_CACHE, from_cache)
-            recorded = await self._record_kept(stream, entry_id, entry, rev, outcome, from_cache)
+            recorded = await self._record_kept(stream, entry_id, entry, claim.rev, outcome, from_cache)
             if recorded == RECORDED:
-                await self._ack(stream, entry_id, entry)
+                await self._ack(stream, entry_id, entry)  # a retry, or an upload once its bytes went
             if recorded != NOT_OWNED:
                 self._failpoints.hit(failpoints.WORKER_ACKED)
+
+    async def _reject(self, stream: str, entry_id: str, fields: dict[str, str], exc: ValueError) -> None:
+        """A malformed entry: to the dead letters and acknowledged (there is no job to record it on)."""
+        log.error("malformed work entry %s: %s", entry_id, exc)
+        await self._dead_letter(stream, entry_id, fields, "malformed", str(exc))
+        await self._ack(stream, entry_id, None)
+
+    async def _claim(self, stream: str, entry_id: str, entry: jobs.JobEntry) -> Claim | None:
+        """Move the job to RUNNING for this worker; None when the entry was handled without a run:
+        expired (never started within JOB_MAX_AGE_S), deferred (Flickr paused), or not claimed."""
+        # Before the pause check: expiring needs no Flickr. A job that did start (its run died and
+        # this entry takes it over) is past expiring: it goes on to the claim like any other.
+        if self._too_old(entry) and await self._expire(stream, entry_id, entry):
+            return None
+        paused_ms = await self._guard.flickr_paused_ms()
+        if paused_ms:
+            await self._defer(stream, entry_id, entry, paused_ms)
+            return None
+        # The claim's hot copy and RUNNING hint may wait for the outcome (common.jobstore).
+        claim = await self._store.claim(
+            entry.job_id, self.worker_id, entry.attempt, self._lease_s, entry.rev, tag=entry.job_id
+        )
+        if claim is None:
+            await self._not_claimed(stream, entry_id, entry)
+        return claim
+
+    async def _settle_takeover(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> bool:
+        """A taken-over write: a Flickr read settles a few methods (common.reconcile), the rest end
+        unknown. True when that ended the job; False when the write certainly did not happen (send it)."""
+        verdict = await self._reconcile(stream, entry_id, entry, rev)
+        if verdict == reconcile.ABSENT:
+            return False
+        if verdict == reconcile.APPLIED:
+            await self._finish_reconciled(stream, entry_id, entry, rev)
+        else:
+            await self._finish_unknown(stream, entry_id, entry, rev)
+        return True
+
+    async def _run_leased(
+        self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int
+    ) -> tuple[Success | Failure, bool]:
+        """`_run` with the heartbeat keeping the job's lease, under a deadline over the whole run."""
+        run = self._start_beats(stream, entry_id, entry.job_id, rev)
+        metrics.IN_FLIGHT.inc()
+        try:
+            # A deadline over the whole run: whatever await might hang, the job moves on.
+            async with asyncio.timeout(self._run_deadline(entry)):
+                return await self._run(entry)
+        except TimeoutError:
+            return flickr_errors.from_transport(TimeoutError()), False
+        finally:
+            self._running.pop(run, None)
+            metrics.IN_FLIGHT.dec()
 
     def _run_deadline(self, entry: jobs.JobEntry) -> float:
         """Longest a run may take: a Flickr call plus slack; uploads also follow their ticket."""
@@ -199,16 +252,18 @@ class Executor:
         if check is None:
             metrics.RECONCILED.labels(verdict="unchecked").inc()
             return reconcile.UNKNOWN
+        run = self._start_beats(stream, entry_id, entry.job_id, rev)
         try:
-            async with self._lease_kept(stream, entry_id, entry.job_id, rev):
-                answer = await asyncio.wait_for(
-                    self._read_for(entry, check), timeout=self._settings.flickr_timeout_s * 2 + 5
-                )
+            answer = await asyncio.wait_for(
+                self._read_for(entry, check), timeout=self._settings.flickr_timeout_s * 2 + 5
+            )
             verdict = reconcile.UNKNOWN if answer is None else check.verdict(answer)
         except Exception:
             # Whatever broke the read (a store, the token lookup, a bug), the outcome stays unknown.
             log.warning("the reconciling read failed", exc_info=True, extra={"job_id": entry.job_id})
             verdict = reconcile.UNKNOWN
+        finally:
+            self._running.pop(run, None)
         metrics.RECONCILED.labels(verdict=verdict).inc()
         log.info(
             "reconciled a write taken over mid-flight: %s",
@@ -254,9 +309,7 @@ class Executor:
             return
         # Its dead worker may have died before dropping the token's cached reads.
         await self._cache.invalidate(entry.token)
-        metrics.JOBS.labels(outcome=jobs.COMPLETED).inc()
-        if entry.enqueued_ms:
-            metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
+        _count_final(entry, jobs.COMPLETED)
         await self._settle_taken_over(stream, entry_id, entry, jobs.COMPLETED)
 
     async def _finish_unknown(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> None:
@@ -396,47 +449,32 @@ class Executor:
         """Write the outcome to MongoDB and announce it: NOT_OWNED when this worker no longer owns the
         job, RECORDED (the entry still to acknowledge) or SETTLED (acknowledged with the outcome).
 
-        A final outcome's hint (and webhook), release and acknowledgement go in the Redis round trip of
-        its hot copy (`_after`); a retry's are sent after it.
+        running -> retrying, completed or failed (module doc). A final outcome's hint (and webhook),
+        release and acknowledgement go in the Redis round trip of its hot copy (`_after`); a retry's
+        are sent after it.
         """
         attempt = entry.attempt + 1
-        retry = (
-            not isinstance(outcome, Success)
-            and outcome.retryable
-            and attempt < entry.max_attempts
-            and not (outcome.ambiguous and _is_write(entry))
-        )
-        if retry:
-            assert isinstance(outcome, Failure)
+        if isinstance(outcome, Failure) and _retries(entry, outcome, attempt):
             return await self._record_retry(entry, rev, outcome, attempt)
         # An upload's photo bytes go before its entry is acknowledged: a crash in between repeats that.
-        settle = _Settle(entry, jobs.COMPLETED, stream, entry_id, ack=not entry.blob_id)
+        ack = not entry.blob_id
         if isinstance(outcome, Success):
+            settle = _Settle(entry, jobs.COMPLETED, stream, entry_id, ack)
             owned = await self._store.finish(
                 entry.job_id, rev, jobs.COMPLETED, result=outcome.body, from_cache=from_cache, tag=settle
             )
         else:
-            error = _error(outcome)
-            if outcome.ambiguous and _is_write(entry):
-                # No answer to a write that may have reached Flickr: the client decides, not a retry.
-                error = {**error, "code": flickr_errors.WRITE_OUTCOME_UNKNOWN, "retryable": False}
-            elif outcome.retryable:
-                error = {
-                    **error,
-                    "code": flickr_errors.ATTEMPTS_EXHAUSTED,
-                    "message": f"{attempt} attempts failed; last: {outcome.message}",
-                }
+            error, exhausted = _final_error(entry, outcome, attempt)
+            if exhausted:
                 await self._dead_letter(
                     stream, entry_id, entry.to_fields(), "attempts_exhausted", outcome.message
                 )
-            settle = dataclasses.replace(settle, state=jobs.FAILED)
+            settle = _Settle(entry, jobs.FAILED, stream, entry_id, ack)
             owned = await self._store.finish(entry.job_id, rev, jobs.FAILED, error=error, tag=settle)
         if not owned:
             log.warning("lost ownership of the job before recording %s", settle.state)
             return NOT_OWNED
-        metrics.JOBS.labels(outcome=settle.state).inc()
-        if entry.enqueued_ms:
-            metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
+        _count_final(entry, settle.state)
         self._failpoints.hit(failpoints.WORKER_ANNOUNCED)
         await self._discard_blob(entry.blob_id)
         log.info(
@@ -511,21 +549,18 @@ class Executor:
         _raise_first(await resp.run(pipe, self._wire))
         return [None] * len(changes)
 
-    @contextlib.asynccontextmanager
-    async def _lease_kept(self, stream: str, entry_id: str, job_id: str, rev: int) -> AsyncIterator[None]:
-        """Run the body with the heartbeat keeping the job's lease and the entry fresh.
+    def _start_beats(self, stream: str, entry_id: str, job_id: str, rev: int) -> tuple[str, str]:
+        """Have the heartbeat keep the job's lease and the entry fresh until the run returned here is
+        popped from `_running` (in a `finally`).
 
-        One task beats for every run of this worker (most runs end long before their first beat):
-        a run only registers here, which costs no task of its own.
+        One task beats for every run of this worker (most runs end long before their first beat): a
+        run only registers here, which costs no task of its own (and, a plain call, no await).
         """
         run = (stream, entry_id)
         self._running[run] = (job_id, rev, time.monotonic())
         if self._heartbeat_task is None or self._heartbeat_task.done():
             self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="heartbeats")
-        try:
-            yield
-        finally:
-            self._running.pop(run, None)
+        return run
 
     async def _heartbeats(self) -> None:
         """Keep the lease and the entry's idle time fresh for every run slower than a beat."""
@@ -614,6 +649,39 @@ def _raise_first(replies: list[Any]) -> None:
 def _is_write(entry: jobs.JobEntry) -> bool:
     """Uploads, replaces and Flickr write methods: their effect must happen at most once."""
     return entry.target != "rest" or is_write(entry.method)
+
+
+def _describe(span: trace.Span, entry: jobs.JobEntry, entry_id: str) -> None:
+    """The execute span's attributes (a no-op span while nothing exports spans)."""
+    span.set_attribute(telemetry.ATTR_JOB_ID, entry.job_id)
+    span.set_attribute(telemetry.ATTR_METHOD, entry.method)
+    span.set_attribute(telemetry.ATTR_ATTEMPT, entry.attempt + 1)
+    span.set_attribute(telemetry.ATTR_MESSAGE_ID, entry_id)
+
+
+def _retries(entry: jobs.JobEntry, failure: Failure, attempt: int) -> bool:
+    """Whether a failed attempt is tried again: retryable with attempts left, unless it is a write
+    that got no answer (it may have reached Flickr)."""
+    return failure.retryable and attempt < entry.max_attempts and not (failure.ambiguous and _is_write(entry))
+
+
+def _final_error(entry: jobs.JobEntry, failure: Failure, attempt: int) -> tuple[dict[str, Any], bool]:
+    """The error a failed job is recorded with, and whether it ran out of attempts (a dead letter)."""
+    error = _error(failure)
+    if failure.ambiguous and _is_write(entry):
+        # No answer to a write that may have reached Flickr: the client decides, not a retry.
+        return {**error, "code": flickr_errors.WRITE_OUTCOME_UNKNOWN, "retryable": False}, False
+    if failure.retryable:  # not retried (`_retries`): its attempts ran out
+        message = f"{attempt} attempts failed; last: {failure.message}"
+        return {**error, "code": flickr_errors.ATTEMPTS_EXHAUSTED, "message": message}, True
+    return error, False
+
+
+def _count_final(entry: jobs.JobEntry, state: str) -> None:
+    """Count a job recorded final and how long it took from its submission."""
+    metrics.JOBS.labels(outcome=state).inc()
+    if entry.enqueued_ms:
+        metrics.JOB_SECONDS.observe(max(0.0, time.time() - entry.enqueued_ms / 1000))
 
 
 def _error(failure: Failure) -> dict[str, Any]:
