@@ -25,8 +25,8 @@ knows about them between rounds (mover.view) and asks Redis only what may have c
 round is two round trips. The first asks what changed (room in the work streams, the active
 set's size and change counter, the in-flight counts of tokens at their cap, the breakers),
 takes budget, and reads for the scheduler's plan, made from what the previous round found;
-the previous round's acknowledgements and drain steps ride along. The second appends the
-moves. Entries read beyond what the round may move stay held for a later round. Rounds are
+the previous round's acknowledgements and drain checks ride along. The second appends the
+moves, with the drain steps. Entries read beyond what the round may move stay held for a later round. Rounds are
 paced by what limits them: while the work streams are the limit, the pause adapts so that a
 round finds about a quarter of MOVER_WORK_BACKLOG free; with nothing to move it backs off.
 """
@@ -84,8 +84,7 @@ BUDGET_SPIN_S = 0.002
 # Pacing: the pause after a round that found the work streams full adapts within these bounds.
 MIN_GAP_S = 0.002
 MAX_GAP_S = 0.05
-# How soon to look again when the work streams are full (kept for callers that read it).
-WORK_FULL_WAIT_S = 0.005
+# With nothing to move, the pause doubles from IDLE_MIN_S up to IDLE_MAX_S.
 IDLE_MIN_S = 0.005
 IDLE_MAX_S = 0.05
 # While every queued token is at its in-flight cap, the pause grows as the idle one does, up to this.
@@ -94,7 +93,6 @@ IN_FLIGHT_WAIT_MAX_S = 0.02
 # taken out of the active set again for this long, doubling up to QUIET_MAX_S.
 QUIET_MIN_S = 0.1
 QUIET_MAX_S = 2.0
-DRAIN_ABANDONED_S = drain.ABANDONED_S
 
 
 @dataclass
@@ -104,6 +102,31 @@ class _Looked:
     room: int = 0
     decision: Decision = field(default_factory=lambda: Decision(CLOSED))
     new_tokens: bool = False
+
+
+@dataclass(slots=True)
+class _Asked:
+    """What a round's first round trip asks, in the order of its commands (and so of its replies)."""
+
+    acks: dict[str, list[str]]  # the last round's moves, acknowledged in their token streams
+    checks: list[str]  # tokens past drain step one: their streams' lengths
+    targets: tuple[str, ...]  # the work streams whose room is measured (rest; all every OTHER_TARGETS_S)
+    capped: list[TokenState]  # tokens at their cap whose in-flight count is read
+    since: int  # in-flight members moved before this (ms) no longer count
+    breakers: bool  # the breakers' states (a closed answer is trusted for BREAKER_CACHE_S)
+    ask: int  # budget taken (0: none)
+    chores: bool  # the retry pump's lease, due retries, tokens a dead mover left draining
+    beat: bool  # this mover's heartbeat, and the movers fallen silent
+    groups: list[tuple[list[str], int, list[tuple[TokenState, list[str]]]]]  # the reads for the plan
+    commands: list[Command] = field(default_factory=list)
+
+
+# A planned move: (priority rank, token, priority, the held entry).
+_Pick = tuple[int, TokenState, str, Held]
+# Of a pick, after its entry was checked: appended as (token, priority, held, work stream, fields), or
+# dead-lettered as (token, priority, held).
+_Live = tuple[TokenState, str, Held, str, dict[str, str]]
+_Dead = tuple[TokenState, str, Held]
 
 
 class Mover:
@@ -237,67 +260,110 @@ class Mover:
 
     # --- the first round trip -------------------------------------------------------------------
 
-    async def _look(self, now: float, plan: dict[str, int], ask: int) -> _Looked:
-        """Acknowledge, look at what changed, take budget, read for the plan: one round trip."""
-        acks, self._acks = self._acks, {}
-        checks, self._checks = self._checks, []
+    def _asking(self, now: float, plan: dict[str, int], ask: int) -> _Asked:
+        """What the first round trip asks, with its commands; `_look` reads the replies in this order."""
         others = now - self._others_at >= OTHER_TARGETS_S
-        targets = keys.TARGETS if others else ("rest",)
-        capped = self._capped(now)
-        breakers = self._decision is None or now - self._decision[0] >= BREAKER_CACHE_S
-        chores = now - self._last_pump >= DELAYED_PUMP_S
-        reads = self._reads(plan)
-        commands = _ack_commands(acks)
-        for token in checks:
+        asked = _Asked(
+            acks=self._acks,
+            checks=self._checks,
+            targets=keys.TARGETS if others else ("rest",),
+            capped=self._capped(now),
+            since=int(time.time() * 1000) - self._horizon_ms,
+            breakers=self._decision is None or now - self._decision[0] >= BREAKER_CACHE_S,
+            ask=ask,
+            chores=now - self._last_pump >= DELAYED_PUMP_S,
+            beat=now - self._last_beat >= HEARTBEAT_S,
+            groups=_grouped(self._reads(plan)),
+        )
+        self._acks, self._checks = {}, []
+        commands = _ack_commands(asked.acks)
+        for token in asked.checks:
             commands += drain.check(token)
         # The workers' group's lag is what waits undelivered (one command; XLEN - XPENDING when unknown).
-        commands += [("XINFO", "GROUPS", keys.work_stream(target)) for target in targets]
+        commands += [("XINFO", "GROUPS", keys.work_stream(target)) for target in asked.targets]
         commands += [("SCARD", keys.ACTIVE_TOKENS), ("GET", keys.ACTIVE_CHANGES)]
-        since = int(time.time() * 1000) - self._horizon_ms
-        commands += _count_commands(capped, since)
-        if breakers:
+        commands += _count_commands(asked.capped, asked.since)
+        if asked.breakers:
             commands += [("HGET", key, "state") for key in self._breaker_keys]
         if ask:
             commands.append(self._guard.budget.take_command(ask))
-        if chores:
+        if asked.chores:
             self._last_pump = now
-            now_ms = int(time.time() * 1000)
-            cutoff = now_ms - int(drain.ABANDONED_S * 1000)
-            commands += [
-                ("EVAL", upkeep.LEASE, 1, keys.delayed_lock(), self.consumer, int(DELAYED_PUMP_S * 4000)),
-                ("ZRANGEBYSCORE", keys.DELAYED, "-inf", now_ms, "LIMIT", 0, 500),
-                ("ZRANGEBYSCORE", keys.DRAINING_TOKENS, "-inf", cutoff, "LIMIT", 0, 500),
-            ]
-        beat = now - self._last_beat >= HEARTBEAT_S
-        if beat:
+            commands += self._chore_commands()
+        if asked.beat:
             self._last_beat = now
-            now_ms = int(time.time() * 1000)
-            silent = now_ms - int(self._settings.mover_claim_idle_s * 1000)
-            commands += [
-                ("ZADD", keys.MOVERS, now_ms, self.consumer),
-                ("ZRANGEBYSCORE", keys.MOVERS, "-inf", silent),
-            ]
-        groups = _grouped(reads)
-        commands += [self._read_command(streams, n) for streams, n, _ in groups]
+            commands += self._beat_commands()
+        commands += [self._read_command(streams, n) for streams, n, _ in asked.groups]
+        asked.commands = commands
+        return asked
+
+    def _beat_commands(self) -> list[Command]:
+        """This mover's heartbeat, and the movers silent for MOVER_CLAIM_IDLE_S (taken for dead)."""
+        now_ms = int(time.time() * 1000)
+        silent = now_ms - int(self._settings.mover_claim_idle_s * 1000)
+        return [("ZADD", keys.MOVERS, now_ms, self.consumer), ("ZRANGEBYSCORE", keys.MOVERS, "-inf", silent)]
+
+    def _chore_commands(self) -> list[Command]:
+        """The retry pump's lease, the due retries and the tokens a dead mover left draining."""
+        now_ms = int(time.time() * 1000)
+        cutoff = now_ms - int(drain.ABANDONED_S * 1000)
+        return [
+            ("EVAL", upkeep.LEASE, 1, keys.delayed_lock(), self.consumer, int(DELAYED_PUMP_S * 4000)),
+            ("ZRANGEBYSCORE", keys.DELAYED, "-inf", now_ms, "LIMIT", 0, 500),
+            ("ZRANGEBYSCORE", keys.DRAINING_TOKENS, "-inf", cutoff, "LIMIT", 0, 500),
+        ]
+
+    async def _look(self, now: float, plan: dict[str, int], ask: int) -> _Looked:
+        """Acknowledge, look at what changed, take budget, read for the plan: one round trip."""
+        asked = self._asking(now, plan, ask)
         try:
-            replies = iter(await self._wire.execute(commands))
+            replies = iter(await self._wire.execute(asked.commands))
         except RedisError:
-            self._merge_acks(acks)
-            self._checks = checks + self._checks
+            self._merge_acks(asked.acks)  # sent again with the next round's
+            self._checks = asked.checks + self._checks
             raise
-        for _ in range(2 * len(acks)):
+        # The replies, in the order `_asking` put the commands.
+        for _ in range(2 * len(asked.acks)):
             next(replies)  # an acknowledgement on a group Redis lost has nothing left to do
         width = len(keys.PRIORITIES)
-        for token in checks:
+        for token in asked.checks:
             self._ends.append((token, drain.holds(_ok([next(replies) for _ in range(width)]))))
-        lags = [_lag(next(replies)) for _ in targets]
-        waiting = await self._waiting(targets, lags) if None in lags else [int(lag or 0) for lag in lags]
-        if others:
-            self._others_at, self._other_waiting = now, sum(waiting[1:])
-        looked = _Looked(room=self._settings.mover_work_backlog - waiting[0] - self._other_waiting)
-        self._room_seen = max(0, looked.room)
+        lags = [_lag(next(replies)) for _ in asked.targets]
+        waiting = (
+            await self._waiting(asked.targets, lags) if None in lags else [int(lag or 0) for lag in lags]
+        )
+        looked = _Looked(room=self._room(now, waiting))
         card, changes = _ok([next(replies), next(replies)])
-        counts = _counted(capped, _ok([next(replies)])[0], since) if capped else []
+        if asked.capped:
+            self._recounted(now, asked.capped, _counted(asked.capped, _ok([next(replies)])[0], asked.since))
+        states = [next(replies) for _ in self._breaker_keys] if asked.breakers else []
+        grant = Grant.from_reply(_ok([next(replies)])[0]) if ask else None
+        chores = _ok([next(replies) for _ in range(3)]) if asked.chores else []
+        if asked.beat:
+            self._dead = [m for m in _ok([next(replies), next(replies)])[1] if m != self.consumer]
+        for (_, n, members), result in zip(asked.groups, replies, strict=True):
+            await self._hold_all(now, members, n, result)
+        # Then act on what was found.
+        if grant is not None:
+            self._granted(now, ask, grant)
+        looked.decision = await self._breakers(now, states)
+        if chores:
+            await self._chores(*chores)
+        if self._listed.changed(int(card), str(changes or "")) or now - self._listed.listed_at >= LIST_S:
+            looked.new_tokens = await self._list(now)
+        return looked
+
+    def _room(self, now: float, waiting: list[int]) -> int:
+        """Room left in the work streams from what waits undelivered in each target's (`waiting`,
+        rest first; the upload and replace streams' as last measured when not asked this round)."""
+        if len(waiting) > 1:
+            self._others_at, self._other_waiting = now, sum(waiting[1:])
+        room = self._settings.mover_work_backlog - waiting[0] - self._other_waiting
+        self._room_seen = max(0, room)
+        return room
+
+    def _recounted(self, now: float, capped: list[TokenState], counts: list[int]) -> None:
+        """Take the in-flight counts read for tokens at their cap."""
         for state, count in zip(capped, counts, strict=True):
             state.in_flight, state.synced_at = count, now
             # Still at its cap: read again later and later (while other tokens move, see _capped).
@@ -305,26 +371,14 @@ class Mover:
             state.recheck_s = (
                 min(CAPPED_RECHECK_MAX_S, max(CAPPED_RECHECK_S, 2 * state.recheck_s)) if still else 0.0
             )
-        states = [next(replies) for _ in self._breaker_keys] if breakers else []
-        grant = Grant.from_reply(_ok([next(replies)])[0]) if ask else None
-        chore_replies = _ok([next(replies) for _ in range(3)]) if chores else []
-        if beat:
-            self._dead = [m for m in _ok([next(replies), next(replies)])[1] if m != self.consumer]
-        for (_, n, members), result in zip(groups, replies, strict=True):
-            await self._hold_all(now, members, n, result)
-        if grant is not None:
-            self._granted(now, ask, grant)
-        looked.decision = await self._breakers(now, states)
-        if chore_replies:
-            lease, due, left = chore_replies
-            if lease:
-                await upkeep.requeue_due(self._redis, due, self._settings.dead_letters_max)
-            if left:
-                log.warning("finishing %d token(s) a mover left draining", len(left))
-                await upkeep.finish_draining(self._redis, [str(t) for t in left])
-        if self._listed.changed(int(card), str(changes or "")) or now - self._listed.listed_at >= LIST_S:
-            looked.new_tokens = await self._list(now)
-        return looked
+
+    async def _chores(self, lease: object, due: list[Any], left: list[Any]) -> None:
+        """Pump the due retries while this mover holds the lease; finish tokens a dead mover left draining."""
+        if lease:
+            await upkeep.requeue_due(self._redis, due, self._settings.dead_letters_max)
+        if left:
+            log.warning("finishing %d token(s) a mover left draining", len(left))
+            await upkeep.finish_draining(self._redis, [str(t) for t in left])
 
     async def _waiting(self, targets: Sequence[str], lags: list[int | None]) -> list[int]:
         """The undelivered entries of each target's work stream, counted where its lag was unknown.
@@ -564,8 +618,42 @@ class Mover:
 
     async def _move(self, now: float, plan: dict[str, int], allowed: int) -> int:
         """Append up to `allowed` planned entries to the work streams, high priorities first."""
+        picks, drains = self._pick(now, plan, allowed)
+        ends, self._ends = self._ends, []
+        if not picks and not drains and not ends:
+            return 0
+        now_ms = int(time.time() * 1000)
+        live, dead, members = self._checked(picks, now_ms)
+        # The in-flight members go before the work entries (no worker may finish one first). MULTI
+        # could not span the set and a work stream on a cluster; nor need it: see the module doc.
+        commands: list[Command] = [("ZADD", keys.IN_FLIGHT, *_scored(members))] if members else []
+        commands += [_xadd(stream, fields) for _, _, _, stream, fields in live]
+        trim = ("MAXLEN", "~", self._settings.dead_letters_max)
+        for _, _, held in dead:
+            fields = {**held.fields, "dlq_reason": "malformed", "dlq_source": "mover"}
+            commands.append(_xadd(keys.DEAD_LETTERS, fields, trim))
+        commands += [drain.begin(state.token, now_ms) for state in drains]
+        commands += [drain.end(token, holds) for token, holds in ends]
+        try:
+            replies = await self._wire.execute(commands)
+        except RedisError:
+            for _, state, priority, held in reversed(picks):
+                state.put_back(priority, held)
+            self._ends = ends + self._ends
+            raise
+        moved = self._appended(live, dead, replies[1 if members else 0 :])
+        for state in drains:
+            self._tokens.pop(state.token, None)
+            self._checks.append(state.token)
+        self._after_ends(now, ends)
+        self._credit -= moved
+        return moved
+
+    def _pick(self, now: float, plan: dict[str, int], allowed: int) -> tuple[list[_Pick], list[TokenState]]:
+        """The held entries the plan moves (up to `allowed`, within each token's in-flight cap), high
+        priorities first; and the tokens to take out of the active set (read empty, nothing held)."""
         cap = self.scheduler.in_flight_cap
-        picks: list[tuple[int, TokenState, str, Held]] = []
+        picks: list[_Pick] = []
         drains: list[TokenState] = []
         left = allowed
         owed = plan is self._owed
@@ -590,13 +678,15 @@ class Mover:
             for priority, k in self.scheduler.split(token, m, state.held_depths()).items():
                 rank = keys.PRIORITIES.index(priority)
                 picks.extend((rank, state, priority, held) for held in state.take(priority, k))
-        ends, self._ends = self._ends, []
-        if not picks and not drains and not ends:
-            return 0
         picks.sort(key=lambda pick: pick[0])  # stable: token order kept within a priority
-        now_ms = int(time.time() * 1000)
-        live: list[tuple[TokenState, str, Held, str, dict[str, str]]] = []
-        dead: list[tuple[TokenState, str, Held]] = []
+        return picks, drains
+
+    def _checked(self, picks: list[_Pick], now_ms: int) -> tuple[list[_Live], list[_Dead], list[str]]:
+        """Each pick's work entry (`mover.moving`), or a dead letter when it is malformed; and the
+        in-flight members of the entries to append."""
+        cap = self.scheduler.in_flight_cap
+        live: list[_Live] = []
+        dead: list[_Dead] = []
         members: list[str] = []
         for _, state, priority, held in picks:
             try:
@@ -610,25 +700,10 @@ class Mover:
                 fields["moved_ms"] = str(now_ms)
                 members.append(keys.in_flight_member(state.token, now_ms, job_id))
             live.append((state, priority, held, stream, fields))
-        # The in-flight members go before the work entries (no worker may finish one first). MULTI
-        # could not span the set and a work stream on a cluster; nor need it: see the module doc.
-        commands: list[Command] = [("ZADD", keys.IN_FLIGHT, *_scored(members))] if members else []
-        skip = len(commands)
-        commands += [_xadd(stream, fields) for _, _, _, stream, fields in live]
-        for _, _, held in dead:
-            fields = {**held.fields, "dlq_reason": "malformed", "dlq_source": "mover"}
-            trim = ("MAXLEN", "~", self._settings.dead_letters_max)
-            commands.append(_xadd(keys.DEAD_LETTERS, fields, trim))
-        commands += [drain.begin(state.token, now_ms) for state in drains]
-        commands += [drain.end(token, holds) for token, holds in ends]
-        try:
-            replies = await self._wire.execute(commands)
-        except RedisError:
-            for _, state, priority, held in reversed(picks):
-                state.put_back(priority, held)
-            self._ends = ends + self._ends
-            raise
-        replies = replies[skip:]
+        return live, dead, members
+
+    def _appended(self, live: list[_Live], dead: list[_Dead], replies: list[Any]) -> int:
+        """Settle each append by its reply (those of `live`, then of `dead`); the entries moved."""
         moved = 0
         for (state, priority, held, stream, _), reply in zip(live, replies[: len(live)], strict=True):
             if self._settle(state, priority, held, reply, moved=True):
@@ -637,11 +712,6 @@ class Mover:
         replies = replies[len(live) :]
         for (state, priority, held), reply in zip(dead, replies[: len(dead)], strict=True):
             self._settle(state, priority, held, reply, moved=False)
-        for state in drains:
-            self._tokens.pop(state.token, None)
-            self._checks.append(state.token)
-        self._after_ends(now, ends)
-        self._credit -= moved
         return moved
 
     def _settle(self, state: TokenState, priority: str, held: Held, reply: object, *, moved: bool) -> bool:

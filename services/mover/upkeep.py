@@ -2,8 +2,10 @@
 
 None of them runs every round: the retry pump and the draining repair are asked about in a
 round's first round trip every DELAYED_PUMP_S and act only when there is something to do;
-claims run every MOVER_CLAIM_IDLE_S / 2, gauges every few seconds, the in-flight trim every
-IN_FLIGHT_TRIM_S (mover.mover).
+the token streams are swept for a dead mover's entries at start, MOVER_CLAIM_IDLE_S later, when a
+mover falls silent (and once more MOVER_CLAIM_IDLE_S after) and every SWEEP_S; the entries this
+mover holds are kept fresh every MOVER_CLAIM_IDLE_S / 4; gauges every GAUGES_S, the in-flight trim
+every IN_FLIGHT_TRIM_S (mover.mover).
 """
 
 from __future__ import annotations
