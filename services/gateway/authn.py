@@ -113,6 +113,22 @@ def client_ip(peer: str, forwarded_for: str, trusted: Sequence[Network]) -> tupl
     return (hops[0] if hops else address), True
 
 
+def _canonical_request(call: Request, trusted_peer: bool, timestamp: str, nonce: str) -> str:
+    """The canonical string (common.signing) the client signed: through the edge, the HTTP request
+    (the edge computed the body hash); else the gRPC call, as a POST of its serialized request."""
+    md = call.metadata
+    if trusted_peer and EDGE_METHOD in md:
+        return signing.canonical_string(
+            md[EDGE_METHOD],
+            md.get(EDGE_PATH, ""),
+            md.get(EDGE_QUERY, ""),
+            md.get(EDGE_BODY_SHA256, signing.EMPTY_SHA256),
+            timestamp,
+            nonce,
+        )
+    return signing.canonical_string("POST", call.method_path, "", call.body_sha256, timestamp, nonce)
+
+
 # Client addresses remembered (see Authenticator.client_address); past this many, all are forgotten.
 ADDRESSES_MAX = 4096
 
@@ -281,7 +297,27 @@ class Authenticator:
             return await asyncio.to_thread(check_secret, secret, hashed)
 
     async def _signed(self, call: Request, trusted_peer: bool, reload: bool) -> _Cached:
-        md = call.metadata
+        """The key that signed `call`: its headers checked, the signature verified (once more after a
+        reload, for a secret a rotation on another replica just issued), then the nonce spent."""
+        key_id, timestamp, nonce, presented = self._signature_headers(call.metadata)
+        entry = await self._entry(key_id, reload) if len(key_id) <= 32 else None
+        if entry is None:
+            raise Unauthenticated()
+        canonical = _canonical_request(call, trusted_peer, timestamp, nonce)
+        if not self._signs(entry, canonical, presented):
+            # Perhaps signed with the secret a rotation on another replica just issued.
+            if reload or not await self._moved(entry):
+                raise Unauthenticated()
+            entry = await self._entry(key_id, reload=True)
+            if not self._signs(entry, canonical, presented):
+                raise Unauthenticated()
+        if not reload:  # a reload's nonce was recorded by the call's first pass
+            await self._spend_nonce(key_id, nonce)
+        return entry
+
+    def _signature_headers(self, md: dict[str, str]) -> tuple[str, str, str, str]:
+        """A signed call's (key id, timestamp, nonce, signature); Unauthenticated when one is missing or
+        malformed, or the timestamp is further than AUTH_CLOCK_SKEW_S from the server's clock."""
         key_id = md.get(signing.HEADER_KEY_ID, "")
         timestamp = md.get(signing.HEADER_TIMESTAMP, "")
         nonce = md.get(signing.HEADER_NONCE, "")
@@ -297,35 +333,17 @@ class Authenticator:
             raise Unauthenticated(
                 f"x-timestamp is more than {self._skew_s} s away from the server's clock", "TIMESTAMP_SKEW"
             )
-        entry = await self._entry(key_id, reload) if len(key_id) <= 32 else None
-        if entry is None:
-            raise Unauthenticated()
+        return key_id, timestamp, nonce, presented
+
+    def _signs(self, entry: _Cached, canonical: str, presented: str) -> bool:
+        """Whether `presented` is the signature of `canonical` under the key's signing secret (decrypted
+        once per loaded key)."""
         if entry.signing_secret is None:
             entry.signing_secret = self._store.signing_secret(entry.doc)
-        if trusted_peer and EDGE_METHOD in md:
-            # Through the edge: the HTTP request the client signed (the edge computed the body hash).
-            canonical = signing.canonical_string(
-                md[EDGE_METHOD],
-                md.get(EDGE_PATH, ""),
-                md.get(EDGE_QUERY, ""),
-                md.get(EDGE_BODY_SHA256, signing.EMPTY_SHA256),
-                timestamp,
-                nonce,
-            )
-        else:
-            canonical = signing.canonical_string(
-                "POST", call.method_path, "", call.body_sha256, timestamp, nonce
-            )
-        if not signing.matches(entry.signing_secret, canonical, presented):
-            # Perhaps signed with the secret a rotation on another replica just issued.
-            if reload or not await self._moved(entry):
-                raise Unauthenticated()
-            entry = await self._entry(key_id, reload=True)
-            entry.signing_secret = entry.signing_secret or self._store.signing_secret(entry.doc)
-            if not signing.matches(entry.signing_secret, canonical, presented):
-                raise Unauthenticated()
-        if reload:
-            return entry  # this call's nonce was recorded by its first pass
+        return signing.matches(entry.signing_secret, canonical, presented)
+
+    async def _spend_nonce(self, key_id: str, nonce: str) -> None:
+        """Remember the nonce for twice the skew window (SET NX): a replay of the call is refused."""
         try:
             fresh = await self._redis.set(
                 keys.api_key_nonce(key_id, nonce), "1", nx=True, ex=2 * self._skew_s
@@ -334,4 +352,3 @@ class Authenticator:
             raise Unavailable("nonce store unavailable; retry shortly") from exc
         if not fresh:
             raise Unauthenticated("this signed request was already used (nonce replayed)", "REPLAYED")
-        return entry
