@@ -16,7 +16,7 @@ agreement):
       malformed                          ack, to fh:dlq (no job to record it on)
       a first attempt older than JOB_MAX_AGE_S
         queued -> expired                `_expire` (its fallback also accepts retrying)
-      Flickr paused (a breaker open)     entry back to fh:delayed, ack; no attempt spent (`_defer`)
+      Flickr paused (its breaker open)   entry back to fh:delayed, ack; no attempt spent (`_defer`)
       queued | retrying -> running       `_claim` (JobStore.claim)
       running -> running                 `_claim`, the run's lease ran out: taken over
         a taken-over write               one Flickr read decides (`_settle_takeover`, common.reconcile)
