@@ -26,9 +26,10 @@ round is two round trips. The first asks what changed (room in the work streams,
 set's size and change counter, the in-flight counts of tokens at their cap, the breakers),
 takes budget, and reads for the scheduler's plan, made from what the previous round found;
 the previous round's acknowledgements and drain checks ride along. The second appends the
-moves, with the drain steps. Entries read beyond what the round may move stay held for a later round. Rounds are
-paced by what limits them: while the work streams are the limit, the pause adapts so that a
-round finds about a quarter of MOVER_WORK_BACKLOG free; with nothing to move it backs off.
+moves, with the drain steps. Entries read beyond what the round may move stay held for a later
+round. Rounds are paced by what limits them: while the work streams are the limit, the pause
+adapts so that a round finds about a quarter of MOVER_WORK_BACKLOG free; with nothing to move it
+backs off.
 """
 
 from __future__ import annotations
