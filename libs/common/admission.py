@@ -231,7 +231,7 @@ class Admission:
         """
         if not job_ids:
             return
-        if deferrable and self._defer(client_id, job_ids):
+        if deferrable and self.defer(client_id, job_ids):
             return
         verdict, count = await self._turn.submit((client_id, job_ids))
         if verdict == 1:
@@ -269,8 +269,12 @@ class Admission:
         self._learn(sets, asks, index, verdicts, far, now)
         return [(verdict, client if verdict != 2 else total) for verdict, client, total in verdicts]
 
-    def _defer(self, client_id: str, job_ids: Sequence[str]) -> bool:
-        """Admit `job_ids` without Redis when every cap is far away (see `admit`); whether it did."""
+    def defer(self, client_id: str, job_ids: Sequence[str]) -> bool:
+        """Admit `job_ids` without Redis when every cap is far away (see `admit`); whether it did.
+
+        `admit(..., deferrable=True)` without a coroutine: the gateway's SubmitJob asks this first
+        and awaits `admit` only when it says no.
+        """
         sets = [keys.OPEN_JOBS, keys.client_open_jobs(client_id)]
         adding = [len(job_ids), len(job_ids)]
         now = time.monotonic()

@@ -7,6 +7,7 @@ import logging
 from common import redisio, resp
 from common.apikeys import ApiKeyStore
 from common.auth_requests import AuthRequestStore
+from common.blobs import BlobStore
 from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
 from common.mongo import Mongo
@@ -27,12 +28,12 @@ from flickrhub.v1 import (
     legacy_pb2,
     legacy_pb2_grpc,
 )
+from gateway.acceptance import Acceptance
 from gateway.admin_servicer import AdminServicer
 from gateway.audit import AuditWriter
 from gateway.auth_interceptor import AuthInterceptor
 from gateway.auth_servicer import AuthServicer
 from gateway.authn import Authenticator
-from gateway.batcher import JobCommitter
 from gateway.events import EventHub
 from gateway.jobs_servicer import JobServicer
 from gateway.keys_servicer import ApiKeyServicer
@@ -40,6 +41,15 @@ from gateway.legacy_servicer import LegacyServicer
 from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+
+# What the gateway serves (its health service names them all).
+SERVICES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    legacy_pb2.DESCRIPTOR.services_by_name["LegacyService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+)
 
 
 class GatewayApp:
@@ -49,6 +59,22 @@ class GatewayApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._open_stores()
+        self._authenticate_clients()
+        self.grpc = GrpcServer(
+            SERVICES,
+            settings.bind_host,
+            settings.gateway_port,
+            interceptors=[AuthInterceptor(self.authenticator, self.limiter, self.audit)],
+        )
+        self._serve_jobs()
+        self._serve_operators()
+        self.port = self.grpc.port
+        self.metrics_port = -1
+
+    def _open_stores(self) -> None:
+        """Redis, MongoDB, the vault, and the token and job stores on them."""
+        settings = self.settings
         self.redis = redisio.client(settings.redis_url)
         # The per-turn steps of a submission (admission, the commit's pipeline) go over one lean
         # connection (common.resp); everything else uses redis-py.
@@ -57,12 +83,10 @@ class GatewayApp:
         self.vault = Vault(LocalKeyProvider.from_settings(settings))
         self.tokens = TokenStore(self.mongo.tokens, self.vault, self.redis)
         self.store = JobStore.from_settings(self.mongo.jobs, self.redis, settings, self.wire)
-        self.committer = JobCommitter(
-            self.mongo.jobs, self.redis, self.store.hot, settings.insert_batch_ms, self.wire
-        )
-        self.events = EventHub(settings.redis_url)
-        self.guard = FlickrGuard(self.redis, settings)
-        # Client authentication, per-key limits and the audit log: one interceptor (gateway.policy).
+
+    def _authenticate_clients(self) -> None:
+        """Client authentication, per-key limits and the audit log: one interceptor (gateway.policy)."""
+        settings = self.settings
         self.api_keys = ApiKeyStore.from_settings(self.mongo.api_keys, self.vault, settings, redis=self.redis)
         self.authenticator = Authenticator(
             self.api_keys,
@@ -80,23 +104,22 @@ class GatewayApp:
             on_flush=self.authenticator.flush_last_used,
         )
         self.limiter = RateLimiter(self.redis, settings.api_key_default_rate_per_min)
-        self.grpc = GrpcServer(
-            [
-                jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-                admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-                legacy_pb2.DESCRIPTOR.services_by_name["LegacyService"].full_name,
-                keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
-            ],
-            settings.bind_host,
-            settings.gateway_port,
-            interceptors=[AuthInterceptor(self.authenticator, self.limiter, self.audit)],
+
+    def _serve_jobs(self) -> None:
+        """JobService and the original API's LegacyService; both accept jobs through gateway.acceptance."""
+        blobs = BlobStore(self.store.jobs.database)
+        self.acceptance = Acceptance.from_settings(
+            self.settings, self.redis, self.wire, self.store, self.tokens, self.vault, blobs
         )
-        job_servicer = JobServicer(
-            settings, self.redis, self.store, self.tokens, self.vault, self.committer, self.events, self.wire
-        )
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, self.grpc.server)
-        legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(job_servicer), self.grpc.server)
+        self.events = EventHub(self.settings.redis_url)
+        jobs = JobServicer(self.settings, self.acceptance, self.store, blobs, self.events, self.redis)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self.grpc.server)
+        legacy_pb2_grpc.add_LegacyServiceServicer_to_server(LegacyServicer(jobs), self.grpc.server)
+
+    def _serve_operators(self) -> None:
+        """AdminService (queues, breakers, cache invalidation), AuthService (Flickr OAuth), ApiKeyService."""
+        settings = self.settings
+        self.guard = FlickrGuard(self.redis, settings)
         # Admin cache invalidation goes to the cache service (only AdminService.InvalidateCache uses it).
         self.cache_channel = insecure_channel(settings.cache_addr)
         admin = AdminServicer(
@@ -106,14 +129,13 @@ class GatewayApp:
             max(2.0, settings.cache_timeout_s),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.grpc.server)
-        auth_requests = AuthRequestStore(self.mongo.auth_requests, self.vault)
-        self.auth = AuthServicer(settings, self.tokens, auth_requests)
+        self.auth = AuthServicer(
+            settings, self.tokens, AuthRequestStore(self.mongo.auth_requests, self.vault)
+        )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self.auth, self.grpc.server)
         keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(self.api_keys, self.authenticator), self.grpc.server
         )
-        self.port = self.grpc.port
-        self.metrics_port = -1
 
     async def start(self) -> None:
         """Indexes, event subscription, then serve."""
@@ -128,7 +150,7 @@ class GatewayApp:
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let in-flight calls finish, flush pending inserts, close clients."""
         await self.grpc.stop(grace)
-        await self.committer.drain()
+        await self.acceptance.drain()
         await self.audit.stop()
         await self.events.stop()
         await self.auth.close()

@@ -21,35 +21,24 @@ The photo is written to the blob store as it streams in, then the job document
 only the blob id). Any failure, refusal or cancel on the way removes what was
 written, and the cleanup runs to its end even if the call is cancelled again: a
 refused upload leaves no job, no blob (no chunk) and no stream entry.
-Backpressure (`JobServicer.admit`) is checked as soon as the first message
-validates, before a byte of the photo is stored.
+Backpressure is checked as soon as the first message validates, before a byte of
+the photo is stored. Accepting the job is gateway.acceptance's (`Acceptance.upload`);
+this module reads the stream: the first message (`first_job`, `prepare`) and the
+photo after it (`PhotoStream`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from opentelemetry import trace
-from pymongo.errors import PyMongoError
 
-from common import jobs, telemetry
-from common.blobs import BlobInfo, BlobStore, BlobWriter
-from common.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
-from common.logs import job_id_var
+from common import jobs
+from common.blobs import BlobInfo, BlobWriter
+from common.errors import FieldViolation, InvalidArgument
 from flickrhub.v1 import jobs_pb2
-from gateway import identity, metrics, validation
-
-if TYPE_CHECKING:
-    from gateway.jobs_servicer import JobServicer
-
-log = logging.getLogger(__name__)
+from gateway import validation
 
 # Initial metadata sent once the job is accepted; the REST edge streams the photo only after it.
 GO_AHEAD_KEY = "x-fh-upload-go-ahead"
@@ -178,142 +167,34 @@ async def _receive(
     return await writer.close()
 
 
-async def undo(cleanup: Awaitable[object]) -> None:
-    """Run a cleanup to its end even if the call is cancelled (again) meanwhile, then pass the cancel on."""
-    task = asyncio.ensure_future(cleanup)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})  # a cancel of this wait leaves the cleanup running
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancel wins over a failed cleanup
-        raise asyncio.CancelledError
-    task.result()  # its own error, if any
-
-
-async def accept(
-    servicer: JobServicer,
-    blobs: BlobStore,
-    messages: AsyncIterator[jobs_pb2.UploadJobRequest],
-    context: grpc.aio.ServicerContext[Any, Any],
-) -> jobs_pb2.SubmitJobResponse:
-    """Validate the job, store the photo, record and enqueue the job; undo everything on failure."""
+async def first_job(messages: AsyncIterator[jobs_pb2.UploadJobRequest]) -> jobs_pb2.SubmitJobRequest:
+    """The job the first message carries; INVALID_ARGUMENT when it carries anything else (or nothing)."""
     first = await anext(messages, None)
     if first is None or first.WhichOneof("part") != "job":
         raise InvalidArgument(
             "the first UploadJobRequest must carry `job`",
             [FieldViolation("job", "required in the first message")],
         )
-    job, target = prepare(first.job)
-    identity.require_user(job.user_id)
-    job_id = uuid.uuid4().hex
-    client = identity.client_id()
-    await servicer.admit(client, [job_id])  # backpressure, before a byte of the photo is stored
-    try:
-        response = await _store_and_submit(servicer, blobs, messages, context, job, target, job_id)
-    except BaseException:
-        await undo(servicer.release(client, [job_id]))
-        raise
-    if response.job_id != job_id:  # a duplicate: the first job already counts
-        await servicer.release(client, [job_id])
-    return response
+    return first.job
 
 
-async def _store_and_submit(
-    servicer: JobServicer,
-    blobs: BlobStore,
-    messages: AsyncIterator[jobs_pb2.UploadJobRequest],
-    context: grpc.aio.ServicerContext[Any, Any],
-    job: jobs_pb2.SubmitJobRequest,
-    target: str,
-    job_id: str,
-) -> jobs_pb2.SubmitJobResponse:
-    await servicer.check_callback(job.callback_url)
-    token = await servicer._tokens.get(job.user_id)
-    if token is None:
-        raise NotFound(f"no Flickr token for user_id {job.user_id!r}", reason="TOKEN_NOT_FOUND")
-    job_id_var.set(job_id)
-    # "Accepted, send the photo": the REST edge waits for this before streaming a byte, so a refusal
-    # above reaches it intact (a client still writing when the call ends sees only grpc's INTERNAL).
-    await context.send_initial_metadata(((GO_AHEAD_KEY, "1"),))
-    writer = blobs.writer(job_id, {"job_id": job_id, "user_id": job.user_id, "target": target})
-    try:
-        info = await _receive(writer, messages, servicer._settings.upload_max_photo_bytes)
-    except BaseException as exc:  # refused, failed or cancelled mid-stream: nothing may remain
-        with contextlib.suppress(PyMongoError):
-            await undo(writer.abort())
-        if isinstance(exc, PyMongoError):
-            raise Unavailable("blob store unavailable; retry shortly") from exc
-        raise
-    try:
-        return await _submit(servicer, job, target, token.token_id_hash, job_id, info, context)
-    except BaseException:
-        with contextlib.suppress(PyMongoError):
-            await undo(blobs.delete(info.blob_id))
-        raise
+class PhotoStream:
+    """The photo the rest of an UploadJob stream carries (gateway.acceptance.Photo)."""
 
+    def __init__(
+        self,
+        messages: AsyncIterator[jobs_pb2.UploadJobRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+        max_photo_bytes: int,
+    ) -> None:
+        self._messages = messages
+        self._context = context
+        self._max_photo_bytes = max_photo_bytes
 
-async def _submit(
-    servicer: JobServicer,
-    job: jobs_pb2.SubmitJobRequest,
-    target: str,
-    token: str,
-    job_id: str,
-    info: BlobInfo,
-    context: grpc.aio.ServicerContext[Any, Any],
-) -> jobs_pb2.SubmitJobResponse:
-    idem_key = job.idempotency_key or _metadata(context, "x-idempotency-key")
-    if idem_key:
-        # The photo's digest is part of the payload: the same key with other bytes is a different request.
-        keyed = _copy(job)
-        keyed.params["photo"] = info.sha256  # `photo` is reserved, so it cannot clash with a client param
-        existing = await servicer._reserve_idempotency(keyed, token, idem_key, job_id)
-        if existing is not None:
-            metrics.SUBMITTED.labels(outcome="deduplicated").inc()
-            await servicer._blobs.delete(info.blob_id)
-            return (await servicer.responses([existing]))[0]
-    with telemetry.span(telemetry.SPAN_ENQUEUE, kind=trace.SpanKind.PRODUCER) as span:
-        span.set_attribute(telemetry.ATTR_JOB_ID, job_id)
-        span.set_attribute(telemetry.ATTR_METHOD, job.method)
-        span.set_attribute(telemetry.ATTR_TARGET, target)
-        span.set_attribute(telemetry.ATTR_TOKEN, token)
-        trace_id = telemetry.current_trace_id()
-        entry = jobs.JobEntry(
-            job_id=job_id,
-            token=token,
-            user_id=job.user_id,
-            method=job.method,
-            target=target,
-            params=dict(job.params),
-            max_attempts=servicer._settings.worker_max_attempts,
-            priority=jobs.priority_from_proto(job.priority),
-            cache_bypass=True,
-            has_callback=bool(job.callback_url),
-            enqueued_ms=int(time.time() * 1000),
-            trace=dict(telemetry.inject_fields({})),
-            blob_id=info.blob_id,
-            client_id=identity.client_id(),
-        )
-        extra = {"blob_id": info.blob_id, "blob_size": info.size, "blob_sha256": info.sha256}
-        try:
-            await servicer.commit(servicer.document(job, entry, trace_id, extra), entry)
-        except BaseException:
-            with contextlib.suppress(PyMongoError):  # a cancelled commit may have written first
-                # Revision 0: as accepted, untouched by any worker (the job_id_rev_unique index).
-                await undo(servicer._store.jobs.delete_one({"job_id": job_id, "rev": 0}))
-            if idem_key:
-                await undo(servicer._release_idempotency(token, idem_key, job_id))
-            raise
-    metrics.SUBMITTED.labels(outcome="accepted").inc()
-    log.info("upload accepted", extra={"job_id": job_id, "method": job.method, "size": info.size})
-    return jobs_pb2.SubmitJobResponse(job_id=job_id, state=jobs_pb2.JOB_STATE_QUEUED, trace_id=trace_id)
+    async def go_ahead(self) -> None:
+        """Initial metadata "accepted, send the photo" (GO_AHEAD_KEY)."""
+        await self._context.send_initial_metadata(((GO_AHEAD_KEY, "1"),))
 
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+    async def receive(self, writer: BlobWriter) -> BlobInfo:
+        """Every chunk into `writer`, checked against `end`; the published blob."""
+        return await _receive(writer, self._messages, self._max_photo_bytes)

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from common import keys
 from common.admission import Admission
 from common.settings import Settings
 from edge import app as edge_app
@@ -231,6 +232,54 @@ async def test_an_upload_dedupes_on_its_bytes_under_the_same_key(stack: Stack) -
     assert await stack.mongo.jobs.count_documents({}) == 1
     assert await stack.mongo.db["uploads.files"].count_documents({}) == 1  # the duplicates' bytes are gone
     assert await open_jobs(stack) == 1
+
+
+async def test_a_batch_whose_one_job_cannot_be_queued_takes_back_the_others_and_leaves_nothing(
+    stack: Stack, redis: Any
+) -> None:
+    record = await stack.mongo.tokens.find_one({"user_id": DEMO_USER})
+    assert record is not None
+    token = record["token_id_hash"]
+    await redis.set(keys.token_stream(token, "high"), "not a stream")  # the high job's append fails
+    items = [
+        echo(0, idempotency_key="tb-0"),
+        echo(1, idempotency_key="tb-1", priority=jobs_pb2.PRIORITY_HIGH),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.jobs.SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=items))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await redis.xlen(keys.token_stream(token)) == 1  # the normal job did go in...
+    assert await stack.mongo.jobs.count_documents({}) == 0  # ...and was taken back with the other
+    assert [k async for k in redis.scan_iter(match=keys.job_state("*"))] == []  # hot copies too
+    assert await open_jobs(stack) == 0
+    await redis.delete(keys.token_stream(token, "high"))
+    again = await stack.jobs.SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=items))  # the keys were released
+    assert await stack.mongo.jobs.count_documents({"job_id": {"$in": [j.job_id for j in again.jobs]}}) == 2
+
+
+async def test_submissions_cancelled_before_their_commit_leave_no_job_no_key_and_no_count(
+    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+) -> None:
+    # A long insert window: the calls give up (their deadline passes) while their jobs wait for it.
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, insert_batch_ms=400.0)
+    await seed_demo_token(settings)
+    async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
+        await stack.jobs.SubmitJob(echo(9))  # the key's check and the token are cached from here on
+        single = echo(0, idempotency_key="gave-up")
+        several = jobs_pb2.SubmitJobsRequest(jobs=[echo(1, idempotency_key="gave-up-1"), echo(2)])
+        for call in (
+            stack.jobs.SubmitJob(single, timeout=0.15),
+            stack.jobs.SubmitJobs(several, timeout=0.15),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.6)  # the window has passed: had the jobs been written, they would be now
+        assert await written(stack, redis) == (1, 1)  # the first job only
+        assert await open_jobs(stack) == 1
+        first = await stack.jobs.SubmitJob(single)  # the key points at nothing: a job now
+        assert await stack.mongo.jobs.count_documents({"job_id": first.job_id}) == 1
+        assert await written(stack, redis) == (2, 2)
 
 
 async def test_batched_jobs_run_to_completion(stack: Stack) -> None:

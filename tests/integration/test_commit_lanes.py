@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from common import keys, redisio
@@ -18,14 +20,16 @@ from gateway.batcher import HEAVY_AT, JobCommitter
 
 
 class Inserts(monitoring.CommandListener):
-    """The job ids of every insert command, in the order sent."""
+    """The job ids of every insert command, in the order sent; `on_insert` runs as each is sent."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.on_insert: Callable[[], object] = lambda: None
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "insert":
             self.batches.append([str(d["job_id"]) for d in event.command.get("documents", [])])
+            self.on_insert()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -68,6 +72,57 @@ async def test_a_flooding_token_commits_in_its_own_lane_and_every_job_is_written
         assert await redis.xlen(keys.token_stream("f" * 32)) == 40
         assert await redis.xlen(keys.token_stream("s" * 32)) == 3
         assert committer._open == {}  # nothing counted once every commit returned
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()
+
+
+async def test_a_commit_cancelled_before_its_flush_is_never_written(
+    mongo_url: str, mongo_db_name: str, redis: redisio.Redis
+) -> None:
+    listener = Inserts()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, event_listeners=[listener])
+    try:
+        jobs = client[mongo_db_name]["jobs"]
+        committer = JobCommitter(jobs, redis, None, window_ms=100)
+        (gone, gone_entry), (kept, kept_entry) = _job("g" * 32), _job("g" * 32)
+        cancelled = asyncio.ensure_future(committer.commit(gone, gone_entry))
+        await asyncio.sleep(0.01)  # waiting for the window, in the same batch as the next one
+        cancelled.cancel()
+        await committer.commit(kept, kept_entry)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await committer.drain()
+        assert listener.batches == [[kept["job_id"]]]  # the batch went without it
+        assert await jobs.count_documents({}) == 1
+        assert await redis.xlen(keys.token_stream("g" * 32)) == 1
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()
+
+
+async def test_a_commit_cancelled_while_its_flush_writes_is_taken_back(
+    mongo_url: str, mongo_db_name: str, redis: redisio.Redis
+) -> None:
+    listener = Inserts()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, event_listeners=[listener])
+    try:
+        jobs = client[mongo_db_name]["jobs"]
+        committer = JobCommitter(jobs, redis, None, window_ms=1)
+        (gone, gone_entry), (kept, kept_entry) = _job("w" * 32), _job("w" * 32)
+        cancelled = asyncio.ensure_future(committer.commit(gone, gone_entry))
+        loop = asyncio.get_running_loop()
+        listener.on_insert = lambda: loop.call_soon(cancelled.cancel)  # the insert is on its way
+        answered = asyncio.ensure_future(committer.commit(kept, kept_entry))
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await answered
+        await committer.drain()  # the flush, and taking the abandoned job back
+        assert listener.batches == [[gone["job_id"], kept["job_id"]]]  # both were written...
+        assert (
+            await redis.xlen(keys.token_stream("w" * 32)) == 2
+        )  # ...and queued (an entry without a job is dropped)
+        assert [d["job_id"] async for d in jobs.find({}, {"job_id": 1})] == [kept["job_id"]]
     finally:
         await client.drop_database(mongo_db_name)
         await client.close()

@@ -60,12 +60,11 @@ CASES: list[Case] = [
     ("JobStore.get/claim/_transition/mark_webhook", "jobs", {"job_id": "J"}, None),
     ("JobStore._cas", "jobs", {"job_id": "J", "rev": 3}, None),
     ("JobStore._write_all re-read", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
-    # gateway.jobs_servicer: duplicate answers, the rollback of a refused enqueue.
-    ("JobServicer.responses", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
-    ("JobServicer._enqueue rollback", "jobs", {"job_id": "J"}, None),
-    # gateway.batch rollback; gateway.uploads rollback (only a job still at its first revision).
-    ("batch._write rollback", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
-    ("uploads.accept rollback", "jobs", {"job_id": "J", "rev": 0}, None),
+    # gateway.acceptance: duplicate answers; gateway.batcher: the rollback of a refused enqueue, and
+    # taking back jobs whose caller failed or gave up (only a job still at its first revision).
+    ("Acceptance.responses", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
+    ("JobCommitter._enqueue rollback", "jobs", {"job_id": {"$in": ["J1", "J2"]}}, None),
+    ("JobCommitter.withdraw", "jobs", {"job_id": "J", "rev": 0}, None),
     # common.recovery: candidates per live state, then a re-read by id.
     *((f"recovery candidates {i}", "jobs", q, None) for i, q in enumerate(recovery.candidate_filters(T))),
     ("recovery recheck", "jobs", recovery.recheck_filter(["J1", "J2"]), None),

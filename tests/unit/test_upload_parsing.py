@@ -11,7 +11,8 @@ from common import flickr_errors
 from common.flickr_errors import Failure
 from common.jobs import JobEntry
 from flickrhub.v1 import jobs_pb2
-from gateway.uploads import end_violations, prepare, undo
+from gateway.acceptance import undo
+from gateway.uploads import end_violations, prepare
 from worker.uploads import UploadAnswer, parse_upload_answer, ticket_state
 
 XML = '<?xml version="1.0" encoding="utf-8" ?>\n'
