@@ -133,8 +133,12 @@ class JobCommitter:
                 await self._hot.drop(job_id)
 
     async def _flush(self, batch: list[Accepted]) -> list[BaseException | None]:
-        # Jobs whose caller gave up before now are not written (their result is read by nobody).
-        items = [item for item in batch if not item.abandoned] if any(i.abandoned for i in batch) else batch
+        # A job whose caller gave up before now is not written (its result is read by nobody).
+        items = batch
+        for item in batch:
+            if item.abandoned:
+                items = [item for item in batch if not item.abandoned]
+                break
         results: list[BaseException | None] = [None] * len(items)
         try:
             if items:
