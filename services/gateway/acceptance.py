@@ -29,9 +29,10 @@ What differs by route, and why:
 - a batch is deferred the same way (its jobs ride the same pipelines) but takes no turn: turns
   meter one user's calls, and a batch is one call of up to 100 jobs for up to 100 users; the
   commit's bulk lane already keeps a big batch out of other tokens' way;
-- an upload is neither: it lasts as long as its photo streams (up to 100 MiB), so a turn would
-  stall its user's other submissions that long, and a deferred id would stay invisible to the
-  other replicas' counts that long. Its admission is counted before a byte is stored.
+- an upload is neither: it lasts as long as its photo streams (up to UPLOAD_MAX_PHOTO_BYTES), so
+  a turn would stall its user's other submissions that long, and a deferred id would stay
+  invisible to the other replicas' counts that long. Its admission is counted before a byte of
+  the photo is stored.
 """
 
 from __future__ import annotations
