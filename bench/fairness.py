@@ -32,7 +32,8 @@ from typing import Any
 import grpc
 from redis.exceptions import ResponseError
 
-from common import credentials, keys, redisio, tokenqueue
+from cli import credentials
+from common import keys, redisio, tokenqueue
 from common.jobs import JobEntry
 from common.mongo import Mongo
 from common.settings import Settings

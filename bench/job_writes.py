@@ -34,7 +34,7 @@ BATCH_WINDOW_MS = 2.0
 
 
 def job_doc(i: int) -> dict[str, Any]:
-    """A job document shaped like the gateway's (gateway.jobs_servicer.JobServicer.document)."""
+    """A job document shaped like the gateway's (gateway.newjob.document)."""
     now = datetime.now(UTC)
     return {
         "job_id": uuid.uuid4().hex,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
-from common import credentials
+from cli import credentials
 from common.settings import Settings
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 

@@ -67,7 +67,7 @@ def cpu_s(pid: int) -> float:
 
 
 def job_doc(i: int) -> dict[str, Any]:
-    """A job document shaped like the gateway's (gateway.jobs_servicer.JobServicer.document)."""
+    """A job document shaped like the gateway's (gateway.newjob.document)."""
     now = datetime.now(UTC)
     return {
         "job_id": uuid.uuid4().hex,

@@ -1,6 +1,6 @@
 """`flickrhub archive` and `flickrhub restore FILE`: job archives, against MongoDB directly.
 
-    flickrhub archive [--dir D] [--older-than-days N]   export whole UTC days of old jobs (common.archive)
+    flickrhub archive [--dir D] [--older-than-days N]   export whole UTC days of old jobs (cli.archiver)
     flickrhub restore FILE [--keep-days N]              upsert an archive's jobs back by job_id
 
 Archiving writes one zstd JSON-lines file per day into ARCHIVE_DIR (default) and records it,
@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
-from common import archive
+from cli import archiver as archive
 from common.mongo import Mongo
 from common.settings import Settings
 
@@ -70,7 +70,7 @@ def run_restore(settings: Settings, file: str, keep_days: float, out: TextIO) ->
 async def _archive(settings: Settings, directory: Path, older_than: timedelta) -> archive.ArchiveReport:
     mongo = Mongo.from_settings(settings)
     try:
-        await mongo.ensure_indexes()
+        await mongo.ensure_indexes(archive.INDEXES)
         return await archive.archive(mongo, directory, older_than)
     finally:
         await mongo.close()
@@ -79,7 +79,7 @@ async def _archive(settings: Settings, directory: Path, older_than: timedelta) -
 async def _restore(settings: Settings, path: Path, keep: timedelta) -> archive.RestoreReport:
     mongo = Mongo.from_settings(settings)
     try:
-        await mongo.ensure_indexes()
+        await mongo.ensure_indexes(archive.INDEXES)
         return await archive.restore(mongo.jobs, path, keep=keep)
     finally:
         await mongo.close()

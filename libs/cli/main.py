@@ -25,8 +25,8 @@ import zstandard
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from cli import archive, keys, recover
-from common import credentials, recovery, rotation
+from cli import archive, credentials, keys, recover, rotation
+from common import recovery
 from common.settings import Settings, SettingsError
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc, keys_pb2_grpc
 

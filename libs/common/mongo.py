@@ -27,6 +27,7 @@ buffer even reaches the OS, and a SIGKILL loses the last writes it acknowledged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +51,14 @@ INDEX_NOT_FOUND = 27  # MongoDB's IndexNotFound error code
 
 # AUDIT_RETENTION_DAYS's default, for what is declared without settings (INDEXES, Mongo.connect).
 DEFAULT_AUDIT_RETENTION_S = Settings().audit_retention_s
-# Archives written by `flickrhub archive` (common.archive), one document per archived day.
+# Archives written by `flickrhub archive` (cli.archiver), one document per archived day.
 ARCHIVES = "archives"
 
 
 def _history_indexes() -> list[IndexModel]:
     """(client_id?, user_id, status?, created_at desc, job_id desc), for each choice of the ?.
 
-    Four, not one per ListJobs filter: `method` is applied by common.history while it walks one of
+    Four, not one per ListJobs filter: `method` is applied by gateway.history_query while it walks one of
     these in page order. Each index costs every job insert and (on SecantusDB, which rewrites every
     entry of a document on any update) every state transition.
     """
@@ -76,8 +77,8 @@ def audit_indexes(retention_s: int) -> list[IndexModel]:
     return [IndexModel([("created_at", ASCENDING)], expireAfterSeconds=retention_s, name="retention_ttl")]
 
 
-def _key_version_index(field: str) -> IndexModel:
-    """(field.v, _id): key rotation (common.rotation) finds each old key version of an encrypted field
+def key_version_index(field: str) -> IndexModel:
+    """(field.v, _id): key rotation (cli.rotation) finds each old key version of an encrypted field
     here, then walks that version's records in `_id` pages: equality, then a range, on one index.
 
     Partial on `v > 0` (every key version is >= 1), so records without the secret hold no entry;
@@ -110,14 +111,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Recovery (common.recovery): live jobs untouched for long, per state; for running ones the
         # lease is checked on what this finds (a lease runs out only after the claim's updated_at).
         IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
-        # Archival walks whole days of jobs by creation time (common.archive).
+        # Archival walks whole days of jobs by creation time (cli.archiver).
         IndexModel([("created_at", ASCENDING)], name="created_at"),
-        # Job history (common.history): one index per combination of the ListJobs equalities that
+        # Job history (gateway.history_query): one index per combination of the ListJobs equalities that
         # narrow most (client, state), each ending in the page order, so every page walks one index
         # range in order; `method` is filtered while walking.
         *_history_indexes(),
         # Key rotation looks for secrets on old key versions; only jobs with a webhook have one.
-        _key_version_index("callback_secret"),
+        key_version_index("callback_secret"),
         # Each job gets expire_at from its final state; live jobs have none, never expire, and (partial)
         # hold no entry, so inserts and claims do not write one.
         IndexModel(
@@ -130,27 +131,16 @@ INDEXES: dict[str, list[IndexModel]] = {
     TOKENS: [
         IndexModel([("user_id", ASCENDING)], unique=True, name="user_id_unique"),
         IndexModel([("token_id_hash", ASCENDING)], name="token_id_hash"),
-        _key_version_index("oauth_token"),
-        _key_version_index("oauth_token_secret"),
+        key_version_index("oauth_token"),
+        key_version_index("oauth_token_secret"),
     ],
     API_KEYS: [
         IndexModel([("key_id", ASCENDING)], unique=True, name="key_id_unique"),
         # Rotation updates a key only while it is live: its filter names both fields.
         IndexModel([("key_id", ASCENDING), ("revoked", ASCENDING)], name="key_id_revoked"),
-        _key_version_index("signing_secret"),
-    ],
-    # Pending OAuth authorizations, found by the hash of their request token; purged after expire_at.
-    AUTH_REQUESTS: [
-        IndexModel([("request_id_hash", ASCENDING)], unique=True, name="request_id_hash_unique"),
-        # Claims and their release are updates guarded by the claim read (and the state) as well.
-        IndexModel(
-            [("request_id_hash", ASCENDING), ("claim", ASCENDING), ("state", ASCENDING)], name="request_claim"
-        ),
-        _key_version_index("secret"),
-        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+        key_version_index("signing_secret"),
     ],
     AUDIT_LOG: audit_indexes(DEFAULT_AUDIT_RETENTION_S),
-    ARCHIVES: [IndexModel([("name", ASCENDING)], unique=True, name="name_unique")],
 }
 # The GridFS bucket holding upload photos until their job ends.
 INDEXES.update(blobs.INDEXES)
@@ -280,9 +270,13 @@ class Mongo:
         The server's write concern: an audit line is not a promise."""
         return self.collection(AUDIT_LOG)
 
-    async def ensure_indexes(self) -> None:
-        """Create every declared index, retune TTLs that changed, drop the retired ones; a no-op when done."""
-        for name, models in self.indexes.items():
+    async def ensure_indexes(self, own: Mapping[str, list[IndexModel]] | None = None) -> None:
+        """Create every declared index, retune TTLs that changed, drop the retired ones; a no-op when done.
+
+        `own`: the indexes of collections only the calling service uses, which it declares itself
+        (the gateway's `auth_requests`, the CLI's `archives`); the shared collections' are here.
+        """
+        for name, models in {**self.indexes, **(own or {})}.items():
             await self._retune_ttls(name, models)
             await self.db[name].create_indexes(models)
         for name, retired in RETIRED_INDEXES.items():

@@ -43,7 +43,7 @@ mover reads, the token's client), with the revision the worker's compare-and-set
 - running, lease long run out: the entry its dead run consumed, one revision and one attempt
   behind the document. Its fast claim fails, the worker reads the job, finds the run abandoned
   and takes it over as after a crash: a read runs again, a write is never resent blindly (a
-  Flickr read reconciles it where one can, common.reconcile; else it ends WRITE_OUTCOME_UNKNOWN).
+  Flickr read reconciles it where one can, worker.reconcile; else it ends WRITE_OUTCOME_UNKNOWN).
   The current revision would let the compare-and-set succeed without the lease check and resend
   a write.
 

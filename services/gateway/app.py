@@ -6,7 +6,6 @@ import logging
 
 from common import redisio, resp
 from common.apikeys import ApiKeyStore
-from common.auth_requests import AuthRequestStore
 from common.blobs import BlobStore
 from common.flickr_guard import FlickrGuard
 from common.jobstore import JobStore
@@ -28,10 +27,12 @@ from flickrhub.v1 import (
     legacy_pb2,
     legacy_pb2_grpc,
 )
+from gateway import auth_requests
 from gateway.acceptance import Acceptance
 from gateway.admin_servicer import AdminServicer
 from gateway.audit import AuditWriter
 from gateway.auth_interceptor import AuthInterceptor
+from gateway.auth_requests import AuthRequestStore
 from gateway.auth_servicer import AuthServicer
 from gateway.authn import Authenticator
 from gateway.events import EventHub
@@ -139,7 +140,7 @@ class GatewayApp:
 
     async def start(self) -> None:
         """Indexes, event subscription, then serve."""
-        await self.mongo.ensure_indexes()
+        await self.mongo.ensure_indexes(auth_requests.INDEXES)
         await self.events.start()
         self.audit.start()
         checks: dict[str, Check] = {"redis": self.redis.ping, "mongo": lambda: self.mongo.db.command("ping")}

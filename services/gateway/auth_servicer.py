@@ -20,13 +20,12 @@ import aiohttp
 import grpc
 from google.protobuf import timestamp_pb2
 
-from common import flickr_oauth
-from common.auth_requests import AuthRequest, AuthRequestStore
 from common.errors import FailedPrecondition, FieldViolation, FlickrHubError, InvalidArgument, NotFound
 from common.settings import Settings
 from common.tokens import TokenRecord, TokenStore, TokenSummary, token_id_hash
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc
-from gateway import identity
+from gateway import flickr_oauth, identity
+from gateway.auth_requests import AuthRequest, AuthRequestStore
 from gateway.validation import USER_ID_RE
 
 log = logging.getLogger(__name__)

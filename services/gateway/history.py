@@ -14,12 +14,13 @@ from typing import Literal
 
 from google.protobuf import timestamp_pb2
 
-from common import history, jobs
+from common import jobs
 from common.errors import FieldViolation, InvalidArgument
 from common.jobstore import JobStore
 from common.mongo import Doc
 from flickrhub.v1 import jobs_pb2
 from gateway import convert, identity, validation
+from gateway import history_query as history
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

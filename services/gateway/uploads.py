@@ -46,7 +46,7 @@ MAX_CHUNK_BYTES = 1024 * 1024
 SHA256_BYTES = 32
 METHODS = {"upload": "flickr.photos.upload", "replace": "flickr.photos.replace"}
 _BINARY = frozenset({"0", "1"})
-# Flickr's upload and replace fields (FLICKR-API.md §3) and the values each takes.
+# Flickr's upload and replace fields (docs/flickr-api.md §3) and the values each takes.
 UPLOAD_PARAMS: dict[str, frozenset[str] | None] = {
     "title": None,
     "description": None,

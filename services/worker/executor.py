@@ -4,7 +4,7 @@ The entry is acknowledged only after the outcome is recorded, so a worker that
 dies at any point leaves the entry pending for another worker to claim; the
 guarded claim in MongoDB makes a redelivered entry of a finished job a no-op, and a claim that
 takes over a dead worker's write never sends it blindly: a Flickr read settles it where one can
-(common.reconcile: completed if applied, sent if certainly absent), else it ends
+(worker.reconcile: completed if applied, sent if certainly absent), else it ends
 WRITE_OUTCOME_UNKNOWN. The
 `failpoints.hit` lines are where chaos tests kill the worker (FAILPOINTS; no-ops otherwise).
 
@@ -19,7 +19,7 @@ agreement):
       Flickr paused (its breaker open)   entry back to fh:delayed, ack; no attempt spent (`_defer`)
       queued | retrying -> running       `_claim` (JobStore.claim)
       running -> running                 `_claim`, the run's lease ran out: taken over
-        a taken-over write               one Flickr read decides (`_settle_takeover`, common.reconcile)
+        a taken-over write               one Flickr read decides (`_settle_takeover`, worker.reconcile)
           applied     -> completed       {"stat": "ok", "reconciled": true}; not sent again
           absent                         the run below sends it
           unknown     -> failed          WRITE_OUTCOME_UNKNOWN (also every write no read proves)
@@ -61,7 +61,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from common import backoff, failpoints, flickr_errors, jobs, keys, reconcile, redisio, resp, telemetry
+from common import failpoints, flickr_errors, jobs, keys, redisio, resp, telemetry
 from common.admission import Admission, release_on
 from common.announce import announce, announce_on
 from common.blobs import BlobStore
@@ -73,7 +73,7 @@ from common.jobstore import Claim, JobStore, now
 from common.logs import job_id_var
 from common.settings import Settings
 from common.tokens import TokenStore
-from worker import metrics
+from worker import backoff, metrics, reconcile
 from worker.cache_client import CacheClient
 from worker.flickr import FlickrClient, Success
 from worker.uploads import Uploader
@@ -195,7 +195,7 @@ class Executor:
         return claim
 
     async def _settle_takeover(self, stream: str, entry_id: str, entry: jobs.JobEntry, rev: int) -> bool:
-        """A taken-over write: a Flickr read settles a few methods (common.reconcile), the rest end
+        """A taken-over write: a Flickr read settles a few methods (worker.reconcile), the rest end
         unknown. True when that ended the job; False when the write certainly did not happen (send it)."""
         verdict = await self._reconcile(stream, entry_id, entry, rev)
         if verdict == reconcile.ABSENT:

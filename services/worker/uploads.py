@@ -1,6 +1,6 @@
 """Executing upload and replace jobs: a signed multipart POST streamed from GridFS, XML answers, tickets.
 
-Signing follows flickrapi's trick (FLICKR-API.md §6): every form field but `photo`
+Signing follows flickrapi's trick (docs/flickr-api.md §6): every form field but `photo`
 is signed into an `Authorization: OAuth …` header while the fields themselves
 travel in the multipart body. The photo is streamed from the blob store chunk
 by chunk with its length known, so the request carries a Content-Length and

@@ -30,11 +30,12 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from common import backoff, keys, legacy, telemetry, urlguard, webhook
+from common import keys, legacy, telemetry, urlguard
 from common.jobstore import JobStore
 from common.mongo import Doc
 from common.vault import Vault
-from worker import metrics
+from worker import backoff, metrics
+from worker import webhook_signature as webhook
 
 log = logging.getLogger(__name__)
 

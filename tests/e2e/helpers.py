@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from common import credentials
+from cli import credentials
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
 

@@ -9,13 +9,13 @@ import aiohttp
 import grpc
 import pytest
 
-from common import webhook
 from devstack.seed import DEMO_USER
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2
 from tests.e2e.helpers import add_fault, auth_headers, edge_url, grpc_stub, wait_final_grpc, wait_final_rest
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.rich import result_of
+from worker import webhook_signature as webhook
 
 pytestmark = pytest.mark.e2e
 

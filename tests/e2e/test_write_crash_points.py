@@ -2,7 +2,7 @@
 
 The first worker has one failpoint armed (common.failpoints) and dies there with exit code 137,
 as a SIGKILL would leave it; a second, unarmed worker starts once it is dead and finishes the job.
-A takeover of setMeta reads the photo first (common.reconcile): a title already set completes the
+A takeover of setMeta reads the photo first (worker.reconcile): a title already set completes the
 job unsent, a title certainly absent is sent now; a write no read can prove ends unknown.
 """
 
@@ -34,7 +34,7 @@ from tests.e2e.webhook_receiver import Receiver
 pytestmark = pytest.mark.e2e
 
 SET_META = "flickr.photos.setMeta"
-# A write method no Flickr read can prove (not in common.reconcile): its takeover never sends it.
+# A write method no Flickr read can prove (not in worker.reconcile): its takeover never sends it.
 UNPROVABLE = "flickr.photos.addTags"
 PHOTO_ID = "123"
 DEFAULT_TITLE = f"Sandbox photo {PHOTO_ID}"  # what the sandbox's getInfo says before any setMeta

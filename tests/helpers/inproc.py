@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from cache.app import CacheApp
-from common import credentials
+from cli import credentials
 from common.jobstore import JobStore
 from common.mongo import Mongo
 from common.settings import Settings

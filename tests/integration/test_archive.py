@@ -13,8 +13,8 @@ import pytest
 import zstandard
 from bson import ObjectId
 
+from cli.archiver import encode_line, file_name
 from cli.main import main
-from common.archive import encode_line, file_name
 from common.mongo import Mongo
 
 NOW = datetime.now(UTC)

@@ -18,8 +18,9 @@ from aiohttp import web
 from google.rpc import error_details_pb2
 from prometheus_client import REGISTRY
 
+from cli import credentials
 from common import admission as admission_module
-from common import credentials, keys, webhook
+from common import keys
 from common.admission import Admission, BufferFull, ClientOverloaded
 from common.settings import Settings
 from edge import app as edge_app
@@ -29,6 +30,7 @@ from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 from tests.helpers.rich import reason, status_of
 from tests.helpers.uploads import upload_messages
+from worker import webhook_signature as webhook
 from worker.app import WorkerApp
 
 CAP = 4

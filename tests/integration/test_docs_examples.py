@@ -49,7 +49,6 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from common import webhook
 from common.settings import Settings
 from devstack.procs import free_port
 from devstack.seed import DEMO_USER
@@ -58,6 +57,7 @@ from edge import routes
 from flickrhub.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, keys_pb2, keys_pb2_grpc
 from tests.helpers.flickr_approve import decide
 from tests.helpers.inproc import Stack, running_stack, seed_demo_token, stack_settings
+from worker import webhook_signature as webhook
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api"
 LANGUAGES = {"bash": "bash", "sh": "bash", "python": "python", "js": "node", "javascript": "node"}

@@ -15,8 +15,9 @@ import pytest
 import pytest_asyncio
 from google.protobuf import timestamp_pb2
 
-from common import history, jobs
+from common import jobs
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc, keys_pb2, keys_pb2_grpc
+from gateway import history_query as history
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 
 ECHO = "flickr.test.echo"

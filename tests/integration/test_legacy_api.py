@@ -10,11 +10,12 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
-from common import urlguard, webhook
+from common import urlguard
 from common.settings import Settings
 from edge.app import create_app
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
+from worker import webhook_signature as webhook
 
 SECRET = "legacy-callback-secret-0001"
 

@@ -262,7 +262,7 @@ async def test_secrets_never_reach_mongo_in_clear(stack: Stack) -> None:
 async def test_unreachable_stores_answer_unavailable_with_retry_info(
     redis_url: str, cache_redis_url: str, redis: Any
 ) -> None:
-    from common import credentials
+    from cli import credentials
     from devstack.procs import free_port
     from gateway.app import GatewayApp
 

@@ -18,13 +18,20 @@ import pytest
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
-from common import archive, blobs, blobsweep, history, recovery
+from cli import archiver as archive
+from cli.rotation import SECRETS, page_query, version_query
+from common import blobs, blobsweep, recovery
 from common.mongo import HISTORY_INDEXES, INDEXES, RETIRED_INDEXES, Mongo
-from common.rotation import SECRETS, page_query, version_query
+from gateway import auth_requests
+from gateway import history_query as history
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 NEWEST_FIRST = history.NEWEST_FIRST
 Case = tuple[str, str, dict[str, Any], list[tuple[str, int]] | None]
+
+# Collections one service uses declare their own indexes (the gateway's, the CLI's).
+OWN_INDEXES = {**auth_requests.INDEXES, **archive.INDEXES}
+ALL_INDEXES = {**INDEXES, **OWN_INDEXES}
 
 
 def _history_cases() -> list[Case]:
@@ -70,7 +77,7 @@ CASES: list[Case] = [
     ("recovery recheck", "jobs", recovery.recheck_filter(["J1", "J2"]), None),
     # gateway.history: ListJobs.
     *_history_cases(),
-    # common.archive: the next day to archive, one day's jobs, the record of a file, a restored line.
+    # cli.archiver: the next day to archive, one day's jobs, the record of a file, a restored line.
     (
         "archive next day",
         "jobs",
@@ -91,7 +98,7 @@ CASES: list[Case] = [
     ("ApiKeyStore.list next", "api_keys", {"key_id": {"$gt": "K"}}, [("key_id", 1)]),
     ("ApiKeyStore.list first", "api_keys", {}, [("key_id", 1)]),
     ("ApiKeyStore.touch; devstack seed", "api_keys", {"key_id": {"$in": ["K1", "K2"]}}, None),
-    # common.auth_requests: claim (read, then guarded update), release and complete.
+    # gateway.auth_requests: claim (read, then guarded update), release and complete.
     ("AuthRequests.claim read", "auth_requests", {"request_id_hash": "R"}, None),
     ("AuthRequests.claim", "auth_requests", {"request_id_hash": "R", "state": "pending", "claim": ""}, None),
     ("AuthRequests.release/complete", "auth_requests", {"request_id_hash": "R", "claim": "c"}, None),
@@ -117,7 +124,7 @@ KEPT_WITHOUT_A_QUERY = {
 
 def _ttl(collection: str, name: str) -> bool:
     """A TTL index: the server's TTL monitor reads it, not a query."""
-    spec = next(m.document for m in INDEXES[collection] if m.document["name"] == name)
+    spec = next(m.document for m in ALL_INDEXES[collection] if m.document["name"] == name)
     return "expireAfterSeconds" in spec
 
 
@@ -163,7 +170,7 @@ async def _plans(mongo_url: str, db_name: str, cases: list[Case]) -> dict[str, A
     """Each case's winning plan."""
     mongo = Mongo.connect(mongo_url, db_name)
     try:
-        await mongo.ensure_indexes()
+        await mongo.ensure_indexes(OWN_INDEXES)
         for collection in {c for _, c, _, _ in cases}:
             await mongo.db[collection].insert_many([_filler(i) for i in range(200)])
         out = {}
@@ -211,7 +218,7 @@ async def test_every_declared_index_serves_a_query(mongo_url: str, mongo_db_name
         for name in _stages(plans[label], "indexName")
     }
     declared = {
-        (collection, str(m.document["name"])) for collection, models in INDEXES.items() for m in models
+        (collection, str(m.document["name"])) for collection, models in ALL_INDEXES.items() for m in models
     }
     unused = sorted(
         (c, n) for c, n in declared - used - KEPT_WITHOUT_A_QUERY if n != "_id_" and not _ttl(c, n)
@@ -232,7 +239,7 @@ async def test_the_orphan_blob_sweep_walks_one_entry_per_blob(mongo_url: str, mo
 
 
 def _rotation_cases() -> list[Case]:
-    """common.rotation: per encrypted field, the next key version (from the start, past the current
+    """cli.rotation: per encrypted field, the next key version (from the start, past the current
     one), then one version's first page and a next page by `_id`; counting what is left runs the same."""
     cases: list[Case] = []
     for spec in SECRETS:
@@ -282,9 +289,9 @@ async def test_indexes_are_created_idempotently_and_match_the_declaration(
         await mongo.jobs.create_index([("status", 1), ("lease_until", 1)], name="status_lease")
         await mongo.jobs.create_index([("expire_at", 1)], expireAfterSeconds=0, name="retention_ttl")
         await mongo.jobs.insert_one({"job_id": "J", "rev": 0})
-        await mongo.ensure_indexes()
-        await mongo.ensure_indexes()  # a second start changes nothing and raises nothing
-        for collection, models in INDEXES.items():
+        await mongo.ensure_indexes(OWN_INDEXES)
+        await mongo.ensure_indexes(OWN_INDEXES)  # a second start changes nothing and raises nothing
+        for collection, models in ALL_INDEXES.items():
             held = {ix["name"]: ix async for ix in await mongo.db[collection].list_indexes()}
             for model in models:
                 spec = model.document

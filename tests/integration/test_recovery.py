@@ -166,7 +166,7 @@ async def test_a_running_read_whose_lease_ran_out_and_entry_is_gone_is_taken_ove
 
 
 async def test_a_running_write_whose_lease_ran_out_is_never_resent(idle: Stack, redis: Any) -> None:
-    # A write no Flickr read can prove (common.reconcile): its takeover cannot check, so never sends.
+    # A write no Flickr read can prove (worker.reconcile): its takeover cannot check, so never sends.
     job_id = await submit(idle, "flickr.photos.addTags", photo_id="1", tags="t")
     await drop_entry(idle, redis, job_id)
     assert await idle.store.claim(job_id, "worker-that-died", 0, 0.05, expected_rev=0) is not None

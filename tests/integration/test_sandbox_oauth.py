@@ -11,9 +11,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from common import flickr_oauth, oauth1
+from common import oauth1
 from common.errors import FlickrHubError
 from common.settings import FlickrEndpoints, Settings
+from gateway import flickr_oauth
 from sandbox.app import start
 from sandbox.state import DEMO_USER_NSID, SandboxState
 from tests.helpers.flickr_approve import decide

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from cli.rotation import rotate
 from common import auditlog
-from common.auth_requests import AuthRequestStore
-from common.rotation import rotate
 from common.settings import Settings, SettingsError
 from common.vault import LocalKeyProvider, Vault, parse_keys
 from flickrhub.v1 import jobs_pb2
+from gateway.auth_requests import AuthRequestStore
 from sandbox.state import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.inproc import DEMO_USER, running_stack, seed_demo_token, stack_settings

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from common import backoff, flickr_errors, jobs, keys, webhook
+from common import flickr_errors, jobs, keys
 from common.errors import FieldViolation, InvalidArgument, Unavailable
 from common.logs import redact
 from common.settings import Settings, SettingsError, markdown_table
 from common.vault import LocalKeyProvider, Vault
 from flickrhub.v1 import jobs_pb2
+from worker import backoff
+from worker import webhook_signature as webhook
 
 
 def test_job_entry_round_trips_through_stream_fields() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from common import flickr_oauth
 from common.errors import FlickrHubError
 from common.settings import FLICKR_OAUTH_BASE, Settings, SettingsError
+from gateway import flickr_oauth
 
 
 def test_parse_form_reads_flickrs_access_token_answer() -> None:

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from common import reconcile
-from common.reconcile import ABSENT, APPLIED, UNKNOWN, Answer
 from sandbox.methods import Call, FlickrFault, photos_delete, photos_get_info, photos_set_meta
 from sandbox.state import SandboxState
+from worker import reconcile
+from worker.reconcile import ABSENT, APPLIED, UNKNOWN, Answer
 
 SET_META = "flickr.photos.setMeta"
 DELETE = "flickr.photos.delete"

@@ -44,7 +44,7 @@ class JobSettings:
         at_least=0,
     )
 
-    # Archival (see common.archive and docs/archive.md)
+    # Archival (see cli.archiver and docs/archive.md)
     archive_dir: str = setting(
         "ARCHIVE_DIR",
         ".data/archive",

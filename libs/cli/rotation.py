@@ -2,7 +2,7 @@
 
 Runbook (no downtime): 1) deploy every service with both keys (`VAULT_MASTER_KEY=1:<old>,2:<new>`,
 `VAULT_KEY_VERSION=1`); 2) switch `VAULT_KEY_VERSION=2` (new secrets use the new key, old ones
-still decrypt); 3) run `python -m common.rotation` (re-encrypts what is left, in batches, while
+still decrypt); 3) run `python -m cli.rotation` (re-encrypts what is left, in batches, while
 everything keeps serving); 4) remove the old key once the report says nothing is left on it.
 Each record is rewritten with a compare-and-set on its nonce, so a secret changed meanwhile (a
 user re-authorizing) is never overwritten with a stale value. Every run writes an audit entry.
@@ -177,8 +177,8 @@ async def _main(batch: int) -> RotationReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m common.rotation`: rotate and print the report as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m common.rotation", description=__doc__)
+    """`python -m cli.rotation`: rotate and print the report as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m cli.rotation", description=__doc__)
     parser.add_argument("--batch", type=int, default=200)
     opts = parser.parse_args(argv)
     report = asyncio.run(_main(opts.batch))

@@ -30,10 +30,15 @@ from typing import IO, Any
 import zstandard
 from bson import json_util
 from bson.json_util import JSONOptions
-from pymongo import ReplaceOne
+from pymongo import ASCENDING, IndexModel, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 
-from common.mongo import Doc, Mongo
+from common.mongo import ARCHIVES, Doc, Mongo
+
+# One document per archive file; only `flickrhub archive` uses the collection, and declares it here.
+INDEXES: dict[str, list[IndexModel]] = {
+    ARCHIVES: [IndexModel([("name", ASCENDING)], unique=True, name="name_unique")]
+}
 
 EXCLUDED = ("callback_secret",)
 _JSON = JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)

@@ -16,10 +16,11 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
 from common.errors import FailedPrecondition
-from common.mongo import Doc
+from common.mongo import AUTH_REQUESTS, Doc, key_version_index
 from common.vault import Vault
 
 PURPOSE = "request-token-secret"
@@ -31,6 +32,20 @@ CLAIM_S = 120
 PENDING = "pending"
 CLAIMED = "claimed"
 COMPLETED = "completed"
+
+# The collection's indexes (the gateway alone uses it; Mongo.ensure_indexes creates them at its start).
+INDEXES: dict[str, list[IndexModel]] = {
+    AUTH_REQUESTS: [
+        # Found by the hash of their request token; purged after expire_at.
+        IndexModel([("request_id_hash", ASCENDING)], unique=True, name="request_id_hash_unique"),
+        # Claims and their release are updates guarded by the claim read (and the state) as well.
+        IndexModel(
+            [("request_id_hash", ASCENDING), ("claim", ASCENDING), ("state", ASCENDING)], name="request_claim"
+        ),
+        key_version_index("secret"),
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ]
+}
 
 
 def request_id_hash(request_token: str) -> str:
