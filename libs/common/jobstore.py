@@ -442,9 +442,9 @@ class JobStore:
         }
         if await self._cas(job_id, rev, update) is not None:
             return True
-        allowed = await self._transition(
-            job_id, lambda d: d["status"] in (jobs.QUEUED, jobs.RETRYING), update
-        )
+        # Only a job still queued: a retrying one has started (a stale copy of its first entry,
+        # redelivered after the maximum age, must not expire it).
+        allowed = await self._transition(job_id, lambda d: d["status"] == jobs.QUEUED, update)
         return allowed is not None
 
     async def cancel(self, job_id: str) -> bool:

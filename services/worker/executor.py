@@ -15,7 +15,7 @@ agreement):
     an entry arrives (Executor.execute)
       malformed                          ack, to fh:dlq (no job to record it on)
       a first attempt older than JOB_MAX_AGE_S
-        queued -> expired                `_expire` (its fallback also accepts retrying)
+        queued -> expired                `_expire` (a queued job only: a retrying one has started)
       Flickr paused (its breaker open)   entry back to fh:delayed, ack; no attempt spent (`_defer`)
       queued | retrying -> running       `_claim` (JobStore.claim)
       running -> running                 `_claim`, the run's lease ran out: taken over

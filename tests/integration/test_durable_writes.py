@@ -101,3 +101,25 @@ async def test_job_token_and_key_writes_are_journaled_before_they_are_acknowledg
     }
     assert [w for w in durable if w[2] != DURABLE] == []
     assert [w[2] for w in writes.seen if w[1] == "audit_log"] == [None]
+
+
+async def test_expiry_takes_a_queued_job_and_never_one_that_has_started(
+    mongo_url: str, mongo_db_name: str
+) -> None:
+    mongo = Mongo.connect(mongo_url, mongo_db_name)
+    store = JobStore(mongo.jobs)
+    try:
+        waiting, started = uuid.uuid4().hex, uuid.uuid4().hex
+        await mongo.jobs.insert_many([_job(waiting), _job(started)])
+        claim = await store.claim(started, "worker-1", 0, 30.0, expected_rev=0)
+        assert claim is not None
+        error = {"code": "FLICKR_UNAVAILABLE", "message": "try again"}
+        assert await store.schedule_retry(started, claim.rev, error, datetime.now(UTC))
+        # A stale copy of each job's first entry (revision 0) arrives after the maximum age.
+        assert await store.expire(waiting, 0)
+        assert not await store.expire(started, 0)
+        states = {d["job_id"]: d["status"] async for d in mongo.jobs.find({})}
+        assert states == {waiting: "expired", started: "retrying"}
+    finally:
+        await mongo.client.drop_database(mongo_db_name)
+        await mongo.close()
