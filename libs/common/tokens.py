@@ -105,7 +105,9 @@ class TokenStore:
         vault: Vault,
         redis: redisio.Redis | None = None,
         cache_ttl_s: float | None = None,
+        epoch_check_s: float = EPOCH_CHECK_S,
     ) -> None:
+        """`epoch_check_s`: how often a lookup reads the tokens' epoch (0: at every lookup)."""
         self._tokens = collection
         self._vault = vault
         self._redis = redis
@@ -114,6 +116,7 @@ class TokenStore:
         self._loading: dict[str, asyncio.Future[TokenRecord | None]] = {}
         self._epoch: bytes | str | None = None
         self._epoch_at = float("-inf")
+        self._epoch_check_s = epoch_check_s
 
     async def put(self, record: TokenRecord) -> None:
         """Store (or replace) a user's token, encrypted."""
@@ -144,7 +147,7 @@ class TokenStore:
 
     async def _follow_epoch(self, now: float) -> None:
         """Forget every cached lookup if the tokens' epoch moved since the last look (once a second)."""
-        if self._redis is None or now - self._epoch_at < EPOCH_CHECK_S:
+        if self._redis is None or now - self._epoch_at < self._epoch_check_s:
             return
         self._epoch_at = now  # before the await: callers meanwhile use the cache as it is
         try:

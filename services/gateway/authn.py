@@ -146,6 +146,7 @@ class Authenticator:
         trusted_proxies: Sequence[Network],
         bcrypt_concurrency: int,
         cache_max: int = 10_000,
+        addresses_max: int = ADDRESSES_MAX,
     ) -> None:
         """`bcrypt_concurrency` (API_KEY_BCRYPT_CONCURRENCY): bcrypt is ~0.2 s of CPU, so at most that
         many checks run at once and a flood of bad keys cannot take every thread."""
@@ -156,6 +157,7 @@ class Authenticator:
         self._skew_s = skew_s
         self._trusted = tuple(trusted_proxies)
         self._addresses: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._addresses_max = addresses_max
         self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
         # Single flight: concurrent calls with one key share one lookup and one bcrypt check, so a
         # cache expiry under load costs one of each, not one per waiting call.
@@ -182,7 +184,7 @@ class Authenticator:
         forwarded = metadata.get("x-forwarded-for", "")
         known = self._addresses.get((peer, forwarded))
         if known is None:
-            if len(self._addresses) >= ADDRESSES_MAX:
+            if len(self._addresses) >= self._addresses_max:
                 self._addresses.clear()
             known = self._addresses[(peer, forwarded)] = client_ip(peer, forwarded, self._trusted)
         return known

@@ -79,8 +79,10 @@ def may_see(doc: Doc) -> bool:
     return bool(owner) and owner == identity.client_id()
 
 
-async def list_jobs(store: JobStore, request: jobs_pb2.ListJobsRequest) -> jobs_pb2.ListJobsResponse:
-    """One page of the caller's view of a user's jobs."""
+async def list_jobs(
+    store: JobStore, request: jobs_pb2.ListJobsRequest, max_examined: int
+) -> jobs_pb2.ListJobsResponse:
+    """One page of the caller's view of a user's jobs, reading at most `max_examined` rows."""
     _check(request)
     identity.require_user(request.user_id)
     query = history.JobQuery(
@@ -93,7 +95,7 @@ async def list_jobs(store: JobStore, request: jobs_pb2.ListJobsRequest) -> jobs_
         after=convert.decode_cursor(request.page_token) if request.page_token else None,
     )
     size = request.page_size or DEFAULT_PAGE_SIZE
-    page = await history.list_page(store.jobs, query, size)
+    page = await history.list_page(store.jobs, query, size, max_examined=max_examined)
     next_token = convert.encode_cursor(*page.resume_after) if page.resume_after else ""
     return jobs_pb2.ListJobsResponse(
         jobs=[convert.job_to_proto(d) for d in page.jobs], next_page_token=next_token

@@ -57,6 +57,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._events = events
         self._redis = redis
         self._watch_poll_s = settings.watch_poll_s
+        self._list_max_examined = settings.list_jobs_max_examined
         self._max_photo_bytes = settings.upload_max_photo_bytes
 
     async def SubmitJob(
@@ -163,4 +164,4 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.ListJobsResponse:
         """A user's jobs, newest first, as the caller may see them (see gateway.history)."""
-        return await history.list_jobs(self._store, request)
+        return await history.list_jobs(self._store, request, self._list_max_examined)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +17,6 @@ from google.protobuf import timestamp_pb2
 
 from common import jobs
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc, keys_pb2, keys_pb2_grpc
-from gateway import history_query as history
 from tests.helpers.inproc import DEMO_USER, Stack, running_stack, seed_demo_token, stack_settings
 
 ECHO = "flickr.test.echo"
@@ -39,9 +38,17 @@ def _as(key: keys_pb2.ApiKeySecret | str) -> list[tuple[str, str]]:
 
 @pytest_asyncio.fixture
 async def env(
-    redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    cache_redis_url: str,
+    mongo_url: str,
+    mongo_db_name: str,
+    redis: Any,
 ) -> AsyncIterator[Env]:
-    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name)
+    """A stack without movers or workers; `indirect` parametrization sets LIST_JOBS_MAX_EXAMINED."""
+    bound = getattr(request, "param", None)
+    overrides = {"list_jobs_max_examined": bound} if bound is not None else {}
+    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, **overrides)
     await seed_demo_token(settings)
     # No mover or worker: jobs stay queued, which is all a history needs.
     async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
@@ -74,13 +81,10 @@ async def _all_pages(
             return ids
 
 
-@pytest.fixture(params=[None, 7], ids=["default-bound", "bound-7"])
-def max_examined(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int | None:
-    """Rows one ListJobs call may read: the default, or so few that pages stop short (3 per round)."""
-    if request.param is not None:
-        monkeypatch.setattr(history, "MAX_EXAMINED", request.param)
-        monkeypatch.setattr(history, "ROUND_ROWS", 3)
-    return cast(int | None, request.param)
+# Rows one ListJobs call may read: the default, or so few that pages stop short (3 per round trip).
+BOUNDS = pytest.mark.parametrize(
+    ("env", "max_examined"), [(None, None), (7, 7)], indirect=["env"], ids=["default-bound", "bound-7"]
+)
 
 
 async def _submit(env: Env, key: keys_pb2.ApiKeySecret, n: int) -> list[str]:
@@ -93,6 +97,7 @@ async def _submit(env: Env, key: keys_pb2.ApiKeySecret, n: int) -> list[str]:
     return out
 
 
+@BOUNDS
 async def test_pages_have_no_duplicates_and_no_gaps_while_new_jobs_arrive(
     env: Env, max_examined: int | None
 ) -> None:
@@ -142,11 +147,10 @@ async def test_a_client_sees_only_its_own_jobs_and_an_admin_sees_all(env: Env) -
     assert set(await _all_pages(env, admin, 100, client_id=env.key_b.key.key_id)) == theirs
 
 
-async def test_a_rare_method_is_found_through_short_pages_that_go_on(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`method` is filtered while walking: a call reads at most MAX_EXAMINED rows, then where it stopped."""
-    monkeypatch.setattr(history, "MAX_EXAMINED", 10)
+@pytest.mark.parametrize("env", [10], indirect=True)
+async def test_a_rare_method_is_found_through_short_pages_that_go_on(env: Env) -> None:
+    """`method` is filtered while walking: a call reads at most LIST_JOBS_MAX_EXAMINED rows, then goes on
+    from where it stopped."""
     base = datetime(2026, 11, 1, tzinfo=UTC)
     client = env.key_a.key.key_id
     docs = [
@@ -179,6 +183,7 @@ def _ts(at: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
+@BOUNDS
 async def test_every_filter_combination_pages_exactly_the_matching_jobs_newest_first(
     env: Env, max_examined: int | None
 ) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from gateway import authn
 from gateway.authn import Authenticator, client_ip
 
 PROXY = ipaddress.ip_network("10.0.0.0/8")
 
 
-def _authenticator() -> Authenticator:
+def _authenticator(**kw: Any) -> Authenticator:
     none: Any = None  # no store or Redis: client_address needs neither
-    return Authenticator(none, none, cache_s=1.0, skew_s=300, trusted_proxies=[PROXY], bcrypt_concurrency=1)
+    return Authenticator(
+        none, none, cache_s=1.0, skew_s=300, trusted_proxies=[PROXY], bcrypt_concurrency=1, **kw
+    )
 
 
 def test_remembered_addresses_answer_as_client_ip_does_for_each_forwarded_chain() -> None:
@@ -31,9 +32,8 @@ def test_remembered_addresses_answer_as_client_ip_does_for_each_forwarded_chain(
             assert auth.client_address(peer, md) == client_ip(peer, forwarded, [PROXY])
 
 
-def test_the_memory_is_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(authn, "ADDRESSES_MAX", 3)
-    auth = _authenticator()
+def test_the_memory_is_bounded() -> None:
+    auth = _authenticator(addresses_max=3)
     for port in range(10):
         assert auth.client_address(f"ipv4:203.0.113.9:{port}", {}) == ("203.0.113.9", False)
     assert len(auth._addresses) <= 3

@@ -36,6 +36,13 @@ class GatewaySettings:
         "them answers the first job; after them it makes a new one.",
         at_least=1,
     )
+    list_jobs_max_examined: int = setting(
+        "LIST_JOBS_MAX_EXAMINED",
+        1000,
+        "Rows one ListJobs call may read; a `method` filter matching few jobs then answers a short page "
+        "with a token to go on from where it stopped (bounds each call's cost).",
+        at_least=1,
+    )
     watch_poll_s: float = setting(
         "WATCH_POLL_S",
         5.0,
