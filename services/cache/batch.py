@@ -47,6 +47,27 @@ def _refuse(result: cache_pb2.CacheOpResult, code: int, message: str) -> None:
     result.error.message = message
 
 
+class _Batch:
+    """One batch's results and what is left to ask Redis, by operation index."""
+
+    __slots__ = ("get_at", "gets", "lookups", "outcomes", "put_at", "puts", "requests", "response", "results")
+
+    def __init__(self, ops: Sequence[cache_pb2.CacheOp]) -> None:
+        self.response = cache_pb2.CacheBatchResponse()
+        self.results = [self.response.results.add(id=op.id) for op in ops]
+        self.outcomes = [""] * len(ops)
+        self.requests: Counter[tuple[str, str, str]] = Counter()  # (op, method class, outcome)
+        self.lookups: Counter[tuple[str, str]] = Counter()  # (method label, outcome)
+        self.get_at: list[int] = []
+        self.gets: list[GetOp] = []
+        self.put_at: list[int] = []
+        self.puts: list[PutOp] = []
+
+    def refuse(self, i: int, code: int, message: str, outcome: str = "invalid") -> None:
+        _refuse(self.results[i], code, message)
+        self.outcomes[i] = outcome
+
+
 class BatchHandler:
     """Runs one CacheBatchRequest against the store; `rpc` labels the batch-size histogram."""
 
@@ -60,79 +81,82 @@ class BatchHandler:
         """Every operation's result, in the request's order."""
         started_ns = time.time_ns()
         started = time.perf_counter()
-        response = cache_pb2.CacheBatchResponse()
-        results = [response.results.add(id=op.id) for op in ops]
-        outcomes = [""] * len(ops)
-        requests: Counter[tuple[str, str, str]] = Counter()
-        lookups: Counter[tuple[str, str]] = Counter()  # (method label, outcome)
-        get_at: list[int] = []
-        gets: list[GetOp] = []
-        put_at: list[int] = []
-        puts: list[PutOp] = []
+        batch = _Batch(ops)
         for i, op in enumerate(ops):
-            kind = op.WhichOneof("op")
-            if kind == "get":
-                key = op.get.key
-                if bad := key_violations(key):
-                    _refuse(results[i], _INVALID, _refusal(bad, "CacheGetRequest"))
-                    outcomes[i] = "invalid"
-                elif method_class(key.method) == "write":
-                    self._store.count("misses", key.method)  # never stored, so no need to ask Redis
-                    results[i].get.SetInParent()
-                    outcomes[i] = "skipped"
-                    requests["get", "write", "skipped"] += 1
-                    lookups[method_label(key.method), "miss"] += 1
-                else:
-                    get_at.append(i)
-                    gets.append(GetOp(key.method, key.params, key.token_id_hash))
-            elif kind == "put":
-                put = op.put
-                bad = key_violations(put.key)
-                if len(put.value) > MAX_VALUE_BYTES:
-                    bad.append(FieldViolation("value", f"at most {MAX_VALUE_BYTES} bytes"))
-                if put.ttl_seconds < 0:
-                    bad.append(FieldViolation("ttl_seconds", "0 (the method's default) or positive"))
-                if bad:
-                    _refuse(results[i], _INVALID, _refusal(bad, "CachePutRequest"))
-                    outcomes[i] = "invalid"
-                    continue
-                key = put.key
-                ttl = self._store.ttl_for(key.method, put.ttl_seconds)
-                if ttl == 0:
-                    results[i].put.SetInParent()
-                    outcomes[i] = "skipped"
-                    requests["put", method_class(key.method), "skipped"] += 1
-                else:
-                    put_at.append(i)
-                    puts.append(PutOp(key.method, key.params, key.token_id_hash, put.value, ttl))
+            self._sort(batch, i, op)
+        if batch.gets or batch.puts:
+            found, stored = await self._store.exchange(batch.gets, batch.puts)
+            self._answer(batch, found, stored)
+        self._observe(batch, rpc, time.perf_counter() - started)
+        self._spans(ops, batch.outcomes, started_ns)
+        return batch.response
+
+    def _sort(self, batch: _Batch, i: int, op: cache_pb2.CacheOp) -> None:
+        """Answer what needs no Redis (refusals, writes' Gets, Puts with no TTL); queue the rest."""
+        result = batch.results[i]
+        kind = op.WhichOneof("op")
+        if kind == "get":
+            key = op.get.key
+            if bad := key_violations(key):
+                batch.refuse(i, _INVALID, _refusal(bad, "CacheGetRequest"))
+            elif method_class(key.method) == "write":
+                self._store.count("misses", key.method)  # never stored, so no need to ask Redis
+                result.get.SetInParent()
+                batch.outcomes[i] = "skipped"
+                batch.requests["get", "write", "skipped"] += 1
+                batch.lookups[method_label(key.method), "miss"] += 1
             else:
-                _refuse(results[i], _INVALID, "invalid CacheOp: get or put required")
-                outcomes[i] = "invalid"
-        if gets or puts:
-            found, stored = await self._store.exchange(gets, puts)
-            for i, g, hit in zip(get_at, gets, found, strict=True):
-                outcomes[i] = self._answer_get(results[i], hit)
-                requests["get", method_class(g.method), outcomes[i]] += 1
-                lookups[method_label(g.method), outcomes[i]] += 1
-            for i, p, error in zip(put_at, puts, stored, strict=True):
-                outcomes[i] = "stored" if error is None else "error"
-                if error is None:
-                    results[i].put.stored, results[i].put.ttl_seconds = True, p.ttl_s
-                else:
-                    _refuse(results[i], _UNAVAILABLE, "cache store unavailable: nothing was stored")
-                requests["put", method_class(p.method), outcomes[i]] += 1
-        elapsed = time.perf_counter() - started
-        for _ in gets:
+                batch.get_at.append(i)
+                batch.gets.append(GetOp(key.method, key.params, key.token_id_hash))
+        elif kind == "put":
+            put = op.put
+            bad = key_violations(put.key)
+            if len(put.value) > MAX_VALUE_BYTES:
+                bad.append(FieldViolation("value", f"at most {MAX_VALUE_BYTES} bytes"))
+            if put.ttl_seconds < 0:
+                bad.append(FieldViolation("ttl_seconds", "0 (the method's default) or positive"))
+            if bad:
+                batch.refuse(i, _INVALID, _refusal(bad, "CachePutRequest"))
+                return
+            key = put.key
+            ttl = self._store.ttl_for(key.method, put.ttl_seconds)
+            if ttl == 0:
+                result.put.SetInParent()
+                batch.outcomes[i] = "skipped"
+                batch.requests["put", method_class(key.method), "skipped"] += 1
+            else:
+                batch.put_at.append(i)
+                batch.puts.append(PutOp(key.method, key.params, key.token_id_hash, put.value, ttl))
+        else:
+            batch.refuse(i, _INVALID, "invalid CacheOp: get or put required")
+
+    def _answer(
+        self, batch: _Batch, found: Sequence[Hit | RedisError | None], stored: Sequence[RedisError | None]
+    ) -> None:
+        """Fill in the results of what went to Redis."""
+        for i, g, hit in zip(batch.get_at, batch.gets, found, strict=True):
+            outcome = batch.outcomes[i] = self._answer_get(batch.results[i], hit)
+            batch.requests["get", method_class(g.method), outcome] += 1
+            batch.lookups[method_label(g.method), outcome] += 1
+        for i, p, error in zip(batch.put_at, batch.puts, stored, strict=True):
+            if error is None:
+                batch.outcomes[i] = "stored"
+                batch.results[i].put.stored, batch.results[i].put.ttl_seconds = True, p.ttl_s
+            else:
+                batch.refuse(i, _UNAVAILABLE, "cache store unavailable: nothing was stored", "error")
+            batch.requests["put", method_class(p.method), batch.outcomes[i]] += 1
+
+    def _observe(self, batch: _Batch, rpc: str, elapsed: float) -> None:
+        """The batch's bookkeeping, added up once: latencies, request and lookup counts, its size."""
+        for _ in batch.gets:
             self._get_seconds.observe(elapsed)
-        for _ in puts:
+        for _ in batch.puts:
             self._put_seconds.observe(elapsed)
-        for labels, n in requests.items():
+        for labels, n in batch.requests.items():
             metrics.REQUESTS.labels(*labels).inc(n)
-        for (method, outcome), n in lookups.items():
+        for (method, outcome), n in batch.lookups.items():
             metrics.LOOKUPS.labels(method, outcome).inc(n)
-        metrics.BATCH_OPS.labels(rpc).observe(len(ops))
-        self._spans(ops, outcomes, started_ns)
-        return response
+        metrics.BATCH_OPS.labels(rpc).observe(len(batch.results))
 
     @staticmethod
     def _answer_get(result: cache_pb2.CacheOpResult, hit: Hit | RedisError | None) -> str:
