@@ -7,8 +7,10 @@ The `secantusd-py` daemon ignores `ttl_sweep_seconds` and auto-loads any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -39,8 +41,22 @@ def main() -> int:
     host, port = server.address
     print(f"READY {host} {port}", flush=True)
     done.wait()
+    _wake_accept(server)
     server.stop()
     return 0
+
+
+def _wake_accept(server: SecantusDBServer) -> None:
+    """Shut the listening socket down so the blocked accept() returns now.
+
+    stop() only closes the socket, which does not wake a thread blocked in accept() on Linux: it
+    then waits out its 2 s join of the accept thread. A shutdown makes accept() fail at once, and
+    the accept loop ends on that error (the store is still checkpointed and closed cleanly).
+    """
+    listening = getattr(server, "_socket", None)
+    if isinstance(listening, socket.socket):
+        with contextlib.suppress(OSError):  # already closed: nothing is blocked on it
+            listening.shutdown(socket.SHUT_RDWR)
 
 
 if __name__ == "__main__":
