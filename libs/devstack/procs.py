@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +83,18 @@ class Managed:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait for a clean exit, SIGKILL after `timeout`."""
+        self.signal(signal.SIGTERM)
+        return self.reap(timeout)
+
+    def reap(self, timeout: float) -> int | None:
+        """Wait up to `timeout` for the process to exit (after a signal), then SIGKILL it."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         return self.proc.returncode
 
     def tail(self, lines: int = 40) -> str:
@@ -99,6 +103,24 @@ class Managed:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def start_all(procs: Sequence[Managed], timeout: float = 20.0) -> None:
+    """Launch every process at once, then wait for each one's port: they start side by side."""
+    for proc in procs:
+        proc.start(wait=False)
+    for proc in procs:
+        wait_for_port("127.0.0.1", proc.port, timeout, proc.proc)
+
+
+def stop_all(procs: Sequence[Managed], timeout: float = 15.0) -> None:
+    """SIGTERM every process at once, then wait for each (SIGKILL once `timeout` has passed)."""
+    running = [proc for proc in procs if proc.alive]
+    for proc in running:
+        proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        proc.reap(max(0.0, deadline - time.monotonic()))
 
 
 def python_module(module: str, *args: str) -> list[str]:

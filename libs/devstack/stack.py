@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.settings import Settings
 from devstack import seed
-from devstack.procs import Managed, free_port, python_module
+from devstack.procs import Managed, free_port, python_module, start_all, stop_all, wait_for_port
 from devstack.stores import mongo_url, redis_server, secantus
 
 
@@ -133,31 +133,41 @@ class ProcessStack:
         )
 
     def start(self) -> ProcessStack:
-        """Start everything in dependency order and seed the demo user and demo API keys."""
+        """Start the stores side by side, then every service side by side; seed the demo user and keys.
+
+        The services only need the stores at start (the edge, the gateway and the workers dial each
+        other lazily), so each tier starts at once and waits for its ports together.
+        """
         p = self.ports
-        self.procs["redis"] = redis_server("queue", self.data_dir / "redis-queue", p.redis).start()
-        self.procs["cache-redis"] = redis_server(
-            "cache", self.data_dir / "redis-cache", p.cache_redis
-        ).start()
-        self.procs["mongo"] = secantus(self.data_dir, p.mongo).start(timeout=60)
-        sandbox = Managed(
+        self.procs["redis"] = redis_server("queue", self.data_dir / "redis-queue", p.redis)
+        self.procs["cache-redis"] = redis_server("cache", self.data_dir / "redis-cache", p.cache_redis)
+        self.procs["mongo"] = secantus(self.data_dir, p.mongo)
+        start_all([self.procs[name] for name in ("redis", "cache-redis", "mongo")], timeout=60)
+        self.procs["sandbox"] = Managed(
             "sandbox",
             python_module("sandbox", "--port", str(p.sandbox), "--seed-demo"),
             p.sandbox,
             self.logs / "sandbox.log",
         )
-        self.procs["sandbox"] = sandbox.start()
-        self.procs["cache"] = self._service("cache", "cache", p.cache).start()
-        self.procs["gateway"] = self._service("gateway", "gateway", p.gateway).start()
+        self.procs["cache"] = self._service("cache", "cache", p.cache)
+        self.procs["gateway"] = self._service("gateway", "gateway", p.gateway)
+        self.procs["edge"] = self._service("edge", "edge", p.edge)
+        listening = [self.procs[name] for name in ("sandbox", "cache", "gateway", "edge")]
+        for proc in listening:
+            proc.start(wait=False)
         for _ in range(self.n_movers):
             self.add_mover()
         for _ in range(self.n_workers):
             self.add_worker()
-        self.procs["edge"] = self._service("edge", "edge", p.edge).start()
         # A thread of its own: start() may be called from code that already runs an event loop.
+        # Seeding needs only MongoDB, so it runs while the services start.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, seed.seed_demo_token(self.settings)).result()
-            self.keys = pool.submit(asyncio.run, seed.seed_api_keys(self.settings)).result()
+            token = pool.submit(asyncio.run, seed.seed_demo_token(self.settings))
+            keys = pool.submit(asyncio.run, seed.seed_api_keys(self.settings))
+            for proc in listening:
+                wait_for_port("127.0.0.1", proc.port, 20.0, proc.proc)
+            token.result()
+            self.keys = keys.result()
         return self
 
     def add_worker(self, env: dict[str, str] | None = None) -> Managed:
@@ -181,13 +191,19 @@ class ProcessStack:
         return replica
 
     def stop(self) -> None:
-        """Stop services first (they drain), then the stores."""
-        order = ["edge", *[w.name for w in self.workers], *[m.name for m in self.movers], "gateway", "cache"]
-        order += ["sandbox", "mongo", "cache-redis", "redis"]
-        for name in order:
-            proc = self.procs.get(name)
-            if proc is not None:
-                proc.stop()
+        """Stop the services first (they drain), then the stores; each tier side by side.
+
+        The edge goes first (its in-flight requests still reach the gateway), then the gateway,
+        movers and workers, then what they call (the cache service, the sandbox), then the stores.
+        """
+        tiers = [
+            ["edge"],
+            [*[w.name for w in self.workers], *[m.name for m in self.movers], "gateway"],
+            ["cache", "sandbox"],
+            ["mongo", "cache-redis", "redis"],
+        ]
+        for tier in tiers:
+            stop_all([self.procs[name] for name in tier if name in self.procs])
 
     def restart_redis(self) -> None:
         """Stop the queue Redis (SIGTERM: AOF flushed) and start it again on the same port and data."""
