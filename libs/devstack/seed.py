@@ -81,9 +81,9 @@ async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER
                 key_id=DEMO_ADMIN_KEY_ID,
             ),
         )
-        # A running gateway may hold the old secrets' checks: void them there.
-        for key_id in (DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID):
-            await store.bump_epoch(key_id)
+        # A running gateway may hold the old secrets' checks: void them there (both keys' leases are
+        # waited out together).
+        await asyncio.gather(*(store.bump_epoch(k) for k in (DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID)))
     finally:
         await mongo.close()
         await redis.aclose()

@@ -18,6 +18,8 @@ FAST_ENV = {
     "MOVER_CLAIM_IDLE_S": "2",
     "SHUTDOWN_GRACE_S": "3",
     "FLICKR_BUDGET_PER_HOUR": "100000000",
+    # The cheapest cost allowed: the stack hashes its seeded keys, and each gateway checks them once.
+    "API_KEY_BCRYPT_ROUNDS": "10",
     "LOG_LEVEL": "INFO",
     # Test webhook receivers listen on 127.0.0.1, which webhooks may only reach when allow-listed.
     "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",

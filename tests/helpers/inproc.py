@@ -59,6 +59,8 @@ def stack_settings(
         "mover_claim_idle_s": 2.0,
         "insert_batch_ms": 1.0,
         "shutdown_grace_s": 5.0,
+        # The cheapest cost allowed: every stack hashes its seeded keys (tests of the cost set theirs).
+        "api_key_bcrypt_rounds": 10,
         # The sandbox is not Flickr: tests that check the budget set their own.
         "flickr_budget_per_hour": 100_000_000,
         # Test webhook receivers listen on 127.0.0.1, which webhooks may only reach when allow-listed.
