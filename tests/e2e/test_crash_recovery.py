@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     sandbox_calls,
     wait_all_final,
     wait_final_grpc,
+    wait_settled,
 )
 from tests.e2e.webhook_receiver import Receiver
 from tests.helpers.rich import result_of
@@ -41,7 +42,8 @@ async def _wait_running(store: JobStore, job_id: str, timeout: float = 20.0) -> 
 
 
 async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> None:
-    with process_stack(workers=2) as stack:
+    # One job, no load: a short visibility timeout brings the takeover sooner.
+    with process_stack(workers=2, env={"WORKER_VISIBILITY_TIMEOUT_S": "3"}) as stack:
         mongo = Mongo.connect(stack.settings.mongo_url, stack.settings.mongo_db)
         store = JobStore(mongo.jobs)
         receiver = await Receiver().start()
@@ -68,8 +70,8 @@ async def test_worker_killed_mid_job_is_finished_by_another_exactly_once() -> No
                     async for u in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), timeout=40)
                 ]
                 done = await wait_final_grpc(stub, job.job_id)
-                deliveries = await receiver.wait_for(job.job_id)
-                await asyncio.sleep(1.0)  # a duplicate webhook would arrive by now
+                await receiver.wait_for(job.job_id)
+                await wait_settled(stack)  # nothing queued is left that could send a second webhook
                 deliveries = [d for d in receiver.deliveries if d.payload["job_id"] == job.job_id]
             doc = await store.get(job.job_id)
         finally:

@@ -2,6 +2,8 @@
 
 The first worker has one failpoint armed (common.failpoints) and dies there with exit code 137,
 as a SIGKILL would leave it; a second, unarmed worker starts once it is dead and finishes the job.
+The cases share one stack with no worker of its own: each starts its own two workers, resets the
+sandbox (photo, calls, faults) and ends once nothing is queued and its workers are stopped.
 A takeover of setMeta reads the photo first (worker.reconcile): a title already set completes the
 job unsent, a title certainly absent is sent now; a write no read can prove ends unknown.
 """
@@ -9,6 +11,7 @@ job unsent, a title certainly absent is sent now; a write no read can prove ends
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,7 +19,7 @@ import pytest
 
 from common import failpoints, jobs, keys, redisio
 from common.settings import SANDBOX_DEMO_CONSUMER_KEY
-from devstack.procs import Managed
+from devstack.procs import Managed, stop_all
 from devstack.seed import DEMO_USER
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2
@@ -28,6 +31,7 @@ from tests.e2e.helpers import (
     sandbox_calls,
     sandbox_url,
     wait_final_grpc,
+    wait_settled,
 )
 from tests.e2e.webhook_receiver import Receiver
 
@@ -130,38 +134,54 @@ async def _wait_exit(worker: Managed, timeout: float = 30.0) -> int:
     return code
 
 
+@pytest.fixture(scope="module")
+def crash_stack() -> Iterator[ProcessStack]:
+    """One stack for every case: a case needs workers of its own, not stores and services."""
+    with process_stack(workers=0, env=ENV) as stack:
+        yield stack
+
+
 @pytest.mark.parametrize("point", list(CASES))
-async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(point: str) -> None:
+async def test_a_worker_killed_at_any_step_of_a_write_never_sends_it_twice(
+    point: str, crash_stack: ProcessStack
+) -> None:
     case = CASES[point]
+    stack = crash_stack
     receiver = await Receiver().start()
+    workers = len(stack.workers)
     try:
-        with process_stack(workers=0, env=ENV) as stack:
-            channel, stub = grpc_stub(stack)
-            async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
-                if case.latency_ms:
-                    await add_fault(
-                        http, stack, method=case.method, kind="latency", latency_ms=case.latency_ms, times=1
-                    )
-                first = stack.add_worker(env={"FAILPOINTS": case.armed})
-                job = await stub.SubmitJob(
-                    jobs_pb2.SubmitJobRequest(
-                        user_id=DEMO_USER,
-                        method=case.method,
-                        params=_params(case, point),
-                        callback_url=receiver.url,
-                        callback_secret="0123456789abcdef-secret",
-                    )
+        channel, stub = grpc_stub(stack)
+        async with channel, aiohttp.ClientSession(headers=auth_headers(stack)) as http:
+            # The photo's default title, no call and no fault left by an earlier case.
+            async with http.post(sandbox_url(stack, "/_sandbox/reset")) as resp:
+                assert resp.status == 204
+            if case.latency_ms:
+                await add_fault(
+                    http, stack, method=case.method, kind="latency", latency_ms=case.latency_ms, times=1
                 )
-                assert await _wait_exit(first) == failpoints.EXIT_CODE
-                stack.add_worker()
-                done = await wait_final_grpc(stub, job.job_id, timeout=40)
-                await receiver.wait_for(job.job_id)
-                await asyncio.sleep(1.5)  # a second call or a second webhook would be here by now
-                calls = await sandbox_calls(http, stack, case.method)
-                again = await wait_final_grpc(stub, job.job_id)
-                title = await _title(http, stack)
-                left = await _work_entries(stack)
+            first = stack.add_worker(env={"FAILPOINTS": case.armed})
+            job = await stub.SubmitJob(
+                jobs_pb2.SubmitJobRequest(
+                    user_id=DEMO_USER,
+                    method=case.method,
+                    params=_params(case, point),
+                    callback_url=receiver.url,
+                    callback_secret="0123456789abcdef-secret",
+                )
+            )
+            assert await _wait_exit(first) == failpoints.EXIT_CODE
+            stack.add_worker()
+            done = await wait_final_grpc(stub, job.job_id, timeout=40)
+            await receiver.wait_for(job.job_id)
+            # Nothing queued is left: no second call or second webhook can come after this.
+            await wait_settled(stack)
+            calls = await sandbox_calls(http, stack, case.method)
+            again = await wait_final_grpc(stub, job.job_id)
+            title = await _title(http, stack)
+            left = await _work_entries(stack)
     finally:
+        # The next case's armed worker must be the only one: stop this case's workers.
+        await asyncio.to_thread(stop_all, stack.workers[workers:])
         await receiver.stop()
     assert (done.state, done.error.code) == (case.state, case.error_code)
     assert done.attempts == case.attempts
