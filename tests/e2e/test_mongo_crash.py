@@ -55,9 +55,13 @@ async def _stored(store: Mongo, job_ids: dict[str, str]) -> collections.Counter[
     return collections.Counter([(d["job_id"], d["status"]) async for d in found])
 
 
+# Every job has one token: the default cap of 4 in flight per token would run 40 calls/s of 100 ms.
+ENV = {"MOVER_TOKEN_IN_FLIGHT": "16"}
+
+
 @pytest.mark.timeout(300)
 async def test_mongodb_sigkilled_under_submission_load_loses_no_answered_job() -> None:
-    with process_stack(workers=2) as stack:
+    with process_stack(workers=2, env=ENV) as stack:
         mongo = stack.procs["mongo"]
         channel, stub = grpc_stub(stack)
         answered: dict[str, str] = {}  # job id -> the tag its params carried

@@ -27,6 +27,9 @@ JOBS = 1000
 ENV = {
     "RECOVERY_CHECK_S": "0.5",
     "WORKER_CONCURRENCY": "8",
+    # Every job has one token: the default cap of 4 in flight per token would hold the workers'
+    # 16 slots to 4 (about 26 jobs/s instead of about 100).
+    "MOVER_TOKEN_IN_FLIGHT": "16",
     "CLIENT_MAX_PENDING_JOBS": "5000",
 }
 
