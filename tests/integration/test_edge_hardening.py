@@ -32,6 +32,7 @@ class Edge:
     port: int
     http: aiohttp.ClientSession
     jobs: EchoJobs
+    runner: web.AppRunner
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ async def edge() -> AsyncIterator[Edge]:
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
-        yield Edge(f"http://127.0.0.1:{port}", port, http, jobs)
+        yield Edge(f"http://127.0.0.1:{port}", port, http, jobs, runner)
     await runner.cleanup()
     await channel.close()
     await server.stop(None)
@@ -188,6 +189,18 @@ async def test_chunked_body_is_refused_as_soon_as_it_passes_the_limit(edge: Edge
         pass  # the server may close while the client is still sending; what matters is below
     assert sent < 40 * MB, "the edge read the whole oversize body"
     assert edge.jobs.jobs == {}
+    # The edge reads and drops what was already on the wire (aiohttp's lingering close), then drops
+    # the connection. Wait for that here: the fixture's shutdown would otherwise meet it still open
+    # and wait out aiohttp's whole 10 s lingering time.
+    await _all_connections_closed(edge)
+
+
+async def _all_connections_closed(edge: Edge, timeout: float = 5.0) -> None:
+    server = edge.runner.server
+    assert server is not None
+    async with asyncio.timeout(timeout):
+        while any(handler.transport is not None for handler in server.connections):
+            await asyncio.sleep(0.01)
 
 
 async def test_every_json_route_refuses_a_wrong_content_type_with_415(edge: Edge) -> None:
