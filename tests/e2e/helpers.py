@@ -12,6 +12,7 @@ import grpc
 from cli import credentials
 from devstack.stack import ProcessStack
 from flickrhub.v1 import jobs_pb2, jobs_pb2_grpc
+from tests.helpers import queues
 
 FINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
@@ -125,37 +126,14 @@ async def wait_all_final(
 
 
 async def wait_settled(stack: ProcessStack, timeout: float = 30.0) -> None:
-    """Wait until nothing is left that could run a job or send a webhook again.
-
-    Handled entries are acknowledged and deleted, so once the token queues, the work streams and the
-    webhook stream are empty and no retry is scheduled, no second Flickr call and no second webhook
-    can come: a check for duplicates made after this needs no fixed sleep.
-    """
-    from common import keys, redisio
+    """Wait until nothing is queued that could run a job or send a webhook again (helpers.queues)."""
+    from common import redisio
 
     redis = redisio.client(stack.settings.redis_url)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     try:
-        while True:
-            left = {stream: await redis.xlen(stream) for stream in await _streams(redis)}
-            left[keys.DELAYED] = await redis.zcard(keys.DELAYED)
-            busy = {name: n for name, n in left.items() if n}
-            if not busy:
-                return
-            assert loop.time() < deadline, f"still queued after {timeout:.0f}s: {busy}"
-            await asyncio.sleep(0.05)
+        await queues.wait_settled(redis, timeout)
     finally:
         await redis.aclose()
-
-
-async def _streams(redis: Any) -> list[str]:
-    """Every stream that feeds a run or a webhook: the work streams, the webhooks, the token queues."""
-    from common import keys
-
-    names = [keys.work_stream(target) for target in keys.TARGETS] + [keys.WEBHOOKS]
-    names += [str(name) async for name in redis.scan_iter(match=f"{keys.PREFIX}:q:*", _type="stream")]
-    return names
 
 
 class JobsNotFinal(AssertionError):
