@@ -69,7 +69,8 @@ async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER
         await mongo.ensure_indexes()
         vault = Vault(LocalKeyProvider.from_settings(settings))
         store = ApiKeyStore.from_settings(mongo.api_keys, vault, settings, redis=redis)
-        await mongo.api_keys.delete_many({"key_id": {"$in": [DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID]}})
+        ids = [DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID]
+        replaced = (await mongo.api_keys.delete_many({"key_id": {"$in": ids}})).deleted_count
         client, admin = await asyncio.gather(
             store.create("demo client", list(user_ids), key_id=DEMO_CLIENT_KEY_ID),
             # An internal operator key: a limit high enough for the load driver and the test suite.
@@ -82,8 +83,9 @@ async def seed_api_keys(settings: Settings, user_ids: Sequence[str] = (DEMO_USER
             ),
         )
         # A running gateway may hold the old secrets' checks: void them there (both keys' leases are
-        # waited out together).
-        await asyncio.gather(*(store.bump_epoch(k) for k in (DEMO_CLIENT_KEY_ID, DEMO_ADMIN_KEY_ID)))
+        # waited out together). Keys seeded for the first time have no old secret anyone could hold.
+        if replaced:
+            await asyncio.gather(*(store.bump_epoch(k) for k in ids))
     finally:
         await mongo.close()
         await redis.aclose()

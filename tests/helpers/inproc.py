@@ -122,6 +122,9 @@ async def running_stack(
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     settings = Settings.from_env(env={}, **{**settings.__dict__, "sandbox_url": sandbox_url})
     started: list[Any] = []
+    # The demo keys need only MongoDB and Redis: they are hashed (and their epoch leases waited out)
+    # while the services start.
+    seeding = asyncio.create_task(devstack_seed.seed_api_keys(settings), name="seed_api_keys")
     try:
         if cache:
             cache_app = CacheApp(settings)
@@ -141,7 +144,7 @@ async def running_stack(
         for app in apps:
             await app.start()
             started.append(app)
-        demo_keys = await devstack_seed.seed_api_keys(settings)
+        demo_keys = await seeding
         channel = credentials.authenticated_channel(f"127.0.0.1:{gateway.port}", demo_keys.admin_key)
         mongo = Mongo.from_settings(settings)
         try:
@@ -152,6 +155,10 @@ async def running_stack(
             await _stopped("the test channel", channel.close())
             await _stopped("the test MongoDB client", mongo.close())
     finally:
+        if not seeding.done():  # a service failed to start
+            seeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await seeding
         for app in reversed(started):
             await _stopped(type(app).__name__, app.stop(2.0))
         await _stopped("the sandbox", runner.cleanup())
