@@ -27,8 +27,18 @@ from worker.consumer import StreamConsumer
 async def quiet_stack(
     redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
 ) -> AsyncIterator[Stack]:
-    """A stack with no mover and no worker running: tests start their own."""
-    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, mover_claim_idle_s=0.5)
+    """A stack with no mover and no worker running: tests start their own.
+
+    A dead worker's entry is taken over after 1.5 s idle, not 3 s: every takeover test waits for it.
+    """
+    settings = stack_settings(
+        redis_url,
+        cache_redis_url,
+        mongo_url,
+        mongo_db_name,
+        mover_claim_idle_s=0.5,
+        worker_visibility_timeout_s=1.5,
+    )
     await seed_demo_token(settings)
     async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
         yield stack
@@ -276,7 +286,11 @@ async def test_a_write_whose_worker_died_mid_call_is_never_sent_twice(quiet_stac
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)  # the request is on the wire
     await first.stop(0.1)  # dies mid-write: its entry and its lease are left behind
-    await asyncio.sleep(2.0)  # the slow call would have finished by now
+    # The slow call is still carried out at the sandbox, after its worker died.
+    for _ in range(100):
+        if stack.sandbox.photo_meta.get("123", {}).get("title") == "once":
+            break
+        await asyncio.sleep(0.05)
     second = WorkerApp(stack.settings, consumer="second")
     await second.start()
     try:
@@ -435,8 +449,16 @@ async def test_claiming_reaches_an_idle_entry_behind_a_long_run_of_busy_ones(red
 async def test_a_started_job_whose_worker_died_is_taken_over_not_stuck_past_its_maximum_age(
     redis_url: str, cache_redis_url: str, mongo_url: str, mongo_db_name: str, redis: Any
 ) -> None:
-    # The run dies after the job started; its entry comes back only after the job's maximum age.
-    settings = stack_settings(redis_url, cache_redis_url, mongo_url, mongo_db_name, job_max_age_s=1.0)
+    # The run dies after the job started; its entry comes back only after the job's maximum age
+    # (taken over 1.5 s after its last heartbeat, while the job is older than 1 s).
+    settings = stack_settings(
+        redis_url,
+        cache_redis_url,
+        mongo_url,
+        mongo_db_name,
+        job_max_age_s=1.0,
+        worker_visibility_timeout_s=1.5,
+    )
     await seed_demo_token(settings)
     async with running_stack(settings, movers=0, workers=0, cache=False) as stack:
         stack.sandbox.faults.append(
